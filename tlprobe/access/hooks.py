@@ -1,0 +1,211 @@
+"""Hook names and tensor getters over a TransformerLens ``ActivationCache``.
+
+Only this module spells hook names. Getters return tensors in a fixed layout whatever the
+model family:
+
+* per-head ``q``, ``k``, ``v``, ``z``: ``[batch, pos, head, d_head]``, grouped-query K/V
+  expanded to ``n_heads`` heads (``repeat_interleave``, the layout attention uses);
+* the fused ``[Q | K | V]`` vector: ``[batch, pos, 3 * n_heads * d_head]``, head-major inside
+  each part (the layout of GPT-2's ``c_attn`` output);
+* the residual stream over depth: ``[n_layers + 1, batch, pos, d_model]``;
+* attention patterns: ``[batch, head, q_pos, k_pos]``.
+
+On rotary models (NeoX, LLaMA) ``hook_q``/``hook_k`` hold the vectors *before* the rotary
+embedding is applied: that is what TransformerLens exposes and what these getters return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from jaxtyping import Float
+
+from tlprobe._checks import check_index
+from tlprobe.errors import HookNotFoundError, TlprobeError
+
+_HOOKS = {
+    "q": "blocks.{layer}.attn.hook_q",
+    "k": "blocks.{layer}.attn.hook_k",
+    "v": "blocks.{layer}.attn.hook_v",
+    "z": "blocks.{layer}.attn.hook_z",
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    "embed": "hook_embed",
+    "pos_embed": "hook_pos_embed",
+    "ln_final": "ln_final.hook_out",
+}
+
+
+def hook_name(kind: str, layer: int | None = None) -> str:
+    """The TransformerLens hook name for an activation kind.
+
+    Example:
+        >>> hook_name("q", 3)
+        'blocks.3.attn.hook_q'
+        >>> hook_name("embed")
+        'hook_embed'
+    """
+    try:
+        template = _HOOKS[kind]
+    except KeyError:
+        raise TlprobeError(f"unknown activation kind {kind!r}; known: {', '.join(sorted(_HOOKS))}") from None
+    if "{layer}" in template:
+        if layer is None:
+            raise TlprobeError(f"activation kind {kind!r} needs a layer")
+        return template.format(layer=layer)
+    return template
+
+
+def hook_names(kinds: Iterable[str], layers: Iterable[int]) -> list[str]:
+    """Hook names for several kinds and layers, for ``run_with_cache(names_filter=...)``."""
+    layers = list(layers)
+    out: list[str] = []
+    for kind in kinds:
+        if "{layer}" in _HOOKS.get(kind, "{layer}"):
+            out.extend(hook_name(kind, layer) for layer in layers)
+        else:
+            out.append(hook_name(kind))
+    return out
+
+
+def _n_layers(cache) -> int | None:
+    model = getattr(cache, "model", None)
+    cfg = getattr(model, "cfg", None)
+    return int(cfg.n_layers) if cfg is not None else None
+
+
+def _check_layer(cache, layer: int) -> int:
+    n = _n_layers(cache)
+    return check_index(layer, n, "layer") if n is not None else layer
+
+
+def get_activation(cache, kind: str, layer: int | None = None) -> torch.Tensor:
+    """Fetch one activation, with an error that lists what the cache has if it is missing.
+
+    Raises:
+        HookNotFoundError: the hook is not in the cache (not requested in ``names_filter``, or
+            the model never fires it, e.g. ``hook_resid_mid`` on parallel blocks, q/k/v on a
+            vLLM ``RemoteBridge``).
+    """
+    if layer is not None:
+        layer = _check_layer(cache, layer)
+    name = hook_name(kind, layer)
+    if name in cache:
+        return cache[name]
+    keys = list(cache.keys())
+    similar = [k for k in keys if k.endswith(name.rsplit(".", 1)[-1])][:6]
+    hint = f" Hooks of that kind in the cache: {', '.join(similar)}." if similar else ""
+    raise HookNotFoundError(
+        f"hook {name!r} is not in the cache ({len(keys)} hooks cached).{hint} Run the model with "
+        f"names_filter including {name!r}; if the model never fires it (e.g. hook_resid_mid on "
+        "parallel blocks, q/k/v on a vLLM RemoteBridge), this analysis cannot run on it"
+    )
+
+
+def get_qkv(
+    cache, layer: int, expand_kv: bool = True
+) -> tuple[
+    Float[torch.Tensor, "batch pos head d_head"],
+    Float[torch.Tensor, "batch pos head d_head"],
+    Float[torch.Tensor, "batch pos head d_head"],
+]:
+    """Per-head query, key and value vectors at ``layer``.
+
+    Args:
+        cache: an ``ActivationCache`` holding ``blocks.{layer}.attn.hook_q/k/v``.
+        layer: block index (negative counts from the end).
+        expand_kv: repeat grouped-query K/V heads so that every query head has its own
+            (``repeat_interleave(n_heads // n_kv_heads, dim=2)``). With ``False`` K/V keep
+            ``n_kv_heads`` heads.
+
+    Returns:
+        ``(q, k, v)``, each ``[batch, pos, head, d_head]``.
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> model = tiny_model("llama")  # 4 query heads, 2 key/value heads
+        >>> _, cache = model.run_with_cache("her cat")
+        >>> [tuple(t.shape[2:]) for t in get_qkv(cache, 0)]
+        [(4, 16), (4, 16), (4, 16)]
+    """
+    q = get_activation(cache, "q", layer)
+    k = get_activation(cache, "k", layer)
+    v = get_activation(cache, "v", layer)
+    if expand_kv and k.shape[2] != q.shape[2]:
+        n_q, n_kv = q.shape[2], k.shape[2]
+        if n_q % n_kv:
+            raise TlprobeError(f"cannot expand {n_kv} key/value heads to {n_q} query heads (not a divisor)")
+        k = k.repeat_interleave(n_q // n_kv, dim=2)
+        v = v.repeat_interleave(n_q // n_kv, dim=2)
+    return q, k, v
+
+
+def fused_qkv(
+    cache, layer: int, head: int | None = None
+) -> Float[torch.Tensor, "batch pos qkv"]:
+    """The per-token ``[Q | K | V]`` vector at ``layer`` (GPT-2 ``c_attn`` layout).
+
+    Args:
+        cache: an ``ActivationCache`` holding the layer's q, k, v hooks.
+        layer: block index.
+        head: if given, only that head's ``d_head`` slice of Q, K and V
+            (``3 * d_head`` coordinates); otherwise all heads (``3 * n_heads * d_head``,
+            grouped-query K/V expanded).
+
+    Returns:
+        ``[batch, pos, 3 * n]`` with ``n = n_heads * d_head`` (or ``d_head`` for one head):
+        coordinates ``[0, n)`` are Q, ``[n, 2n)`` K, ``[2n, 3n)`` V, each head-major.
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> _, cache = tiny_model("gpt2").run_with_cache("her cat")
+        >>> fused_qkv(cache, 1).shape[-1], fused_qkv(cache, 1, head=2).shape[-1]
+        (192, 48)
+    """
+    q, k, v = get_qkv(cache, layer)
+    if head is not None:
+        head = check_index(head, q.shape[2], "head")
+        q, k, v = q[:, :, head], k[:, :, head], v[:, :, head]
+        return torch.cat([q, k, v], dim=-1)
+    return torch.cat([t.flatten(-2) for t in (q, k, v)], dim=-1)
+
+
+def resid_stack(cache, layers: Iterable[int] | None = None) -> Float[torch.Tensor, "depth batch pos d_model"]:
+    """The residual stream over depth: embeddings, then every block's output.
+
+    Index 0 is the input of block 0 (``blocks.0.hook_resid_pre``: token + position embeddings
+    on GPT-2; the LayerNorm'd embedding on BERT); index ``l + 1`` is
+    ``blocks.{l}.hook_resid_post``. On decoders these are the raw (pre-``ln_final``) stream,
+    equal to Hugging Face ``hidden_states[:-1]`` (HF applies the final norm to its last entry).
+    On BERT (post-LN) every entry is normalised and the stack equals HF ``hidden_states``.
+
+    Args:
+        cache: an ``ActivationCache``.
+        layers: which depth indices to return (0 = embeddings, ``n_layers`` = last block);
+            default all ``n_layers + 1``.
+
+    Returns:
+        ``[depth, batch, pos, d_model]``.
+    """
+    n = _n_layers(cache)
+    if n is None:
+        n = 1 + max(int(k.split(".")[1]) for k in cache.keys() if k.startswith("blocks.") and k.endswith("hook_resid_post"))
+    idx = list(range(n + 1)) if layers is None else [check_index(i, n + 1, "depth index") for i in layers]
+    parts = [get_activation(cache, "resid_pre", 0) if i == 0 else get_activation(cache, "resid_post", i - 1) for i in idx]
+    return torch.stack(parts)
+
+
+def resid_hook_names(n_layers: int, depth: Iterable[int] | None = None) -> list[str]:
+    """Hook names :func:`resid_stack` reads, for ``names_filter``."""
+    idx = range(n_layers + 1) if depth is None else depth
+    return [hook_name("resid_pre", 0) if i == 0 else hook_name("resid_post", i - 1) for i in idx]
+
+
+def attention_pattern(cache, layer: int) -> Float[torch.Tensor, "batch head q_pos k_pos"]:
+    """Attention probabilities at ``layer``: ``[batch, head, q_pos, k_pos]``."""
+    return get_activation(cache, "pattern", layer)

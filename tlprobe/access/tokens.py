@@ -1,0 +1,218 @@
+"""Token positions: where a target word sits in each prompt, and seeded non-target samples.
+
+Tokenizer-aware: a word is matched as whole tokens at a word boundary, with or without a
+leading space (GPT-2 BPE ``" her"`` vs ``"her"`` at the start of a text, SentencePiece ``"▁her"``,
+BERT WordPiece ``"her"``), so ``"her"`` never matches inside ``"herself"`` or ``"other"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Int
+
+from tlprobe._checks import check_choice
+from tlprobe.errors import TlprobeError, TokenNotFoundError
+
+
+@dataclass(frozen=True)
+class Positions:
+    """A set of (prompt, position) pairs, used to index ``[batch, pos, ...]`` activations.
+
+    Attributes:
+        batch: prompt index of each pair, ``[n]``.
+        pos: token position of each pair, ``[n]``.
+    """
+
+    batch: Int[torch.Tensor, " n"]
+    pos: Int[torch.Tensor, " n"]
+
+    def __len__(self) -> int:
+        return int(self.batch.numel())
+
+    def gather(self, acts: torch.Tensor) -> torch.Tensor:
+        """``acts[batch, pos]`` for ``[batch, pos, ...]`` activations: ``[n, ...]``."""
+        return acts[self.batch.to(acts.device), self.pos.to(acts.device)]
+
+    def to_dict(self) -> dict:
+        return {"batch": self.batch.tolist(), "pos": self.pos.tolist()}
+
+
+def _special_ids(tokenizer) -> set[int]:
+    return {int(i) for i in getattr(tokenizer, "all_special_ids", []) or []}
+
+
+def _is_wordpiece(tokenizer) -> bool:
+    return any(t.startswith("##") for t in tokenizer.convert_ids_to_tokens(list(range(min(2000, len(tokenizer))))))
+
+
+def _continues_word(tokenizer, tok_id: int, wordpiece: bool) -> bool:
+    """True if the token glues onto the previous one (no space or punctuation before it)."""
+    raw = tokenizer.convert_ids_to_tokens(int(tok_id))
+    if wordpiece:
+        return raw.startswith("##")
+    text = tokenizer.decode([int(tok_id)])
+    return bool(text) and (text[0].isalnum() or text[0] == "_") and not raw.startswith(("Ġ", "▁"))
+
+
+def _ends_word(tokenizer, tok_id: int) -> bool:
+    text = tokenizer.decode([int(tok_id)])
+    return bool(text) and (text[-1].isalnum() or text[-1] == "_")
+
+
+def target_variants(tokenizer, target: str) -> list[list[int]]:
+    """Token-id sequences that spell ``target`` as a word: as written and with a leading space."""
+    if not isinstance(target, str) or not target.strip():
+        raise TlprobeError(f"target must be a non-empty string, got {target!r}")
+    word = target.strip()
+    variants: list[list[int]] = []
+    for text in (word, " " + word):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        # SentencePiece may emit a lone word-start marker token before the word: drop it.
+        while ids and tokenizer.decode([ids[0]]).strip() == "" and len(ids) > 1:
+            ids = ids[1:]
+        if ids and ids not in variants:
+            variants.append(list(ids))
+    return variants
+
+
+def find_token_positions(
+    tokenizer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    target: str,
+    attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    occurrence: str = "first",
+    prompts: list[str] | None = None,
+) -> Positions:
+    """Find a target word in every prompt of a padded token batch.
+
+    A multi-token word is matched as a whole and reported at its *last* token (the position
+    whose representation has seen the whole word).
+
+    Args:
+        tokenizer: the model's tokenizer (``model.tokenizer``).
+        tokens: ``[batch, pos]`` token ids (any padding side).
+        target: the word, e.g. ``"her"``; a leading space is optional.
+        attention_mask: ``[batch, pos]``, 1 for real tokens; padding is never matched.
+        occurrence: ``"first"``, ``"last"`` (one position per prompt) or ``"all"``.
+        prompts: the prompt texts, only to quote them in error messages.
+
+    Returns:
+        :class:`Positions`; for ``"first"``/``"last"`` exactly one per prompt, in prompt order.
+
+    Raises:
+        TokenNotFoundError: the word is missing from a prompt (``first``/``last``), or from every
+            prompt (``all``); the message names the prompts.
+
+    Example:
+        >>> from tlprobe.testing import tiny_tokenizer
+        >>> tok = tiny_tokenizer()
+        >>> ids = torch.tensor([tok("She gave her the book")["input_ids"]])
+        >>> find_token_positions(tok, ids, "her").pos.tolist()
+        [2]
+    """
+    check_choice(occurrence, ("first", "last", "all"), "occurrence")
+    if tokens.ndim != 2:
+        raise TlprobeError(f"tokens has shape {tuple(tokens.shape)}; expected [batch, pos]")
+    toks = tokens.detach().cpu()
+    mask = torch.ones_like(toks, dtype=torch.bool) if attention_mask is None else attention_mask.detach().cpu().bool()
+    specials = _special_ids(tokenizer)
+    wordpiece = _is_wordpiece(tokenizer)
+    variants = target_variants(tokenizer, target)
+
+    hits = torch.zeros_like(toks, dtype=torch.bool)  # marks the last token of each match
+    for var in variants:
+        n = len(var)
+        if n > toks.shape[1]:
+            continue
+        win = toks.unfold(1, n, 1)  # [batch, pos - n + 1, n]
+        mwin = mask.unfold(1, n, 1).all(-1)
+        cand = (win == torch.tensor(var)).all(-1) & mwin
+        for b, start in cand.nonzero().tolist():
+            end = start + n  # first position after the match
+            if start > 0 and mask[b, start - 1] and int(toks[b, start - 1]) not in specials:
+                if _continues_word(tokenizer, var[0], wordpiece) and _ends_word(tokenizer, toks[b, start - 1]):
+                    continue  # "her" inside "other"
+            if end < toks.shape[1] and mask[b, end] and int(toks[b, end]) not in specials:
+                if _continues_word(tokenizer, toks[b, end], wordpiece):
+                    continue  # "her" + "self"
+            hits[b, end - 1] = True
+
+    found = hits.any(1)
+    if occurrence == "all":
+        if not bool(found.any()):
+            raise TokenNotFoundError(_missing_msg(target, list(range(len(toks))), prompts, tokenizer, toks, mask))
+        b, p = hits.nonzero(as_tuple=True)
+        return Positions(b, p)
+    missing = (~found).nonzero().flatten().tolist()
+    if missing:
+        raise TokenNotFoundError(_missing_msg(target, missing, prompts, tokenizer, toks, mask))
+    idx = torch.arange(toks.shape[1]).expand_as(toks)
+    if occurrence == "first":
+        pos = torch.where(hits, idx, toks.shape[1]).min(1).values
+    else:
+        pos = torch.where(hits, idx, -1).max(1).values
+    return Positions(torch.arange(len(toks)), pos)
+
+
+def _missing_msg(target, missing, prompts, tokenizer, toks, mask) -> str:
+    i = missing[0]
+    if prompts is not None:
+        shown = repr(prompts[i][:80])
+    else:
+        shown = repr(tokenizer.decode(toks[i][mask[i]].tolist())[:80])
+    more = f" (and {len(missing) - 1} more: {missing[1:6]})" if len(missing) > 1 else ""
+    return (
+        f"target {target!r} not found as a whole word in prompt {i}{more}: {shown}. "
+        "Check the spelling, or drop prompts without it"
+    )
+
+
+def sample_positions(
+    attention_mask: Int[torch.Tensor, "batch pos"],
+    exclude: Positions,
+    tokens: Int[torch.Tensor, "batch pos"] | None = None,
+    tokenizer=None,
+    where: str = "before",
+    seed: int = 0,
+) -> Positions:
+    """Draw one non-target position per prompt, reproducibly.
+
+    Args:
+        attention_mask: ``[batch, pos]``, 1 for real tokens.
+        exclude: the target positions (one per prompt, e.g. from :func:`find_token_positions`).
+        tokens, tokenizer: if given, special tokens (BOS, ``[CLS]``, ``[SEP]``) are never drawn.
+        where: ``"before"`` draws from positions before the target (L02/L03); ``"any"`` from
+            every other real position.
+        seed: seed of the draw; the same seed gives the same positions.
+
+    Returns:
+        :class:`Positions`, one per prompt.
+
+    Raises:
+        TlprobeError: a prompt has no candidate position (e.g. the target is its first word
+            and ``where="before"``); the message names the prompt.
+    """
+    check_choice(where, ("before", "any"), "where")
+    mask = attention_mask.detach().cpu().bool()
+    if len(exclude) != mask.shape[0] or not torch.equal(exclude.batch.cpu(), torch.arange(mask.shape[0])):
+        raise TlprobeError("exclude must hold exactly one target position per prompt, in prompt order")
+    cand = mask.clone()
+    if tokens is not None and tokenizer is not None:
+        special = torch.tensor(sorted(_special_ids(tokenizer)) or [-1])
+        cand &= ~torch.isin(tokens.detach().cpu(), special)
+    idx = torch.arange(mask.shape[1]).expand_as(mask)
+    tpos = exclude.pos.cpu()[:, None]
+    cand &= idx < tpos if where == "before" else idx != tpos
+    empty = (~cand.any(1)).nonzero().flatten().tolist()
+    if empty:
+        raise TlprobeError(
+            f"prompt {empty[0]} has no non-target token {'before the target' if where == 'before' else ''}"
+            f" to sample{f' (also prompts {empty[1:6]})' if len(empty) > 1 else ''}; use where='any' or "
+            "put at least one word before the target"
+        )
+    gen = torch.Generator().manual_seed(int(seed))
+    scores = torch.rand(mask.shape, generator=gen)
+    scores[~cand] = -1.0
+    return Positions(torch.arange(mask.shape[0]), scores.argmax(1))
