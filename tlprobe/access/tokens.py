@@ -44,7 +44,10 @@ def _special_ids(tokenizer) -> set[int]:
 
 
 def _is_wordpiece(tokenizer) -> bool:
-    return any(t.startswith("##") for t in tokenizer.convert_ids_to_tokens(list(range(min(2000, len(tokenizer))))))
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return type(backend.model).__name__ == "WordPiece"
+    return any(t.startswith("##") for t in tokenizer.get_vocab())
 
 
 def _continues_word(tokenizer, tok_id: int, wordpiece: bool) -> bool:

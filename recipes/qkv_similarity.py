@@ -1,0 +1,135 @@
+"""L02: token-related similarities within and across Q, K and V.
+
+The target word's fused [Q | K | V] vector at one layer, in every sentence, is a sample; the
+feature-by-feature similarity across samples (cosine, then Pearson correlation) is split into
+the six Q/K/V blocks and compared with non-target tokens and shuffled baselines.
+
+Copy this file (``tlprobe cp qkv-similarity my_recipe.py``) and change what you need.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import tlprobe
+from recipes._common import Timer, add_common_arguments, data_path, finish, read_lines, versions
+from tlprobe._checks import check_index, check_min_samples
+from tlprobe.access import hook_names, model_info, run_batch
+from tlprobe.analyses.similarity import qkv_block_similarity, shuffle_values
+from tlprobe.figures import attention_heads_view, block_histogram_figure, extreme_fraction_figure
+from tlprobe.report import Report
+
+NAME = "qkv-similarity"
+DESCRIPTION = "L02: similarity within and across Q, K, V for a target word (cosine vs correlation)"
+MIN_SENTENCES = 10
+POPULATIONS = ("target", "non-target", "shuffled (all values)", "permuted (per feature)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="her", help="the target word")
+    parser.add_argument("--sentences", default=None,
+                        help="text file, one sentence per line, each containing the target (default: 48 bundled sentences for 'her')")
+    parser.add_argument("--layer", type=int, default=None, help="block index (default: the middle layer)")
+    parser.add_argument("--head", type=int, default=None, help="only this head's Q, K, V slices (default: all heads)")
+    parser.add_argument("--bins", type=int, default=60, help="histogram bins over [-1, 1]")
+    add_common_arguments(parser, NAME)
+
+
+def run(
+    model: str = "minilm",
+    target: str = "her",
+    sentences: str | None = None,
+    layer: int | None = None,
+    head: int | None = None,
+    bins: int = 60,
+    device: str | None = None,
+    seed: int = 0,
+    out: str = f"tlprobe-out/{NAME}",
+    progress: bool = True,
+    quiet: bool = False,
+) -> dict:
+    """Run the recipe; returns the paths written (``report``, ``results``)."""
+    timer = Timer()
+    prompts = read_lines(sentences or data_path("her_sentences.txt"))
+    check_min_samples(len(prompts), MIN_SENTENCES, "the Q/K/V similarity",
+                      "give more sentences containing the target (--sentences FILE)")
+    m = tlprobe.load_model(model, device=device)
+    info = model_info(m)
+    layer = check_index(info.n_layers // 2 if layer is None else layer, info.n_layers, "layer")
+    timer.lap("load model")
+
+    # 1. Run the sentences, find the target and a random earlier token in each.
+    batch = run_batch(m, prompts, names=hook_names(["q", "k", "v", "pattern"], [layer]), progress=progress)
+    tpos = tlprobe.find_token_positions(m.tokenizer, batch.tokens, target, batch.attention_mask, prompts=prompts)
+    npos = tlprobe.sample_positions(batch.attention_mask, tpos, batch.tokens, m.tokenizer, where="before", seed=seed)
+    qkv = tlprobe.fused_qkv(batch.cache, layer, head=head)  # [batch, pos, 3 * n]
+    timer.lap("forward")
+
+    # 2. Four populations of [samples, features]: targets, non-targets, and two null models.
+    targets = tpos.gather(qkv)
+    pops = torch.stack([
+        targets,
+        npos.gather(qkv),
+        shuffle_values(targets, "all", seed=seed),
+        shuffle_values(targets, "within-feature", seed=seed),
+    ])
+    stats = {method: qkv_block_similarity(pops, method, bins=bins) for method in ("cosine", "correlation")}
+    timer.lap("analysis")
+
+    # 3. Figures and report.
+    scope = f"layer {layer}" + (f", head {head}" if head is not None else ", all heads")
+    first_len = int(batch.attention_mask[0].sum())
+    pattern = tlprobe.access.attention_pattern(batch.cache, layer)[0, :, :first_len, :first_len]
+    heads = [head] if head is not None else None
+    if head is not None:
+        pattern = pattern[head : head + 1]
+
+    report = Report(f"L02 Q/K/V similarity: '{target}' in {info.name.rsplit('/', 1)[-1]}, {scope}",
+                    subtitle=DESCRIPTION)
+    report.heading("What this shows")
+    report.text(
+        f"Each of the {len(prompts)} sentences gives one sample: the [Q | K | V] vector of '{target}' "
+        f"({targets.shape[-1]} coordinates) at {scope}. For every pair of coordinates we compute the "
+        "similarity across samples, with cosine (keeps each feature's mean offset) and Pearson "
+        "correlation (removes it), and split the pairs into the six Q/K/V blocks (strict upper triangle). "
+        "Non-targets are a random earlier token of the same sentences; 'shuffled' sends every value to a "
+        "random cell; 'permuted' shuffles each feature's values separately (keeps each feature's mean)."
+    )
+    report.text(
+        "The lesson (GPT-2 small, layer 6) found: under cosine, QQ and KK pile up near +1 and -1 (a "
+        "'smile'), QK is dense at high similarity; under correlation the extremes vanish and every block "
+        "looks like the shuffled Gaussian around 0. The features' mean offsets carry the structure."
+    )
+    report.figure(block_histogram_figure(stats, list(POPULATIONS)),
+                  caption="Density of pairwise similarities per block; rows: cosine, correlation.")
+    report.figure(extreme_fraction_figure(stats, list(POPULATIONS)))
+    rows = [dict(method=meth, population=r.pop("index"), **r)
+            for meth, st in stats.items() for r in st.table(list(POPULATIONS))]
+    report.table(rows, caption="Summary per method, population and block")
+    report.heading("Attention at this layer")
+    report.text(f"circuitsvis attention heads for sentence 0 at layer {layer} (click a head to enlarge).")
+    report.view(attention_heads_view(pattern, batch.str_tokens(0), layer, causal=not info.is_encoder, heads=heads))
+    timer.lap("figures")
+    params = {"model": info.name, "family": info.family, "compatibility mode": info.compatibility_mode,
+              "layer": layer, "head": "all" if head is None else head, "target": target,
+              "sentences": len(prompts), "seed": seed, "bins": bins, **versions(), **timer.as_params()}
+    report.params(params)
+
+    results = {
+        "recipe": NAME,
+        "params": {"model": info.name, "target": target, "layer": layer, "head": head, "seed": seed,
+                   "bins": bins, "n_sentences": len(prompts), "n_features": int(targets.shape[-1])},
+        "model": info.to_dict(),
+        "populations": list(POPULATIONS),
+        "target_positions": tpos.pos.tolist(),
+        "non_target_positions": npos.pos.tolist(),
+        "summary": rows,
+        "histograms": {meth: st.to_dict() for meth, st in stats.items()},
+    }
+    return finish(report, results, out, quiet=quiet)
+
+
+def main(args: argparse.Namespace) -> dict:
+    return run(**vars(args))

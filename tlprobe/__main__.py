@@ -1,0 +1,5 @@
+import sys
+
+from tlprobe.cli import main
+
+sys.exit(main())

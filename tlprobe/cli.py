@@ -1,0 +1,109 @@
+"""The ``tlprobe`` command: ``ls``, ``run NAME [options]``, ``cp NAME PATH``.
+
+Errors from bad input print one line (``tlprobe: error: ...``) and exit with code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import pathlib
+import shutil
+import sys
+
+from tlprobe.errors import TlprobeError
+
+EXIT_BAD_INPUT = 2
+
+
+def _recipes():
+    import recipes
+
+    return recipes.available()
+
+
+def _get_recipe(name: str):
+    found = _recipes()
+    if name not in found:
+        raise TlprobeError(f"unknown recipe {name!r}; available: {', '.join(found)} (see 'tlprobe ls')")
+    return found[name]
+
+
+def cmd_ls(_args) -> int:
+    found = _recipes()
+    width = max(len(n) for n in found)
+    for name, mod in found.items():
+        print(f"{name:<{width}}  {mod.DESCRIPTION}")
+    return 0
+
+
+def cmd_cp(args) -> int:
+    mod = _get_recipe(args.name)
+    src = pathlib.Path(inspect.getfile(mod))
+    dst = pathlib.Path(args.path)
+    if dst.is_dir():
+        dst = dst / src.name
+    if dst.exists() and not args.force:
+        raise TlprobeError(f"{dst} exists; pass --force to overwrite")
+    shutil.copyfile(src, dst)
+    print(f"copied {args.name} to {dst}; run it with: python {dst} --help")
+    return 0
+
+
+def cmd_run(args, rest: list[str]) -> int:
+    mod = _get_recipe(args.name)
+    parser = argparse.ArgumentParser(
+        prog=f"tlprobe run {args.name}", description=mod.DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    mod.add_arguments(parser)
+    opts = parser.parse_args(rest)
+    mod.main(opts)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tlprobe", description="Measure what happens inside a transformer's layers (TransformerLens).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("ls", help="list recipes")
+    p_run = sub.add_parser("run", help="run a recipe (options: tlprobe run NAME --help)", add_help=False)
+    p_run.add_argument("name", help="recipe name (see tlprobe ls)")
+    p_cp = sub.add_parser("cp", help="copy a recipe's source to edit it")
+    p_cp.add_argument("name")
+    p_cp.add_argument("path")
+    p_cp.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["run"] and len(argv) >= 2 and argv[1] in ("-h", "--help"):
+        parser.parse_args(["run", "--help"])
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "run" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    debug = args.debug or "--debug" in rest
+    rest = [a for a in rest if a != "--debug"]
+    try:
+        if args.command == "ls":
+            return cmd_ls(args)
+        if args.command == "cp":
+            return cmd_cp(args)
+        return cmd_run(args, rest)
+    except TlprobeError as exc:
+        if debug:
+            raise
+        print(f"tlprobe: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("tlprobe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
