@@ -8,9 +8,10 @@ Which estimator to use:
   it gives about 0.40 nats at 10 bins and about 1.1 at 20. The offset is roughly the same for
   every pair, so *relative* comparisons (layer vs layer, pair vs pair with the same ``bins`` and
   sample count) stay valid; absolute values do not.
-* ``correction="miller-madow"``: subtracts the first-order analytic bias (cheap, removes most of
-  it with moderately many samples per cell; under-corrects when most cells hold 0-1 samples).
-  Corrected values can be slightly negative: read them as "no detectable dependence".
+* ``correction="miller-madow"``: subtracts the first-order analytic bias. Cheap, and enough with
+  several samples per joint cell; it under-corrects when most cells hold 0-1 samples (94
+  independent Gaussian samples: 0.39 -> 0.24 nats at 10 bins, 1.08 -> 0.87 at 20). Corrected
+  values can be slightly negative: read them as "no detectable dependence".
 * :func:`mi_null` (shuffle null): permutes each variable's samples separately (seeded), which
   keeps every marginal and destroys dependence; the mean over shuffles is the bias at exactly
   this sample size and binning, and ``raw - null_mean`` the corrected value. The most faithful
@@ -415,6 +416,9 @@ def mi(
     dtype: torch.dtype | None = None,
 ) -> Float[torch.Tensor, "..."]:
     """MI (nats) between two variables (leading dimensions batched), as :func:`cross_mi`.
+
+    Import it from this module: ``tlprobe.analyses`` does not re-export it, because a package
+    attribute ``mi`` would shadow the ``tlprobe.analyses.mi`` module.
 
     Example:
         >>> x = torch.tensor([0.0, 1.0, 2.0, 3.0])
