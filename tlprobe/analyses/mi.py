@@ -247,8 +247,8 @@ def _mi_labels(
                 ncell = size[0] * size[1] * size[2]
                 # all joint histograms of the tile, exact integer counts: [G, r*k, c*k]
                 joint = torch.bmm(oh_r[g, a * k : b * k], oh_c[g, :, c0 * k : c1 * k], out=buf_joint[:ncell].view(size))
-                h = buf_h[:ncell].view(size).copy_(joint).clamp_min_(1).sub_(1)
-                h.log1p_().mul_(joint)  # c log c (0 for c in {0, 1}); log1p is the fast log here
+                h = torch.sub(joint, 1, out=buf_h[:ncell].view(size))  # to the entropy dtype
+                h.clamp_min_(0).log1p_().mul_(joint)  # c log c (0 for c in {0, 1}); log1p is the fast log here
                 shape = (size[0], b - a, k, c1 - c0)  # [G, r, row bin, c] once column bins are summed
                 S = torch.mv(h.view(-1, k), ones).view(shape).sum(2).double()
                 mi = (S - Sr[g, a:b, None] - Sc[g, None, c0:c1]).div_(n).add_(log_n).clamp_min_(0)
