@@ -7,7 +7,11 @@ Baselines, timed in the same run:
   layer's upper triangle (``--full-loop`` runs a whole layer instead);
 * scikit-learn ``mutual_info_regression`` per pair (a k-nearest-neighbour estimator, what the
   lesson used first; different numbers, so only its time is compared): sampled, extrapolated;
-* tlprobe ``pairwise_mi`` on all 13 layers at once (best of ``--repeats``), float32 and float64.
+* tlprobe ``pairwise_mi`` on all 13 layers at once (best of ``--repeats``), float32 (with torch's
+  threads, and with 1 thread) and float64.
+
+On a machine shared with other busy processes, OpenMP's default spin-waiting can make the
+multi-threaded run many times slower than one thread; ``OMP_WAIT_POLICY=PASSIVE`` avoids that.
 
 The max abs difference between tlprobe (float32) and the loop is taken over the sampled pairs
 of every layer the loop ran on. Run: ``python bench/bench_mi.py`` from the repository root.
@@ -67,6 +71,7 @@ def main() -> None:
     print(f"data: {args.layers} layers x {args.tokens} tokens x {d} dims (float32), {bins} bins; "
           f"{pairs_per_layer:,} pairs per layer (upper triangle)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"{platform.processor() or platform.machine()}, load average before: "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
@@ -82,6 +87,15 @@ def main() -> None:
         t = time.perf_counter()
         m64 = pairwise_mi(x.double(), bins=bins)
         times64.append(time.perf_counter() - t)
+    threads = torch.get_num_threads()
+    times1 = []
+    if threads > 1:
+        torch.set_num_threads(1)
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            pairwise_mi(x, bins=bins)
+            times1.append(time.perf_counter() - t)
+        torch.set_num_threads(threads)
     t_tl = min(times32) / args.layers
     t_tl64 = min(times64) / args.layers
 
@@ -120,10 +134,14 @@ def main() -> None:
         ("numpy loop (np.histogram2d per pair)", t_loop, loop_note, f"{max_diff32:.1e}"),
         ("scikit-learn mutual_info_regression/pair", t_sk, f"{args.sklearn_pairs} sampled pairs, extrapolated", "kNN, n/a"),
         ("tlprobe pairwise_mi float64", t_tl64, f"all {args.layers} layers, best of {len(times64)}", f"{max_diff64:.1e}"),
-        ("tlprobe pairwise_mi float32", t_tl, f"all {args.layers} layers, best of {len(times32)}", f"{max_diff32:.1e}"),
     ]
+    if times1:
+        rows.append(("tlprobe pairwise_mi float32, 1 thread", min(times1) / args.layers,
+                     f"all {args.layers} layers, best of {len(times1)}", f"{max_diff32:.1e}"))
+    rows.append((f"tlprobe pairwise_mi float32, {threads} threads", t_tl,
+                 f"all {args.layers} layers, best of {len(times32)}", f"{max_diff32:.1e}"))
     print()
-    print(f"{'method':<42} {'s/layer':>10} {'13 layers':>11} {'x tlprobe':>10} {'max|diff|':>10}  how")
+    print(f"{'method':<42} {'s/layer':>10} {'all layers':>11} {'x tlprobe':>10} {'max|diff|':>10}  how")
     for name, sec, how, diff in rows:
         print(f"{name:<42} {sec:>10.4f} {sec * args.layers:>11.2f} {sec / t_tl:>10.1f} {diff:>10}  {how}")
     print()

@@ -236,6 +236,7 @@ def _mi_labels(
     # Reused flat buffers: fresh multi-MB tensors per tile cost page faults on a CPU.
     cells = G * R * k * C * k
     buf_joint = torch.empty(cells, dtype=cdt, device=dev)
+    buf_f = buf_joint if cdt == dtype else torch.empty(cells, dtype=dtype, device=dev)
     buf_h = torch.empty(cells, dtype=dtype, device=dev)
     for g0 in range(0, B, G):
         g = slice(g0, min(g0 + G, B))
@@ -247,13 +248,14 @@ def _mi_labels(
                 ncell = size[0] * size[1] * size[2]
                 # all joint histograms of the tile, exact integer counts: [G, r*k, c*k]
                 joint = torch.bmm(oh_r[g, a * k : b * k], oh_c[g, :, c0 * k : c1 * k], out=buf_joint[:ncell].view(size))
-                h = torch.sub(joint, 1, out=buf_h[:ncell].view(size))  # to the entropy dtype
-                h.clamp_min_(0).log1p_().mul_(joint)  # c log c (0 for c in {0, 1}); log1p is the fast log here
+                f = joint if cdt == dtype else buf_f[:ncell].view(size).copy_(joint)
+                h = torch.clamp(f, min=1, out=buf_h[:ncell].view(size))
+                h.sub_(1).log1p_().mul_(f)  # c log c (0 for c in {0, 1}); log1p is the fast log here
                 shape = (size[0], b - a, k, c1 - c0)  # [G, r, row bin, c] once column bins are summed
                 S = torch.mv(h.view(-1, k), ones).view(shape).sum(2).double()
                 mi = (S - Sr[g, a:b, None] - Sc[g, None, c0:c1]).div_(n).add_(log_n).clamp_min_(0)
                 if mm:
-                    occupied = h.copy_(joint).clamp_max_(1)  # counts are integers: 1 where c >= 1
+                    occupied = torch.clamp(f, max=1, out=h)  # counts are integers: 1 where c >= 1
                     occ = torch.mv(occupied.view(-1, k), ones).view(shape).sum(2).double()
                     mi += (mr[g, a:b, None] + mc[g, None, c0:c1] - occ - 1) / (2 * n)
                 out[g, a:b, c0:c1] = mi.to(dtype)
