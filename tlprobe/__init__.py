@@ -23,6 +23,7 @@ from tlprobe.analyses import (
     block_stats,
     feature_similarity,
     qkv_block_codes,
+    qkv_block_similarity,
     shuffle_values,
 )
 from tlprobe.errors import TlprobeError
@@ -40,6 +41,7 @@ __all__ = [
     "load_model",
     "model_info",
     "qkv_block_codes",
+    "qkv_block_similarity",
     "resid_stack",
     "run_batch",
     "sample_positions",

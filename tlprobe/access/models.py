@@ -7,6 +7,7 @@ grouped-query attention, BERT post-LayerNorm encoders). Everything else asks
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 from dataclasses import asdict, dataclass
@@ -84,7 +85,8 @@ def load_model(
     if device is not None:
         kwargs["device"] = device
     try:
-        model = bridge.boot_transformers(source, dtype=dtype, **kwargs)
+        with _quiet_loading():
+            model = bridge.boot_transformers(source, dtype=dtype, **kwargs)
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         where = "the hub is unreachable (HF_HUB_OFFLINE=1)" if offline else "no hub access or no such model"
@@ -98,6 +100,20 @@ def load_model(
         model.enable_compatibility_mode()
     model.eval()
     return model
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Hide transformers' per-tensor "Loading weights" progress bar (noise on every run)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass(frozen=True)
