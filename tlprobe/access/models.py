@@ -68,9 +68,10 @@ def load_model(
         ModelLoadError: the name is neither bundled, a local directory, nor reachable on the hub.
 
     Example:
-        >>> model = load_model("minilm", device="cpu")  # doctest: +SKIP
-        >>> model_info(model).family  # doctest: +SKIP
-        'bert'
+        >>> model = load_model("minilm", device="cpu")
+        >>> info = model_info(model)
+        >>> info.family, info.is_encoder, info.n_layers
+        ('bert', True, 6)
     """
     if not isinstance(name, str) or not name:
         raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
