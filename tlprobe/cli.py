@@ -1,4 +1,4 @@
-"""The ``tlprobe`` command: ``ls``, ``run NAME [options]``, ``cp NAME PATH``.
+"""The ``tlprobe`` command: ``ls``, ``run NAME [options]``, ``cp NAME PATH``, ``export REPORT``.
 
 Errors from bad input print one line (``tlprobe: error: ...``) and exit with code 2;
 ``--debug`` shows the traceback instead.
@@ -59,7 +59,27 @@ def cmd_run(args, rest: list[str]) -> int:
     )
     mod.add_arguments(parser)
     opts = parser.parse_args(rest)
-    mod.main(opts)
+    # --png (from recipes._common.add_common_arguments) is not a run() option: finish() reads it.
+    png = bool(vars(opts).pop("png", False))
+    from recipes._common import png_export
+
+    with png_export(png):
+        mod.main(opts)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from tlprobe.report.html import read_figures
+    from tlprobe.report.png import export_png
+
+    report = pathlib.Path(args.report)
+    if report.is_dir():
+        report = report / "report.html"
+    figures = read_figures(report)
+    out = pathlib.Path(args.out) if args.out else report.parent / "figures"
+    paths = export_png(figures, out, scale=args.scale, width=args.width, height=args.height)
+    for p in paths:
+        print(p)
     return 0
 
 
@@ -76,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_cp.add_argument("name")
     p_cp.add_argument("path")
     p_cp.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p_ex = sub.add_parser("export", help="save a report's figures as PNG (needs kaleido and Chromium/Chrome)",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p_ex.add_argument("report", help="a report.html written by tlprobe, or the folder holding it")
+    p_ex.add_argument("--out", default=None, help="output folder (default: figures/ next to the report)")
+    p_ex.add_argument("--scale", type=float, default=2, help="pixels per CSS pixel")
+    p_ex.add_argument("--width", type=int, default=None, help="width in CSS pixels (default: the figure's, else 1100)")
+    p_ex.add_argument("--height", type=int, default=None, help="height in CSS pixels (default: the figure's, else 450)")
     return parser
 
 
@@ -94,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_ls(args)
         if args.command == "cp":
             return cmd_cp(args)
+        if args.command == "export":
+            return cmd_export(args)
         return cmd_run(args, rest)
     except TlprobeError as exc:
         if debug:
