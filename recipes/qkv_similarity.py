@@ -10,6 +10,7 @@ Copy this file (``tlprobe cp qkv-similarity my_recipe.py``) and change what you 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -80,8 +81,7 @@ def run(
 
     # 3. Figures and report.
     scope = f"layer {layer}" + (f", head {head}" if head is not None else ", all heads")
-    first_len = int(batch.attention_mask[0].sum())
-    pattern = tlprobe.access.attention_pattern(batch.cache, layer)[0, :, :first_len, :first_len]
+    pattern = tlprobe.access.attention_pattern(batch.cache, layer)[0]
     heads = [head] if head is not None else None
     if head is not None:
         pattern = pattern[head : head + 1]
@@ -104,13 +104,16 @@ def run(
     )
     report.figure(block_histogram_figure(stats, list(POPULATIONS)),
                   caption="Density of pairwise similarities per block; rows: cosine, correlation.")
-    report.figure(extreme_fraction_figure(stats, list(POPULATIONS)))
+    report.figure(extreme_fraction_figure(stats, list(POPULATIONS)),
+                  caption="Fraction of pairs with |s| > 0.9; each bar is labelled with its value (near 0 bars are "
+                          "still drawn).")
     rows = [dict(method=meth, population=r.pop("index"), **r)
             for meth, st in stats.items() for r in st.table(list(POPULATIONS))]
     report.table(rows, caption="Summary per method, population and block")
     report.heading("Attention at this layer")
     report.text(f"circuitsvis attention heads for sentence 0 at layer {layer} (click a head to enlarge).")
-    report.view(attention_heads_view(pattern, batch.str_tokens(0), layer, causal=not info.is_encoder, heads=heads))
+    report.view(attention_heads_view(pattern, batch.str_tokens(0), layer, causal=not info.is_encoder, heads=heads,
+                                     mask=batch.attention_mask[0]))
     timer.lap("figures")
     params = {"model": info.name, "family": info.family, "compatibility mode": info.compatibility_mode,
               "layer": layer, "head": "all" if head is None else head, "target": target,
@@ -133,3 +136,9 @@ def run(
 
 def main(args: argparse.Namespace) -> dict:
     return run(**vars(args))
+
+
+if __name__ == "__main__":
+    from tlprobe.cli import script_main
+
+    raise SystemExit(script_main(sys.modules[__name__]))

