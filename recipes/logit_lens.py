@@ -16,6 +16,7 @@ Copy this file (``tlprobe cp logit-lens my_recipe.py``) and change what you need
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -180,3 +181,9 @@ def _report_prediction_lens(report: Report, res, tokens, targets, tokenizer, kin
 
 def main(args: argparse.Namespace) -> dict:
     return run(**vars(args))
+
+
+if __name__ == "__main__":
+    from tlprobe.cli import script_main
+
+    raise SystemExit(script_main(sys.modules[__name__]))

@@ -12,9 +12,23 @@ from tlprobe.access.hooks import (
 )
 from tlprobe.access.models import BUNDLED_MODELS, ModelInfo, load_model, minilm_dir, model_info
 from tlprobe.access.run import Batch, run_batch
+from tlprobe.access.unembed import (
+    HeadCheck,
+    apply_final_norm,
+    embedding_matrix,
+    mlm_head_check,
+    target_token_ids,
+    unembedding,
+)
 from tlprobe.access.tokens import Positions, find_token_positions, sample_positions, target_variants
 
 __all__ = [
+    "HeadCheck",
+    "apply_final_norm",
+    "embedding_matrix",
+    "mlm_head_check",
+    "target_token_ids",
+    "unembedding",
     "BUNDLED_MODELS",
     "Batch",
     "ModelInfo",

@@ -1,5 +1,14 @@
 """Analyses: pure functions over tensors or caches, returning small typed results."""
 
+from tlprobe.analyses.lens import (
+    EmbeddingLensResult,
+    LensResult,
+    choose_lens,
+    embedding_lens,
+    lens_logits,
+    logit_lens,
+    mlm_lens,
+)
 from tlprobe.analyses.similarity import (
     BLOCKS,
     BlockStats,
@@ -12,6 +21,13 @@ from tlprobe.analyses.similarity import (
 )
 
 __all__ = [
+    "EmbeddingLensResult",
+    "LensResult",
+    "choose_lens",
+    "embedding_lens",
+    "lens_logits",
+    "logit_lens",
+    "mlm_lens",
     "BLOCKS",
     "BlockStats",
     "block_stats",

@@ -7,7 +7,6 @@ LaTeX, so tokens are HTML-escaped and ``$`` written as an entity: they then show
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
@@ -16,20 +15,9 @@ from plotly.subplots import make_subplots
 
 from tlprobe.analyses.lens import EmbeddingLensResult, LensResult
 from tlprobe.errors import TlprobeError
-from tlprobe.figures.views import HTML_TOKEN_COMPONENTS, CircuitsVisView, circuitsvis_view
+from tlprobe.figures.views import CircuitsVisView, circuitsvis_view, plotly_text
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
-
-
-def plotly_text(token: str) -> str:
-    """A token as plotly text that displays literally (escaped, newlines and ``$`` made safe).
-
-    Example:
-        >>> plotly_text("<br> $x$")
-        '&lt;br&gt; &#36;x&#36;'
-    """
-    text = html.escape(str(token), quote=False).replace("$", "&#36;")
-    return text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
 
 
 def _decode(tokenizer, i: int) -> str:
@@ -238,9 +226,6 @@ def target_topk_view(
         top_i.append(ti.tolist())
         bot_v.append(torch.flip(bv, dims=(1,)).tolist())
         bot_i.append(torch.flip(bi, dims=(1,)).tolist())
-    if "TopkTokens" not in HTML_TOKEN_COMPONENTS:
-        # TopkTokens inserts token strings as HTML (dangerouslySetInnerHTML): escape them here.
-        tokens = [[html.escape(t) for t in row] for row in tokens]
     return circuitsvis_view(
         "TopkTokens", tokens=tokens, topkVals=top_v, topkIdxs=top_i, bottomkVals=bot_v, bottomkIdxs=bot_i,
         firstDimensionName="Depth", thirdDimensionName="Target",

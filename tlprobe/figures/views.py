@@ -69,16 +69,21 @@ def defuse_html(token: str) -> str:
 
 
 def plotly_text(text):
-    """A string (or nested lists of strings) that plotly shows literally: ``&``, ``<``, ``>`` escaped.
+    """A string (or nested lists of strings) that plotly shows literally.
 
-    plotly decodes these three entities (but not ``&quot;``, so quotes stay as they are).
+    plotly renders text as pseudo-HTML and ``$...$`` as LaTeX: ``&``, ``<``, ``>`` are escaped
+    (plotly decodes these entities, not ``&quot;``, so quotes stay), ``$`` becomes ``&#36;`` and
+    control characters are shown as ``\\n``, ``\\r``, ``\\t``.
 
     Example:
         >>> plotly_text(["<s>", "a&b", '"q"'])
         ['&lt;s&gt;', 'a&amp;b', '"q"']
+        >>> plotly_text("<br> $x$")
+        '&lt;br&gt; &#36;x&#36;'
     """
     if isinstance(text, str):
-        return html.escape(text, quote=False)
+        out = html.escape(text, quote=False).replace("$", "&#36;")
+        return out.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
     return [plotly_text(t) for t in text]
 
 
