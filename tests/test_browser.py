@@ -35,9 +35,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 #: Small/fast options per recipe for the render check; recipes not listed run with their defaults.
-FAST_OPTIONS: dict[str, dict] = {
-    "qkv-similarity": {"bins": 40},
-}
 MAX_REPORT_BYTES = 10_000_000
 DRAW_TIMEOUT_MS = 30_000
 
@@ -130,16 +127,10 @@ def problems(state: dict) -> list[str]:
     return out
 
 
-# -- every recipe's report -------------------------------------------------------------------
-def _run_recipe(mod, out: pathlib.Path) -> dict:
-    accepted = inspect.signature(mod.run).parameters
-    options = {"out": str(out), "progress": False, "quiet": True, **FAST_OPTIONS.get(mod.NAME, {})}
-    return mod.run(**{k: v for k, v in options.items() if k in accepted})
-
-
+# -- every recipe's report (runs shared with the other recipe tests, see conftest) -----------
 @pytest.mark.parametrize("name", sorted(recipes.available()))
-def test_recipe_report_renders_offline(browser, name, tmp_path, record_property):
-    paths = _run_recipe(recipes.available()[name], tmp_path)
+def test_recipe_report_renders_offline(browser, name, recipe_output, record_property):
+    paths = recipe_output(name)
     report = pathlib.Path(paths["report"])
     size = report.stat().st_size
     record_property("report_bytes", size)
