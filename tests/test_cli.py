@@ -134,11 +134,15 @@ def test_error_from_subprocess_is_one_line_and_debug_shows_traceback(tmp_path):
 
 
 def test_copied_recipe_runs_as_a_script(tmp_path):
+    import os
+    import pathlib
+
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}  # also when not installed
     assert main(["cp", "qkv-similarity", str(tmp_path / "mine.py")]) == 0
-    proc = subprocess.run([sys.executable, str(tmp_path / "mine.py"), "--help"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(tmp_path / "mine.py"), "--help"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "--target" in proc.stdout
     proc = subprocess.run([sys.executable, str(tmp_path / "mine.py"), "--layer", "42", "--out", str(tmp_path)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and proc.stderr.strip().endswith("valid: 0..5)")
     assert "Traceback" not in proc.stderr
