@@ -298,3 +298,10 @@ def _short(tmp_path) -> str:
     p = tmp_path / "short.txt"
     p.write_text("Only a few marks here, really. Two sentences, two commas.", encoding="utf-8")
     return str(p)
+
+
+def test_window_dependence_does_not_depend_on_chunking():
+    h = torch.randn(2, 9, 5, 40, generator=torch.Generator().manual_seed(3))
+    cov, mi = window_dependence(h, centre=1, bins="sqrt", chunk=1000)
+    cov2, mi2 = window_dependence(h, centre=1, bins="sqrt", chunk=4)
+    assert torch.equal(cov, cov2) and torch.equal(mi, mi2)

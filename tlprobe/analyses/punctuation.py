@@ -274,6 +274,7 @@ def window_dependence(
     centre: int,
     bins: int | str = 10,
     correction: str | None = None,
+    chunk: int = 256,
 ) -> tuple[Float[torch.Tensor, "... windows tokens"], Float[torch.Tensor, "... windows tokens"]]:
     """Covariance and MI across hidden dimensions between the centre token and every token.
 
@@ -289,6 +290,9 @@ def window_dependence(
         centre: index of the punctuation token in each window.
         bins: bins per vector for the MI (integer or a rule, see ``cross_mi``).
         correction: MI bias correction (``None`` or ``"miller-madow"``).
+        chunk: windows (over all leading dimensions) per MI call: bounds the memory of the
+            one-hot bin codes to about ``chunk * tokens * dims * bins`` numbers; the result does
+            not depend on it.
 
     Returns:
         ``(cov, mi)``, each ``[..., windows, tokens]``; MI in nats.
@@ -310,8 +314,18 @@ def window_dependence(
     check_finite(hidden, "hidden")
     hc = hidden - hidden.mean(-1, keepdim=True)
     cov = torch.einsum("...d,...td->...t", hc[..., centre, :], hc) / (hidden.shape[-1] - 1)
-    mi = cross_mi(hidden[..., centre : centre + 1, :].mT, hidden.mT, bins=bins, correction=correction)
-    return cov, mi[..., 0, :].to(cov.dtype)
+    if not isinstance(chunk, int) or chunk < 1:
+        raise TlprobeError(f"chunk must be a positive integer, got {chunk!r}")
+    if isinstance(bins, str):  # a rule: resolve it once so that every chunk uses the same count
+        from tlprobe.analyses.mi import resolve_bins
+
+        bins = resolve_bins(hidden.mT, bins)
+    flat = hidden.reshape(-1, *hidden.shape[-2:])  # [windows, tokens, dims]
+    mi = torch.cat([
+        cross_mi(part[:, centre : centre + 1].mT, part.mT, bins=bins, correction=correction)[:, 0]
+        for part in flat.split(chunk)
+    ])
+    return cov, mi.reshape(cov.shape).to(cov.dtype)
 
 
 @dataclass(frozen=True)
