@@ -484,7 +484,7 @@ def cluster_points(
     k_max: int = 5,
     seed: int = 0,
     min_silhouette: float = 0.5,
-    sample_size: int = 4000,
+    sample_size: int = 3000,
 ) -> Clustering:
     """Cluster 2-D points (each axis standardised), choosing the number of clusters.
 
