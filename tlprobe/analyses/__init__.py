@@ -1,5 +1,24 @@
 """Analyses: pure functions over tensors or caches, returning small typed results."""
 
+from tlprobe.analyses.mi import (
+    BIN_RULES,
+    Dependence,
+    MIHistograms,
+    MIResult,
+    bin_labels,
+    copnorm,
+    cross_mi,
+    dependence,
+    entropy,
+    gcmi,
+    mi,
+    mi_histograms,
+    mi_null,
+    miller_madow,
+    pairwise_mi,
+    resolve_bins,
+    token_mi,
+)
 from tlprobe.analyses.similarity import (
     BLOCKS,
     BlockStats,
@@ -12,12 +31,29 @@ from tlprobe.analyses.similarity import (
 )
 
 __all__ = [
+    "BIN_RULES",
     "BLOCKS",
     "BlockStats",
+    "Dependence",
+    "MIHistograms",
+    "MIResult",
+    "bin_labels",
     "block_stats",
+    "copnorm",
+    "cross_mi",
+    "dependence",
+    "entropy",
     "feature_similarity",
+    "gcmi",
+    "mi",
+    "mi_histograms",
+    "mi_null",
+    "miller_madow",
+    "pairwise_mi",
     "qkv_block_codes",
     "qkv_block_similarity",
     "qkv_labels",
+    "resolve_bins",
     "shuffle_values",
+    "token_mi",
 ]
