@@ -512,9 +512,7 @@ def cluster_points(
         >>> cluster_points(*torch.randn(2, 300, generator=g)).k  # one Gaussian blob
         1
     """
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
-    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
     check_choice(method, ("kmeans", "gmm"), "clustering method")
     x = as_tensor(x, "x").double().flatten()
@@ -529,6 +527,25 @@ def cluster_points(
     std = pts.std(0)
     std = torch.where(std > 0, std, torch.ones_like(std))
     z = ((pts - pts.mean(0)) / std).numpy()
+    with threadpool_limits(1):
+        k, scores, fits = _fit_clusters(z, method, k_max, seed, min_silhouette, sample_size)
+    lab = torch.from_numpy(np.asarray(fits[k], dtype=np.int64))
+    # Canonical order: clusters sorted by mean x, numbered 0..k-1 (empty ones dropped).
+    used = torch.unique(lab)
+    means = torch.stack([x[lab == u].mean() for u in used])
+    order = used[means.argsort()]
+    remap = torch.empty(int(lab.max()) + 1, dtype=torch.long)
+    remap[order] = torch.arange(order.numel())
+    return Clustering(remap[lab], int(order.numel()), method, scores, float(min_silhouette))
+
+
+def _fit_clusters(z, method, k_max, seed, min_silhouette, sample_size):
+    # One thread: 2-D points are small, and OpenMP threads made KMeans 4-6x slower on a busy
+    # 2-core machine (results are identical); it also makes them independent of the core count.
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+    from sklearn.mixture import GaussianMixture
+
     scores: dict[int, float] = {}
     fits: dict[int, np.ndarray] = {}
     if method == "kmeans":
@@ -547,14 +564,7 @@ def cluster_points(
             scores[k] = float(gm.bic(z))
             fits[k] = gm.predict(z)
         k = min(scores, key=scores.get)
-    lab = torch.from_numpy(np.asarray(fits[k], dtype=np.int64))
-    # Canonical order: clusters sorted by mean x, numbered 0..k-1 (empty ones dropped).
-    used = torch.unique(lab)
-    means = torch.stack([x[lab == u].mean() for u in used])
-    order = used[means.argsort()]
-    remap = torch.empty(int(lab.max()) + 1, dtype=torch.long)
-    remap[order] = torch.arange(order.numel())
-    return Clustering(remap[lab], int(order.numel()), method, scores, float(min_silhouette))
+    return k, scores, fits
 
 
 @dataclass(frozen=True)
