@@ -39,6 +39,7 @@ def wordpiece_tokenizer():
 #: Small, fast options per recipe for the tests (recipes not listed run with their defaults).
 FAST_OPTIONS: dict[str, dict] = {
     "qkv-similarity": {"bins": 40},
+    "punctuation-clusters": {"n": 60, "k_max": 3},
 }
 
 

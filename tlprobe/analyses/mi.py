@@ -1,0 +1,840 @@
+"""Mutual information between variables (L08-L12): histogram estimator, bias handling, GCMI.
+
+Which estimator to use:
+
+* :func:`pairwise_mi` (plug-in histogram estimator, equal-width bins per variable): sees any
+  kind of dependence (also non-monotonic, e.g. ``y = x**2``), exact and fast, but **biased
+  upward** when samples are few for the number of cells: on independent data with 94 samples
+  it gives about 0.40 nats at 10 bins and about 1.1 at 20. The offset is roughly the same for
+  every pair, so *relative* comparisons (layer vs layer, pair vs pair with the same ``bins`` and
+  sample count) stay valid; absolute values do not.
+* ``correction="miller-madow"``: subtracts the first-order analytic bias (cheap, removes most of
+  it with moderately many samples per cell; under-corrects when most cells hold 0-1 samples).
+  Corrected values can be slightly negative: read them as "no detectable dependence".
+* :func:`mi_null` (shuffle null): permutes each variable's samples separately (seeded), which
+  keeps every marginal and destroys dependence; the mean over shuffles is the bias at exactly
+  this sample size and binning, and ``raw - null_mean`` the corrected value. The most faithful
+  correction, and also a significance reference; costs one full computation per shuffle.
+* :func:`gcmi` (Gaussian-copula MI, Ince et al. 2017, as in frites): rank-normalise each variable,
+  then the Gaussian MI ``-0.5 log(1 - r**2)``. Low bias and low variance with few samples, no bins
+  to choose, a lower bound of the true MI. It only sees dependence that survives a monotonic
+  re-mapping to a Gaussian: a symmetric ``y = x**2`` gives about 0. Use it to rank pairs with few
+  samples; use the histogram estimators (with a correction) to detect non-monotonic dependence.
+
+Everything is in nats. Binning (:func:`bin_labels`) matches ``numpy.histogram2d`` with an integer
+``bins``: edges ``linspace(min, max, bins + 1)`` per variable, the maximum in the last bin.
+A constant variable falls into one bin: its entropy is 0 and its MI with anything is 0, the exact
+plug-in values (documented, not an error); :func:`gcmi` refuses constant variables.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from jaxtyping import Float, Int
+
+from tlprobe._checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
+from tlprobe.analyses.similarity import feature_similarity, shuffle_values
+from tlprobe.errors import TlprobeError
+
+#: Bin-count rules (numpy's definitions of the bin width; one count per call, see :func:`resolve_bins`).
+BIN_RULES = ("sqrt", "scott", "fd")
+CORRECTIONS = (None, "miller-madow")
+
+# Target size (cells) of one joint-histogram tile: ~4 MB in float32 keeps the tile's
+# elementwise work in cache on a CPU (measured: smaller blocks were faster than 8 MB ones).
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def _is_int(v) -> bool:
+    return not isinstance(v, bool) and hasattr(v, "__index__")
+
+
+def _prepare(x, name: str, shape_doc: str, min_samples: int = 2) -> torch.Tensor:
+    x = upcast(as_tensor(x, name))
+    check_ndim(x, name, 2, shape_doc)
+    check_min_samples(x.shape[-2], min_samples, "mutual information",
+                      f"{name} is [..., samples, variables]: give at least {min_samples} samples")
+    if x.shape[-1] < 1:
+        raise TlprobeError(f"{name} has no variables (shape {tuple(x.shape)})")
+    check_finite(x, name)
+    return x
+
+
+def _check_dtype(dtype) -> None:
+    if dtype not in (None, torch.float32, torch.float64):
+        raise TlprobeError(f"dtype must be torch.float32 or torch.float64 (or None), got {dtype}")
+
+
+def resolve_bins(x: Float[torch.Tensor, "... samples variables"], bins: int | str = 10) -> int:
+    """The number of bins a call uses: ``bins`` itself, or a rule computed from the data.
+
+    Rules use numpy's bin widths (``numpy.histogram_bin_edges``) per variable,
+    ``count = ceil((max - min) / width)``: ``"sqrt"`` (width ``range / sqrt(n)``), ``"scott"``
+    (``(24 sqrt(pi) / n)**(1/3) * std``) and ``"fd"`` (Freedman-Diaconis, ``2 IQR n**(-1/3)``).
+    A pairwise matrix needs one count per call: the lower median of the per-variable counts
+    over all variables (and leading indices), at least 2. Variables where the width is 0
+    (constant, or zero IQR for ``"fd"``) are left out of the median.
+
+    Args:
+        x: ``[..., samples, variables]``.
+        bins: an integer >= 2, or one of ``"sqrt"``, ``"scott"``, ``"fd"``.
+
+    Raises:
+        TlprobeError: bins < 2, an unknown rule, or a rule undefined for every variable.
+
+    Example:
+        >>> x = torch.randn(100, 3, generator=torch.Generator().manual_seed(0))
+        >>> resolve_bins(x, "sqrt"), resolve_bins(x, 7)
+        (10, 7)
+    """
+    if _is_int(bins):
+        if int(bins) < 2:
+            raise TlprobeError(f"bins must be >= 2 (one bin carries no information), got {int(bins)}")
+        return int(bins)
+    if not isinstance(bins, str):
+        raise TlprobeError(f"bins must be an integer >= 2 or one of {BIN_RULES}, got {bins!r}")
+    check_choice(bins, BIN_RULES, "bin rule")
+    x = as_tensor(x, "x").double()
+    n = x.shape[-2]
+    rng = x.amax(-2) - x.amin(-2)
+    if bins == "sqrt":
+        width = rng / math.sqrt(n)
+    elif bins == "scott":
+        width = (24.0 * math.pi**0.5 / n) ** (1.0 / 3.0) * x.std(-2, correction=0)
+    else:
+        q = torch.quantile(x.mT.reshape(-1, n), torch.tensor([0.75, 0.25], dtype=x.dtype, device=x.device), dim=1)
+        width = (2.0 * (q[0] - q[1]) * n ** (-1.0 / 3.0)).reshape(rng.shape)
+    valid = width > 0
+    if not bool(valid.any()):
+        raise TlprobeError(
+            f"the {bins!r} bin rule is undefined here: every variable has zero width "
+            "(constant values, or zero inter-quartile range for 'fd'); pass an integer bins"
+        )
+    counts = torch.ceil(rng[valid] / width[valid])
+    return max(2, int(counts.median()))
+
+
+def bin_labels(
+    x: Float[torch.Tensor, "... samples variables"], bins: int | str = 10
+) -> Int[torch.Tensor, "... samples variables"]:
+    """Equal-width bin index of every value, each variable binned over its own min..max.
+
+    Identical to the bins of ``numpy.histogram2d(a, b, bins)`` (edges
+    ``linspace(min, max, bins + 1)``, the maximum in the last bin), computed in float64.
+    A constant variable gets label 0 everywhere.
+
+    Args:
+        x: ``[..., samples, variables]``.
+        bins: integer >= 2 or a rule (see :func:`resolve_bins`).
+
+    Returns:
+        ``[..., samples, variables]`` integer labels in ``0 .. bins - 1``.
+
+    Example:
+        >>> bin_labels(torch.tensor([[0.0], [0.4], [0.5], [1.0]]), bins=2).flatten().tolist()
+        [0, 0, 1, 1]
+    """
+    x = _prepare(x, "x", "[..., samples, variables]", min_samples=1)
+    k = resolve_bins(x, bins)
+    return _labels(x, k)
+
+
+def _labels(x: torch.Tensor, k: int) -> torch.Tensor:
+    xd = x.double().mT.contiguous()  # [..., variables, samples]
+    lo = xd.amin(-1, keepdim=True)
+    hi = xd.amax(-1, keepdim=True)
+    step = (hi - lo) / k
+    # numpy.linspace: arange * step + start, last edge set to stop exactly.
+    edges = torch.arange(k + 1, dtype=torch.float64, device=x.device) * step + lo
+    edges[..., -1:] = hi
+    lab = torch.searchsorted(edges, xd, right=True) - 1
+    lab = torch.where(xd == hi, k - 1, lab).clamp_(0, k - 1)
+    return lab.mT
+
+
+@lru_cache(maxsize=1)
+def _cpu_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # pragma: no cover - depends on the build
+        return False
+
+
+def _count_dtype(n: int, device: torch.device) -> torch.dtype:
+    """Dtype of the one-hot matmul. Counts are integers <= n, and every partial sum too, so
+    bfloat16 (integers <= 256 exact) and float32 (< 2**24) give exact counts."""
+    if n <= 256 and (device.type == "cuda" or (device.type == "cpu" and _cpu_bf16())):
+        return torch.bfloat16
+    return torch.float32 if n < (1 << 24) else torch.float64
+
+
+def _onehot(lab: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, n, V] labels -> [B, n, V * k] one-hot (variable-major)."""
+    B, n, V = lab.shape
+    offs = torch.arange(V, device=lab.device) * k
+    return torch.zeros(B, n, V * k, dtype=dtype, device=lab.device).scatter_(2, lab + offs, 1)
+
+
+def _marginal(lab: torch.Tensor, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum c log c and number of occupied bins per variable: [B, V] each."""
+    B, n, V = lab.shape
+    c = torch.zeros(B, V, k, dtype=dtype, device=lab.device)
+    c.scatter_add_(2, lab.mT, torch.ones(B, V, n, dtype=dtype, device=lab.device))
+    return torch.xlogy(c, c).sum(-1), (c > 0).sum(-1).to(dtype)
+
+
+def _plan(B: int, V_rows: int, V_cols: int, k: int, chunk_size: int | None) -> tuple[int, int, int]:
+    """Tiles of the joint-histogram matrix: (leading indices, row variables, column variables).
+
+    A tile holds about ``_BLOCK_ELEMENTS`` cells; rows (about 256 histogram rows) are large
+    enough for an efficient matrix product, columns fill the rest of the budget.
+    """
+    if chunk_size is not None:
+        if not _is_int(chunk_size) or int(chunk_size) < 1:
+            raise TlprobeError(f"chunk_size must be a positive integer (variables per block), got {chunk_size!r}")
+        rows = min(int(chunk_size), V_rows)
+    else:
+        rows = min(V_rows, max(1, 256 // k))
+    cols = min(V_cols, max(1, _BLOCK_ELEMENTS // (rows * k * k)))
+    whole = rows == V_rows and cols == V_cols
+    groups = max(1, min(B, _BLOCK_ELEMENTS // (V_rows * V_cols * k * k))) if whole else 1
+    return groups, rows, cols
+
+
+def _mi_labels(
+    lab_r: torch.Tensor,
+    lab_c: torch.Tensor | None,
+    k: int,
+    correction: str | None,
+    dtype: torch.dtype,
+    chunk_size: int | None,
+) -> torch.Tensor:
+    """MI between every row variable and every column variable, from labels [B, n, V].
+
+    ``lab_c=None``: the symmetric pairwise case (tiles on or above the diagonal only, mirrored).
+    """
+    B, n, Vr = lab_r.shape
+    sym = lab_c is None
+    Vc = Vr if sym else lab_c.shape[-1]
+    dev = lab_r.device
+    cdt = _count_dtype(n, dev)
+    oh_r = _onehot(lab_r, k, cdt).mT.contiguous()  # [B, Vr*k, n]
+    oh_c = oh_r.mT if sym else _onehot(lab_c, k, cdt)  # [B, n, Vc*k]
+    Sr, mr = _marginal(lab_r, k, torch.float64)
+    Sc, mc = (Sr, mr) if sym else _marginal(lab_c, k, torch.float64)
+    mm = correction == "miller-madow"
+    log_n = math.log(n)
+    ones = torch.ones(k, dtype=dtype, device=dev)
+    out = torch.empty(B, Vr, Vc, dtype=dtype, device=dev)
+    G, R, C = _plan(B, Vr, Vc, k, chunk_size)
+    # Reused flat buffers: fresh multi-MB tensors per tile cost page faults on a CPU.
+    cells = G * R * k * C * k
+    buf_joint = torch.empty(cells, dtype=cdt, device=dev)
+    buf_h = torch.empty(cells, dtype=dtype, device=dev)
+    for g0 in range(0, B, G):
+        g = slice(g0, min(g0 + G, B))
+        for a in range(0, Vr, R):
+            b = min(a + R, Vr)
+            for c0 in range(a if sym else 0, Vc, C):
+                c1 = min(c0 + C, Vc)
+                size = (g.stop - g0, (b - a) * k, (c1 - c0) * k)
+                ncell = size[0] * size[1] * size[2]
+                # all joint histograms of the tile, exact integer counts: [G, r*k, c*k]
+                joint = torch.bmm(oh_r[g, a * k : b * k], oh_c[g, :, c0 * k : c1 * k], out=buf_joint[:ncell].view(size))
+                h = buf_h[:ncell].view(size).copy_(joint).clamp_min_(1).sub_(1)
+                h.log1p_().mul_(joint)  # c log c (0 for c in {0, 1}); log1p is the fast log here
+                shape = (size[0], b - a, k, c1 - c0)  # [G, r, row bin, c] once column bins are summed
+                S = torch.mv(h.view(-1, k), ones).view(shape).sum(2).double()
+                mi = (S - Sr[g, a:b, None] - Sc[g, None, c0:c1]).div_(n).add_(log_n).clamp_min_(0)
+                if mm:
+                    occupied = h.copy_(joint).clamp_max_(1)  # counts are integers: 1 where c >= 1
+                    occ = torch.mv(occupied.view(-1, k), ones).view(shape).sum(2).double()
+                    mi += (mr[g, a:b, None] + mc[g, None, c0:c1] - occ - 1) / (2 * n)
+                out[g, a:b, c0:c1] = mi.to(dtype)
+    if sym:
+        out = out.triu() + out.triu(1).mT
+    return out
+
+
+def _setup(x, name, bins, correction, dtype):
+    x = _prepare(x, name, "[..., samples, variables]")
+    check_choice(correction, CORRECTIONS, "correction")
+    _check_dtype(dtype)
+    k = resolve_bins(x, bins)
+    return x, k, dtype or x.dtype
+
+
+def pairwise_mi(
+    x: Float[torch.Tensor, "... samples variables"],
+    bins: int | str = 10,
+    correction: str | None = None,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Float[torch.Tensor, "... variables variables"]:
+    """Mutual information (nats) between every pair of variables, across samples.
+
+    Plug-in histogram estimator ``I = sum p(x,y) log(p(x,y) / (p(x) p(y)))`` on equal-width bins
+    per variable (:func:`bin_labels`). All joint histograms of a block of variables come from one
+    matrix product of one-hot bin codes (``onehot.T @ onehot``, exact integer counts); the upper
+    triangle is computed once and mirrored. Tiles of about a million histogram cells bound the
+    working memory (besides the ``samples x variables x bins`` one-hot and the output). Counts
+    are exact: the product runs in bfloat16 for up to 256 samples where the CPU supports it
+    (integers <= 256 are exact there), else float32.
+    Leading dimensions (layers, heads) are batched; runs on ``x``'s device.
+
+    Args:
+        x: ``[..., samples, variables]``, e.g. ``[layers, tokens, d_model]`` for MI between
+            hidden dimensions across tokens (for MI between tokens use :func:`token_mi`).
+        bins: integer >= 2, or ``"sqrt"``, ``"scott"``, ``"fd"`` (one count per call, see
+            :func:`resolve_bins`).
+        correction: ``None`` (raw plug-in, >= 0, biased upward with few samples) or
+            ``"miller-madow"`` (adds ``(m_x + m_y - m_xy - 1) / (2 n)``, ``m`` = occupied bins;
+            can be slightly negative). For a shuffle null use :func:`mi_null`.
+        chunk_size: row variables per tile (default: about 256 // bins); columns fill a tile
+            of about a million histogram cells.
+        dtype: precision of the entropies, ``torch.float32`` (fast, about 1e-7 nats) or
+            ``torch.float64`` (exact to rounding); default ``x``'s dtype after upcasting.
+
+    Returns:
+        ``[..., variables, variables]``, symmetric; the diagonal is each variable's entropy
+        (Miller-Madow-corrected entropy with the correction). Constant variables have entropy
+        0 and MI 0.
+
+    Raises:
+        TlprobeError: fewer than 2 samples, NaN/inf, bins < 2, unknown rule or correction.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.rand(200, 1, generator=g)
+        >>> m = pairwise_mi(torch.cat([x, x**2, torch.rand(200, 1, generator=g)], 1), bins=4)
+        >>> m.round(decimals=2)  # x, x**2, independent noise; diagonal = entropies
+        tensor([[1.3800, 0.9400, 0.0100],
+                [0.9400, 1.1700, 0.0200],
+                [0.0100, 0.0200, 1.3800]])
+    """
+    x, k, dtype = _setup(x, "x", bins, correction, dtype)
+    lead, n, V = x.shape[:-2], x.shape[-2], x.shape[-1]
+    lab = _labels(x, k).reshape(-1, n, V)
+    return _mi_labels(lab, None, k, correction, dtype, chunk_size).reshape(*lead, V, V)
+
+
+def token_mi(
+    h: Float[torch.Tensor, "... tokens dims"],
+    bins: int | str = 10,
+    correction: str | None = None,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Float[torch.Tensor, "... tokens tokens"]:
+    """MI between every pair of tokens, using the hidden dimensions as samples.
+
+    The token-by-token slicing of L09/L11: ``pairwise_mi(h.mT)``; each token's vector is binned
+    over its own min..max. Same arguments as :func:`pairwise_mi`.
+
+    Example:
+        >>> h = torch.randn(5, 64, generator=torch.Generator().manual_seed(0))
+        >>> token_mi(h, bins=4).shape
+        torch.Size([5, 5])
+    """
+    h = as_tensor(h, "h")
+    check_ndim(h, "h", 2, "[..., tokens, dims]")
+    return pairwise_mi(h.mT, bins=bins, correction=correction, chunk_size=chunk_size, dtype=dtype)
+
+
+def cross_mi(
+    x: Float[torch.Tensor, "... samples vx"],
+    y: Float[torch.Tensor, "... samples vy"],
+    bins: int | str = 10,
+    correction: str | None = None,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Float[torch.Tensor, "... vx vy"]:
+    """MI between every variable of ``x`` and every variable of ``y`` (same samples).
+
+    Leading dimensions broadcast. A bin rule is computed over the variables of ``x`` and ``y``
+    together. Otherwise as :func:`pairwise_mi`.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.rand(300, 2, generator=g)
+        >>> cross_mi(x, x[:, :1] * 3 + 1, bins=5).squeeze(-1).round(decimals=3)
+        tensor([1.5990, 0.0350])
+    """
+    x = _prepare(x, "x", "[..., samples, vx]")
+    y = _prepare(y, "y", "[..., samples, vy]")
+    if x.shape[-2] != y.shape[-2]:
+        raise TlprobeError(f"x has {x.shape[-2]} samples and y {y.shape[-2]}; pair the same samples")
+    try:
+        lead = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+    except RuntimeError as exc:
+        raise TlprobeError(f"leading dimensions of x {tuple(x.shape)} and y {tuple(y.shape)} do not broadcast") from exc
+    check_choice(correction, CORRECTIONS, "correction")
+    _check_dtype(dtype)
+    dtype = dtype or torch.promote_types(x.dtype, y.dtype)
+    n = x.shape[-2]
+    x = x.expand(*lead, n, x.shape[-1])
+    y = y.expand(*lead, n, y.shape[-1]).to(x.device)
+    k = resolve_bins(torch.cat([x.double(), y.double()], -1), bins)
+    lx = _labels(x, k).reshape(-1, n, x.shape[-1])
+    ly = _labels(y, k).reshape(-1, n, y.shape[-1])
+    return _mi_labels(lx, ly, k, correction, dtype, chunk_size).reshape(*lead, x.shape[-1], y.shape[-1])
+
+
+def entropy(
+    x: Float[torch.Tensor, "... samples variables"],
+    bins: int | str = 10,
+    correction: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Float[torch.Tensor, "... variables"]:
+    """Plug-in entropy (nats) of each variable, on the same bins as :func:`pairwise_mi`.
+
+    Equals the diagonal of :func:`pairwise_mi`; ``correction="miller-madow"`` adds ``(m - 1) / (2 n)``.
+
+    Example:
+        >>> entropy(torch.tensor([[0.0], [1.0], [2.0], [3.0]]), bins=2)
+        tensor([0.6931])
+    """
+    x, k, dtype = _setup(x, "x", bins, correction, dtype)
+    lead, n, V = x.shape[:-2], x.shape[-2], x.shape[-1]
+    S, m = _marginal(_labels(x, k).reshape(-1, n, V), k, torch.float64)
+    h = math.log(n) - S / n
+    if correction == "miller-madow":
+        h = h + (m - 1) / (2 * n)
+    return h.to(dtype).reshape(*lead, V)
+
+
+def mi(
+    x: Float[torch.Tensor, "... samples"],
+    y: Float[torch.Tensor, "... samples"],
+    bins: int | str = 10,
+    correction: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Float[torch.Tensor, "..."]:
+    """MI (nats) between two variables (leading dimensions batched), as :func:`cross_mi`.
+
+    Example:
+        >>> x = torch.tensor([0.0, 1.0, 2.0, 3.0])
+        >>> mi(x, -x, bins=2), mi(x, torch.tensor([0.0, 1.0, 0.0, 1.0]), bins=2)
+        (tensor(0.6931), tensor(0.))
+    """
+    x, y = as_tensor(x, "x"), as_tensor(y, "y")
+    check_ndim(x, "x", 1, "[..., samples]")
+    check_ndim(y, "y", 1, "[..., samples]")
+    return cross_mi(x[..., None], y[..., None], bins=bins, correction=correction, dtype=dtype)[..., 0, 0]
+
+
+@dataclass(frozen=True)
+class MIResult:
+    """Pairwise MI with a bias estimate.
+
+    Attributes:
+        raw: ``[..., V, V]`` plug-in MI (diagonal: entropy).
+        corrected: ``[..., V, V]`` bias-corrected MI (``raw - null_mean`` for the shuffle null);
+            its diagonal is 0 for the shuffle null (a shuffled variable is still itself).
+        null_mean: ``[..., V, V]`` mean MI over shuffles (``None`` for Miller-Madow).
+        null_std: ``[..., V, V]`` standard deviation over shuffles (``None`` for Miller-Madow).
+        bins: bins used.
+        method: ``"shuffle"`` or ``"miller-madow"``.
+        n_samples: samples per variable.
+        n_shuffles: shuffles drawn (0 for Miller-Madow).
+        seed: the shuffle seed.
+    """
+
+    raw: Float[torch.Tensor, "... v v"]
+    corrected: Float[torch.Tensor, "... v v"]
+    null_mean: Float[torch.Tensor, "... v v"] | None
+    null_std: Float[torch.Tensor, "... v v"] | None
+    bins: int
+    method: str
+    n_samples: int
+    n_shuffles: int = 0
+    seed: int | None = None
+
+    def upper(self, which: str = "corrected") -> Float[torch.Tensor, "... pairs"]:
+        """The strict upper triangle (each pair once) of ``raw``, ``corrected`` or ``null_mean``."""
+        check_choice(which, ("raw", "corrected", "null_mean"), "field")
+        m = getattr(self, which)
+        if m is None:
+            raise TlprobeError(f"this result has no {which} (method {self.method!r})")
+        i, j = torch.triu_indices(m.shape[-1], m.shape[-1], 1, device=m.device)
+        return m[..., i, j]
+
+    def summary(self) -> dict:
+        """Mean of raw, null and corrected MI over all pairs (strict upper triangle)."""
+        out = {"bins": self.bins, "method": self.method, "n_samples": self.n_samples,
+               "raw_mean": float(self.upper("raw").mean())}
+        if self.null_mean is not None:
+            out["null_mean"] = float(self.upper("null_mean").mean())
+        out["corrected_mean"] = float(self.upper("corrected").mean())
+        return out
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the matrices as nested lists plus the settings."""
+        opt = (lambda t: None if t is None else t.tolist())
+        return {"method": self.method, "bins": self.bins, "n_samples": self.n_samples,
+                "n_shuffles": self.n_shuffles, "seed": self.seed, "raw": self.raw.tolist(),
+                "corrected": self.corrected.tolist(), "null_mean": opt(self.null_mean),
+                "null_std": opt(self.null_std)}
+
+
+def mi_null(
+    x: Float[torch.Tensor, "... samples variables"],
+    n_shuffles: int = 10,
+    seed: int = 0,
+    bins: int | str = 10,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> MIResult:
+    """Pairwise MI corrected by a shuffle null.
+
+    Each shuffle permutes every variable's samples separately (seeded, drawn on the CPU, so
+    results do not depend on the device): the marginals and the bins stay the same, dependence
+    is destroyed, so the MI of shuffled data is the estimator's bias at this sample size and
+    binning. ``corrected = raw - mean over shuffles``.
+
+    Args:
+        x: ``[..., samples, variables]``.
+        n_shuffles: number of shuffles (>= 1; the null mean's noise falls as 1/sqrt of it).
+        seed: the same seed gives the same shuffles.
+        bins, chunk_size, dtype: as :func:`pairwise_mi`.
+
+    Example:
+        >>> x = torch.rand(94, 4, generator=torch.Generator().manual_seed(0))
+        >>> r = mi_null(x, n_shuffles=20, seed=0)
+        >>> bool(r.upper("raw").mean() > 0.3), bool(r.upper("corrected").abs().mean() < 0.1)
+        (True, True)
+    """
+    x, k, dtype = _setup(x, "x", bins, None, dtype)
+    if not _is_int(n_shuffles) or int(n_shuffles) < 1:
+        raise TlprobeError(f"n_shuffles must be a positive integer, got {n_shuffles!r}")
+    lead, n, V = x.shape[:-2], x.shape[-2], x.shape[-1]
+    lab = _labels(x, k).reshape(-1, n, V)
+    raw = _mi_labels(lab, None, k, None, dtype, chunk_size)
+    gen = torch.Generator().manual_seed(int(seed))
+    total = torch.zeros_like(raw, dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    for _ in range(int(n_shuffles)):
+        s = int(torch.randint(0, 2**62, (1,), generator=gen))
+        null = _mi_labels(shuffle_values(lab, "within-feature", seed=s), None, k, None, dtype, chunk_size).double()
+        total += null
+        total_sq += null * null
+    mean = total / n_shuffles
+    std = (total_sq / n_shuffles - mean * mean).clamp_min(0).sqrt()
+    shape = (*lead, V, V)
+    return MIResult(
+        raw=raw.reshape(shape), corrected=(raw - mean).to(dtype).reshape(shape),
+        null_mean=mean.to(dtype).reshape(shape), null_std=std.to(dtype).reshape(shape),
+        bins=k, method="shuffle", n_samples=n, n_shuffles=int(n_shuffles), seed=int(seed),
+    )
+
+
+def miller_madow(
+    x: Float[torch.Tensor, "... samples variables"],
+    bins: int | str = 10,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> MIResult:
+    """Pairwise MI with the Miller-Madow correction, packaged like :func:`mi_null`.
+
+    Example:
+        >>> x = torch.rand(94, 4, generator=torch.Generator().manual_seed(0))
+        >>> r = miller_madow(x)
+        >>> bool(r.upper("corrected").mean() < r.upper("raw").mean())
+        True
+    """
+    x, k, dtype = _setup(x, "x", bins, None, dtype)
+    lead, n, V = x.shape[:-2], x.shape[-2], x.shape[-1]
+    lab = _labels(x, k).reshape(-1, n, V)
+    raw = _mi_labels(lab, None, k, None, dtype, chunk_size).reshape(*lead, V, V)
+    cor = _mi_labels(lab, None, k, "miller-madow", dtype, chunk_size).reshape(*lead, V, V)
+    return MIResult(raw=raw, corrected=cor, null_mean=None, null_std=None, bins=k,
+                    method="miller-madow", n_samples=n)
+
+
+def copnorm(x: Float[torch.Tensor, "... samples variables"]) -> Float[torch.Tensor, "... samples variables"]:
+    """Copula normalisation: each variable's ranks mapped to a standard normal.
+
+    ``ndtri(rank / (n + 1))`` per variable, ranks 1..n along the samples axis; tied values get
+    their average rank (as ``scipy.stats.rankdata``), so ties never create spurious order.
+
+    Example:
+        >>> copnorm(torch.tensor([[3.0], [1.0], [2.0]])).flatten().round(decimals=4)
+        tensor([ 0.6745, -0.6745,  0.0000], dtype=torch.float64)
+    """
+    x = as_tensor(x, "x")
+    check_ndim(x, "x", 2, "[..., samples, variables]")
+    n = x.shape[-2]
+    v, order = x.double().sort(dim=-2, stable=True)
+    idx = torch.arange(n, device=x.device, dtype=torch.float64).view(n, 1).expand_as(v)
+    edge = torch.ones_like(v[..., :1, :], dtype=torch.bool)
+    diff = v[..., 1:, :] != v[..., :-1, :]
+    start = torch.cat([edge, diff], -2)
+    stop = torch.cat([diff, edge], -2)
+    first = torch.where(start, idx, 0.0).cummax(-2).values
+    last = torch.where(stop, idx, float(n - 1)).flip(-2).cummin(-2).values.flip(-2)
+    ranks = torch.empty_like(v).scatter_(-2, order, (first + last) / 2 + 1)
+    return torch.special.ndtri(ranks / (n + 1))
+
+
+def _check_not_constant(x: torch.Tensor, name: str) -> None:
+    const = (x.amax(-2) == x.amin(-2))
+    if bool(const.any()):
+        bad = const.flatten().nonzero().flatten()[:5].remainder(x.shape[-1]).tolist()
+        raise TlprobeError(
+            f"{int(const.sum())} variable(s) of {name} are constant across samples (e.g. variable(s) {bad}); "
+            "Gaussian-copula MI is undefined for them (no ranks). Drop those variables, or use "
+            "pairwise_mi, whose plug-in value for a constant variable is 0"
+        )
+
+
+def gcmi(
+    x: Float[torch.Tensor, "... samples vx"],
+    y: Float[torch.Tensor, "... samples vy"] | None = None,
+) -> Float[torch.Tensor, "... vx vy"]:
+    """Gaussian-copula MI (nats): pairwise over ``x``'s variables, or ``x`` vs ``y``.
+
+    Each variable is copula-normalised (:func:`copnorm`), then the MI of a bivariate Gaussian
+    with correlation ``r`` is ``-0.5 log(1 - r**2)``, for all pairs at once from one
+    correlation matrix (:func:`tlprobe.analyses.similarity.feature_similarity`). No bias
+    correction is applied (frites' ``biascorrect=False``). Monotonic transforms of a variable
+    leave it unchanged. See the module docstring for when to prefer it.
+
+    Args:
+        x: ``[..., samples, vx]``.
+        y: optional ``[..., samples, vy]`` (same samples, same leading shape).
+
+    Returns:
+        ``[..., vx, vx]`` (diagonal ``inf``: a continuous variable has infinite MI with itself)
+        or ``[..., vx, vy]``; float64.
+
+    Raises:
+        TlprobeError: fewer than 3 samples, NaN/inf, or a constant variable.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> z = torch.randn(20000, 2, dtype=torch.float64, generator=g)
+        >>> x = torch.stack([z[:, 0], 0.6 * z[:, 0] + 0.8 * z[:, 1]], 1)
+        >>> abs(float(gcmi(x)[0, 1]) + 0.5 * math.log(1 - 0.6**2)) < 0.01  # closed form for rho = 0.6
+        True
+    """
+    x = _prepare(x, "x", "[..., samples, variables]", min_samples=3)
+    _check_not_constant(x, "x")
+    if y is None:
+        r = feature_similarity(copnorm(x), "correlation")
+        out = -0.5 * torch.log1p(-r * r)
+        return out.diagonal_scatter(torch.full(out.shape[:-1], math.inf, dtype=out.dtype, device=out.device),
+                                    dim1=-2, dim2=-1)
+    y = _prepare(y, "y", "[..., samples, variables]", min_samples=3)
+    _check_not_constant(y, "y")
+    if x.shape[:-1] != y.shape[:-1]:
+        raise TlprobeError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same leading and sample dimensions")
+    vx = x.shape[-1]
+    r = feature_similarity(copnorm(torch.cat([x.double(), y.double().to(x.device)], -1)), "correlation")
+    r = r[..., :vx, vx:]
+    return -0.5 * torch.log1p(-r * r)
+
+
+@dataclass(frozen=True)
+class MIHistograms:
+    """Histograms of the pairwise values of MI matrices (strict upper triangle: each pair once).
+
+    Attributes:
+        names: one name per series (flattened leading index), e.g. layer names.
+        edges: ``[bins + 1]`` bin edges, shared by every series (so overlays line up).
+        prob: ``[series, bins]`` fraction of the pairs in each bin (sums to 1).
+        mean, median, std: ``[series]`` over the pairs.
+        n_pairs: pairs per series.
+        quantity: what the values are, e.g. ``"MI (nats)"``.
+    """
+
+    names: tuple[str, ...]
+    edges: Float[torch.Tensor, " edges"]
+    prob: Float[torch.Tensor, "series bins"]
+    mean: Float[torch.Tensor, " series"]
+    median: Float[torch.Tensor, " series"]
+    std: Float[torch.Tensor, " series"]
+    n_pairs: int
+    quantity: str = "MI (nats)"
+
+    @property
+    def centers(self) -> Float[torch.Tensor, " bins"]:
+        """Bin centres."""
+        return (self.edges[1:] + self.edges[:-1]) / 2
+
+    @property
+    def density(self) -> Float[torch.Tensor, "series bins"]:
+        """Probability density (integrates to 1 over the bin range)."""
+        return self.prob / (self.edges[1:] - self.edges[:-1])
+
+    def table(self) -> list[dict]:
+        """Rows ``{series, n_pairs, mean, median, std}``."""
+        return [{"series": nm, "n_pairs": self.n_pairs, "mean": float(self.mean[i]),
+                 "median": float(self.median[i]), "std": float(self.std[i])}
+                for i, nm in enumerate(self.names)]
+
+    def to_dict(self) -> dict:
+        """JSON-ready: every number as lists."""
+        return {"names": list(self.names), "quantity": self.quantity, "edges": self.edges.tolist(),
+                "prob": self.prob.tolist(), "mean": self.mean.tolist(), "median": self.median.tolist(),
+                "std": self.std.tolist(), "n_pairs": self.n_pairs}
+
+
+def mi_histograms(
+    mats: Float[torch.Tensor, "... v v"],
+    names: list[str] | None = None,
+    bins: int = 60,
+    range: tuple[float, float] | None = None,
+    quantity: str = "MI (nats)",
+) -> MIHistograms:
+    """Histogram the pairwise values (strict upper triangle) of each matrix, on shared bins.
+
+    One ``bincount`` for all series, no loop. For the L09 figure pass the per-layer matrices
+    ``[layers, V, V]``; for raw vs null vs corrected stack them into ``[3, V, V]`` (or
+    ``[3, layers, V, V]``: the leading indices are flattened, names in row-major order).
+
+    Args:
+        mats: ``[..., V, V]`` symmetric matrices (e.g. from :func:`pairwise_mi`).
+        names: one per flattened leading index (default ``"0"``, ``"1"``, ...).
+        bins: number of equal-width bins.
+        range: ``(low, high)``; default the min and max over all series. Values outside
+            are counted in the first/last bin.
+        quantity: label of the values.
+
+    Example:
+        >>> m = torch.tensor([[[1.0, 0.2, 0.4], [0.2, 1.0, 0.6], [0.4, 0.6, 1.0]]])
+        >>> h = mi_histograms(m, ["layer 0"], bins=2, range=(0.0, 1.0))
+        >>> h.prob.tolist(), h.n_pairs
+        ([[0.6666666666666666, 0.3333333333333333]], 3)
+    """
+    mats = upcast(as_tensor(mats, "mats")).double()
+    check_ndim(mats, "mats", 2, "[..., V, V]")
+    V = mats.shape[-1]
+    if mats.shape[-2] != V or V < 2:
+        raise TlprobeError(f"mats has shape {tuple(mats.shape)}; expected [..., V, V] with V >= 2")
+    if not _is_int(bins) or int(bins) < 1:
+        raise TlprobeError(f"bins must be a positive integer, got {bins!r}")
+    i, j = torch.triu_indices(V, V, 1, device=mats.device)
+    vals = mats[..., i, j].reshape(-1, i.numel())
+    check_finite(vals, "mats (off-diagonal values)")
+    s = vals.shape[0]
+    names = [str(t) for t in builtins.range(s)] if names is None else [str(nm) for nm in names]
+    if len(names) != s:
+        raise TlprobeError(f"{len(names)} names for {s} matrices (leading indices flattened)")
+    lo, hi = (float(vals.min()), float(vals.max())) if range is None else (float(range[0]), float(range[1]))
+    if hi <= lo:
+        hi = lo + 1e-9 if range is None else hi
+        if hi <= lo:
+            raise TlprobeError(f"range must be (low, high) with high > low, got {range}")
+    bins = int(bins)
+    idx = ((vals - lo) / (hi - lo) * bins).floor().long().clamp_(0, bins - 1)
+    flat = torch.arange(s, device=vals.device)[:, None] * bins + idx
+    counts = torch.bincount(flat.flatten(), minlength=s * bins).reshape(s, bins).double()
+    return MIHistograms(
+        names=tuple(names), edges=torch.linspace(lo, hi, bins + 1, dtype=torch.float64),
+        prob=(counts / vals.shape[1]).cpu(), mean=vals.mean(1).cpu(), median=vals.median(1).values.cpu(),
+        std=vals.std(1, correction=0).cpu(), n_pairs=int(vals.shape[1]), quantity=quantity,
+    )
+
+
+@dataclass(frozen=True)
+class Dependence:
+    """Linear and information measures of dependence for pairs ``(x, y)`` (L10).
+
+    Every field is ``[...]`` (one value per leading index of the input pairs).
+
+    Attributes:
+        covariance: unbiased covariance (signed, scale-dependent, linear only).
+        correlation: Pearson correlation.
+        mi_raw: plug-in histogram MI (nats), biased upward.
+        mi_miller_madow: Miller-Madow-corrected MI.
+        mi_null_mean: mean MI over the shuffles.
+        mi_null_q95: 95th percentile of the shuffle MI (a significance threshold).
+        mi_corrected: ``mi_raw - mi_null_mean``.
+        gcmi: Gaussian-copula MI (monotonic dependence only).
+        bins, n_samples, n_shuffles, seed: settings.
+    """
+
+    covariance: torch.Tensor
+    correlation: torch.Tensor
+    mi_raw: torch.Tensor
+    mi_miller_madow: torch.Tensor
+    mi_null_mean: torch.Tensor
+    mi_null_q95: torch.Tensor
+    mi_corrected: torch.Tensor
+    gcmi: torch.Tensor
+    bins: int
+    n_samples: int
+    n_shuffles: int
+    seed: int
+
+    _FIELDS = ("covariance", "correlation", "mi_raw", "mi_miller_madow", "mi_null_mean",
+               "mi_null_q95", "mi_corrected", "gcmi")
+
+    def to_dict(self) -> dict:
+        """JSON-ready."""
+        out = {f: getattr(self, f).tolist() for f in self._FIELDS}
+        out.update(bins=self.bins, n_samples=self.n_samples, n_shuffles=self.n_shuffles, seed=self.seed)
+        return out
+
+
+def dependence(
+    x: Float[torch.Tensor, "... samples"],
+    y: Float[torch.Tensor, "... samples"],
+    bins: int | str = 10,
+    n_shuffles: int = 100,
+    seed: int = 0,
+) -> Dependence:
+    """Covariance, correlation and MI (raw, Miller-Madow, shuffle-corrected, GCMI) of pairs.
+
+    Batched over leading dimensions (e.g. one pair per correlation value of a sweep): covariance
+    and correlation come from :func:`tlprobe.analyses.similarity.feature_similarity`, MI from
+    :func:`pairwise_mi` / :func:`mi_null` / :func:`gcmi`, so the numbers line up with the
+    pairwise matrices. The shuffle null permutes ``y`` only (enough for one pair).
+
+    Args:
+        x, y: ``[..., samples]`` paired samples.
+        bins: as :func:`pairwise_mi`.
+        n_shuffles: shuffles for the null (>= 1).
+        seed: seed of the shuffles.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.rand(500, generator=g, dtype=torch.float64) * 2 - 1
+        >>> d = dependence(x, x**2, n_shuffles=20)
+        >>> abs(float(d.correlation)) < 0.1, float(d.mi_corrected) > 0.5
+        (True, True)
+    """
+    x, y = as_tensor(x, "x"), as_tensor(y, "y")
+    check_ndim(x, "x", 1, "[..., samples]")
+    check_ndim(y, "y", 1, "[..., samples]")
+    if x.shape != y.shape:
+        raise TlprobeError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same shape")
+    if not _is_int(n_shuffles) or int(n_shuffles) < 1:
+        raise TlprobeError(f"n_shuffles must be a positive integer, got {n_shuffles!r}")
+    xy = _prepare(torch.stack([x, y.to(x.device)], -1), "(x, y)", "[..., samples]", min_samples=3)
+    xy = xy.double()
+    n = xy.shape[-2]
+    k = resolve_bins(xy, bins)
+    cov = feature_similarity(xy, "covariance")[..., 0, 1]
+    cor = feature_similarity(xy, "correlation")[..., 0, 1]
+    lead = xy.shape[:-2]
+    lab = _labels(xy, k).reshape(-1, n, 2)
+    raw = _mi_labels(lab, None, k, None, torch.float64, None)[:, 0, 1]
+    mm = _mi_labels(lab, None, k, "miller-madow", torch.float64, None)[:, 0, 1]
+    # Null: permute y's labels, all shuffles batched as leading indices.
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.rand(int(n_shuffles), lab.shape[0], n, generator=gen).argsort(-1).to(lab.device)
+    ly = lab[..., 1].expand(int(n_shuffles), -1, -1).gather(-1, perm)
+    lx = lab[..., 0].expand(int(n_shuffles), -1, -1)
+    null = _mi_labels(torch.stack([lx, ly], -1).reshape(-1, n, 2), None, k, None, torch.float64, None)
+    null = null[:, 0, 1].reshape(int(n_shuffles), -1)
+    return Dependence(
+        covariance=cov, correlation=cor, mi_raw=raw.reshape(lead), mi_miller_madow=mm.reshape(lead),
+        mi_null_mean=null.mean(0).reshape(lead), mi_null_q95=null.quantile(0.95, dim=0).reshape(lead),
+        mi_corrected=(raw - null.mean(0)).reshape(lead), gcmi=gcmi(xy)[..., 0, 1],
+        bins=k, n_samples=n, n_shuffles=int(n_shuffles), seed=int(seed),
+    )
