@@ -67,11 +67,19 @@ def main() -> None:
     print(f"shape: {L} layers x {S} samples x {F} Q|K|V coordinates; {args.bins} bins; cosine; "
           f"torch threads {torch.get_num_threads()}")
 
-    # tlprobe first, so that the memory high-water mark below is its own.
+    # tlprobe first, so that the memory high-water mark below is its own. With torch's default
+    # thread count and, if that is more than one, with one thread too: on a busy machine the
+    # OpenMP barriers of a multi-threaded run can wait for a descheduled core at every op.
+    default_threads = torch.get_num_threads()
+    thread_counts = [default_threads] + ([1] if default_threads > 1 and args.threads is None else [])
     rss0 = max_rss_mb()
-    t0 = time.perf_counter()
-    st = depth_block_similarity(x, "cosine", bins=args.bins, chunk=args.chunk)
-    t_tl = time.perf_counter() - t0
+    t_tl = {}
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        st = depth_block_similarity(x, "cosine", bins=args.bins, chunk=args.chunk)
+        t_tl[threads] = time.perf_counter() - t0
+    torch.set_num_threads(default_threads)
     rss1 = max_rss_mb()
     chunk = _chunk_size(L, n, S, args.chunk)
     print(f"tlprobe: chunk of {chunk} layer(s); working-memory estimate "
@@ -96,10 +104,13 @@ def main() -> None:
           + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
 
     note = "" if n_naive == L else f"  (measured on {n_naive} layers in {t_naive_run:.2f} s, extrapolated x{L / n_naive:.2f})"
-    print(f"{'path':<34}{'seconds':>10}{'per layer':>12}")
-    print(f"{'naive numpy per-layer loop':<34}{t_naive:>10.2f}{t_naive / L:>12.3f}{note}")
-    print(f"{'tlprobe depth_block_similarity':<34}{t_tl:>10.2f}{t_tl / L:>12.3f}")
-    print(f"ratio naive / tlprobe: {t_naive / t_tl:.1f}x")
+    print(f"{'path':<44}{'seconds':>10}{'per layer':>12}{'naive / this':>14}")
+    print(f"{'naive numpy per-layer loop':<44}{t_naive:>10.2f}{t_naive / L:>12.3f}{'':>14}{note}")
+    for threads, t in t_tl.items():
+        name = f"tlprobe depth_block_similarity ({threads} thr)"
+        print(f"{name:<44}{t:>10.2f}{t / L:>12.3f}{t_naive / t:>13.1f}x")
+    print(f"ratio naive / tlprobe: {t_naive / min(t_tl.values()):.1f}x (best tlprobe run); "
+          f"{t_naive / t_tl[default_threads]:.1f}x at torch's default {default_threads} thread(s)")
 
 
 if __name__ == "__main__":

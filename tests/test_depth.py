@@ -266,12 +266,21 @@ def test_figures_show_the_numbers():
         depth_histogram_figure({"cosine": stats["cosine"][0]}, ["L0"])
 
 
+def _few_sentences(tmp_path, n=14):
+    from recipes._common import data_path, read_lines
+
+    path = tmp_path / "sentences.txt"
+    path.write_text("\n".join(read_lines(data_path("her_sentences.txt"))[:n]) + "\n", encoding="utf-8")
+    return str(path)
+
+
 def test_recipe_writes_per_layer_results(tmp_path):
     from recipes import layer_similarity
 
-    paths = layer_similarity.run(out=str(tmp_path), bins=10, progress=False, quiet=True)
+    paths = layer_similarity.run(out=str(tmp_path), sentences=_few_sentences(tmp_path), bins=10,
+                                 progress=False, quiet=True)
     res = json.loads(paths["results"].read_text())
-    assert res["recipe"] == "layer-similarity"
+    assert res["recipe"] == "layer-similarity" and res["params"]["n_sentences"] == 14
     n_layers = res["model"]["n_layers"]
     n_heads = res["model"]["n_heads"]
     hist = res["histograms"]["cosine"]
@@ -287,3 +296,19 @@ def test_recipe_writes_per_layer_results(tmp_path):
     assert row["std"] == hist["std"][0][n_layers - 1][5]
     html = paths["report"].read_text()
     assert html.count('class="plotly-graph-div"') >= 7
+
+
+def test_qkv_similarity_per_head_summary_matches_head_drill_down(tmp_path):
+    from recipes import qkv_similarity
+
+    sentences = _few_sentences(tmp_path)
+    full = json.loads(qkv_similarity.run(out=str(tmp_path / "all"), sentences=sentences, bins=10, progress=False,
+                                         quiet=True)["results"].read_text())
+    one = json.loads(qkv_similarity.run(out=str(tmp_path / "h5"), sentences=sentences, bins=10, head=5,
+                                        progress=False, quiet=True)["results"].read_text())
+    per_head = full["per_head"]
+    assert per_head["heads"][5] == f"L{full['params']['layer']}H5"
+    for meth in ("cosine", "correlation"):
+        target = one["histograms"][meth]  # population 0 = target
+        np.testing.assert_allclose(per_head[meth]["frac_extreme"][5], target["frac_extreme"][0], atol=1e-6)
+        np.testing.assert_allclose(per_head[meth]["mean"][5], target["mean"][0], atol=1e-5)

@@ -214,3 +214,41 @@ def head_heatmap_figure(
     fig.update_layout(title=title, height=300 * rows + 100, width=min(cols, len(names)) * 400 + 120,
                       template="plotly_white", **extra)
     return fig
+
+
+def head_block_figure(
+    stats: dict[str, BlockStats],
+    head_names: list[str],
+    summary: str = "frac_extreme",
+    title: str | None = None,
+) -> go.Figure:
+    """One layer's ``[head, block]`` summary as heatmaps, one panel per method, hover "L3H7".
+
+    Args:
+        stats: method -> block statistics whose summaries are ``[head, block]`` (e.g.
+            :func:`~tlprobe.analyses.depth.depth_block_similarity` of ``split_heads(samples, H)``).
+        head_names: one name per head, e.g. ``["L3H0", "L3H1", ...]``.
+        summary: ``frac_extreme``, ``std``, ``mean`` or ``mean_abs``.
+        title: figure title.
+    """
+    methods = list(stats)
+    fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, horizontal_spacing=0.12)
+    for c, method in enumerate(methods, start=1):
+        st = stats[method]
+        val = getattr(st, summary)
+        if val.ndim != 2 or val.shape[0] != len(head_names):
+            raise TlprobeError(f"{method}: expected [head, block] summaries for {len(head_names)} heads, "
+                               f"got {tuple(val.shape)}")
+        text = [[f"{h} {b}" for b in st.blocks] for h in head_names]
+        fig.add_trace(
+            go.Heatmap(z=val.tolist(), x=list(st.blocks), y=head_names, text=text, coloraxis="coloraxis",
+                       hovertemplate=f"%{{text}}<br>{summary}=%{{z:.4f}}<extra>{method}</extra>"),
+            row=1, col=c,
+        )
+        fig.update_yaxes(type="category", autorange="reversed", row=1, col=c)
+    thr = stats[methods[0]].extreme
+    name = f"fraction |s| > {thr:g}" if summary == "frac_extreme" else summary
+    fig.update_layout(title=title or f"Per head: {name}", template="plotly_white",
+                      height=max(320, 22 * len(head_names) + 150), width=420 * len(methods) + 150,
+                      coloraxis=dict(colorscale="Viridis", colorbar=dict(title=name)))
+    return fig
