@@ -118,6 +118,12 @@ def test_range_outside_values_go_to_edge_bins():
         v = sim[:8, 8:16].ravel()  # the QK block
         idx = np.clip(np.floor((v + 0.5) / 1.0 * 10), 0, 9).astype(int)
         np.testing.assert_array_equal(st.prob[layer, 1].numpy(), np.bincount(idx, minlength=10) / v.size)
+    # +-0.9 are the range ends here: values beyond them sit in the edge bins, so they must still count.
+    y = x + 3 * x.mean(-2, keepdim=True)  # larger mean offsets: many |cosine| > 0.9
+    clipped = depth_block_similarity(y, "cosine", bins=18, range=(-0.9, 0.9))
+    full = depth_block_similarity(y, "cosine", bins=20)
+    torch.testing.assert_close(clipped.frac_extreme, full.frac_extreme, rtol=0, atol=0)
+    assert float(full.frac_extreme.min()) > 0
 
 
 def test_rank_one_samples_closed_form():

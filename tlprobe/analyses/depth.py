@@ -207,6 +207,11 @@ def depth_block_similarity(
     :data:`CHUNK_BYTES` (about 14 bytes per cell of one ``n x n`` block per index in the chunk),
     so GPT-2 XL's 48 layers x 4800 coordinates never hold a ``48 x 4800 x 4800`` tensor.
 
+    ``mean`` and ``std`` come from Gram-matrix identities in float64 (no pass over the blocks);
+    ``frac_extreme`` is read off the histogram when ``+-extreme`` are bin edges (bins=100 or 60
+    over [-1, 1] with 0.9), else counted exactly. Values are not clamped to [-1, 1]: rounding
+    overshoot (~1e-7) lands in the edge bins, as a clamped value would.
+
     Args:
         samples: ``[..., samples, 3 * n]`` fused ``[Q | K | V]`` vectors, e.g.
             ``[layer, samples, 3 * n]`` or ``[layer, head, samples, 3 * d_head]`` (see
@@ -255,14 +260,16 @@ def depth_block_similarity(
     tri = torch.triu_indices(n, n, offset=1, device=device)
     tri = tri[0] * n + tri[1]  # flat index of the strict upper triangle, row-major
     count = torch.tensor([n * (n - 1) // 2 if i == j else n * n for i, j in _PAIRS.values()])
-    pi = torch.tensor([i for i, _ in _PAIRS.values()])
-    pj = torch.tensor([j for _, j in _PAIRS.values()])
-    diag = (pi == pj).to(torch.float64)
+    pi = torch.tensor([i for i, _ in _PAIRS.values()], device=device)
+    pj = torch.tensor([j for _, j in _PAIRS.values()], device=device)
+    diag = (pi == pj).to(torch.float64).cpu()
     scale = bins / (hi - lo)
     needs_clamp = lo > -1.0 or hi < 1.0
-    # frac_extreme straight from the histogram when -extreme and +extreme are bin edges.
+    # frac_extreme straight from the histogram when -extreme and +extreme are bin edges (and no
+    # value beyond them is merged into an edge bin by the range).
     k_lo, k_hi = (-extreme - lo) * scale, (extreme - lo) * scale
-    aligned = (extreme >= 0 and 0 <= k_lo <= bins and 0 <= k_hi <= bins
+    first = 1 if needs_clamp else 0
+    aligned = (extreme >= 0 and first <= k_lo <= bins - first and first <= k_hi <= bins - first
                and abs(k_lo - round(k_lo)) < 1e-9 and abs(k_hi - round(k_hi)) < 1e-9)
     k_lo, k_hi = round(k_lo), round(k_hi)
 
@@ -289,11 +296,11 @@ def depth_block_similarity(
         u = p64.sum(-1)  # [c, 3, s]
         gram = p64 @ p64.mT  # [c, 3, s, s]
         sq = p64.square().sum(-2)  # [c, 3, n]: diagonal of S_ii
-        s1 = (u[:, pi] * u[:, pj]).sum(-1)
-        s2 = (gram[:, pi] * gram[:, pj]).sum((-2, -1))
-        s1 = s1 - diag * sq.sum(-1)[:, pi]
-        s2 = s2 - diag * sq.square().sum(-1)[:, pi]
-        sums[rows] = torch.stack([s1, s2], -1).cpu() / (1 + diag[:, None])
+        s1 = (u[:, pi] * u[:, pj]).sum(-1).cpu()
+        s2 = (gram[:, pi] * gram[:, pj]).sum((-2, -1)).cpu()
+        s1 = s1 - diag * sq.sum(-1)[:, pi].cpu()
+        s2 = s2 - diag * sq.square().sum(-1)[:, pi].cpu()
+        sums[rows] = torch.stack([s1, s2], -1) / (1 + diag[:, None])
         offsets = (torch.arange(c, device=device, dtype=torch.int32) * (bins + 1))[:, None]
         for b, (i, j) in enumerate(_PAIRS.values()):
             m = int(count[b])
