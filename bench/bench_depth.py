@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from tlprobe.analyses.depth import CHUNK_BYTES, _bytes_per_cell, _chunk_size, depth_block_similarity
+from tlprobe.analyses.depth import TILE_CELLS, _plan, depth_block_similarity
 
 BLOCKS = {"QQ": 1, "QK": 2, "QV": 3, "KK": 4, "KV": 6, "VV": 9}
 
@@ -81,10 +81,10 @@ def main() -> None:
         t_tl[threads] = time.perf_counter() - t0
     torch.set_num_threads(default_threads)
     rss1 = max_rss_mb()
-    chunk = _chunk_size(L, n, S, args.chunk)
-    print(f"tlprobe: chunk of {chunk} layer(s); working-memory estimate "
-          f"{chunk * (_bytes_per_cell(4) * n * n) / 2**20:.0f} MiB (budget {CHUNK_BYTES / 2**20:.0f} MiB); "
-          f"process max RSS {rss0:.0f} -> {rss1:.0f} MiB "
+    chunk, rows = _plan(L, n, args.chunk)
+    work = 3 * chunk * rows * n * 4 + chunk * S * F * (4 + 8)
+    print(f"tlprobe: chunks of {chunk} layer(s), tiles of {rows} x {n} similarities (TILE_CELLS {TILE_CELLS}); "
+          f"working memory about {work / 2**20:.1f} MiB; process max RSS {rss0:.0f} -> {rss1:.0f} MiB "
           f"(a full [{L}, {F}, {F}] float32 similarity tensor would be {L * F * F * 4 / 2**30:.1f} GiB)")
 
     lab = np.repeat(np.array([1, 2, 3]), n)

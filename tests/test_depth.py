@@ -100,13 +100,21 @@ def test_float32_matches_l02_and_is_float32():
     torch.testing.assert_close(st.frac_extreme, one.frac_extreme, rtol=0, atol=2 / 900)
 
 
-def test_chunked_equals_unchunked():
+@pytest.mark.parametrize("method", ["cosine", "correlation"])
+def test_chunked_and_tiled_equal_unchunked(monkeypatch, method):
+    from tlprobe.analyses import depth
+
     x = _data((7,), n=10, seed=2)
-    full = depth_block_similarity(x, "cosine", bins=25, chunk=7)
+    full = depth_block_similarity(x, method, bins=25, chunk=7)  # one chunk, one tile per block
+    ref = [_numpy_layer(x[layer].numpy(), method, 25, 0.9) for layer in range(7)]
+    # Tiles of a few rows (a partial last one) and chunks of 1 or 3 layers, the bench's code path.
+    monkeypatch.setattr(depth, "TILE_CELLS", 45)
     for chunk in (1, 3, None):
-        part = depth_block_similarity(x, "cosine", bins=25, chunk=chunk)
-        for k in ("prob", *SUMMARIES):
+        part = depth_block_similarity(x, method, bins=25, chunk=chunk)
+        for k in ("prob", "frac_extreme", "mean", "std"):
             assert torch.equal(getattr(part, k), getattr(full, k)), (chunk, k)
+        torch.testing.assert_close(part.mean_abs, full.mean_abs, rtol=1e-14, atol=0)
+        np.testing.assert_allclose(part.mean_abs.numpy(), np.stack([r["mean_abs"] for r in ref]), atol=1e-12)
 
 
 def test_range_outside_values_go_to_edge_bins():

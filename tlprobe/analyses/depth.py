@@ -23,19 +23,15 @@ import torch
 from jaxtyping import Float
 
 from tlprobe._checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
-from tlprobe.analyses.similarity import BLOCKS, BlockStats
+from tlprobe.analyses.similarity import BlockStats
 from tlprobe.errors import TlprobeError
 
-#: Part pairs ``(i, j)`` of each block in :data:`BLOCKS` order (Q=0, K=1, V=2).
+#: Part pairs ``(i, j)`` of each block, in ``tlprobe.analyses.similarity.BLOCKS`` order (Q=0, K=1, V=2).
 _PAIRS: dict[str, tuple[int, int]] = {"QQ": (0, 0), "QK": (0, 1), "QV": (0, 2), "KK": (1, 1), "KV": (1, 2), "VV": (2, 2)}
 
-#: Default working-memory budget per chunk of :func:`depth_block_similarity` (bytes).
-CHUNK_BYTES = 64 * 2**20
-
-
-def _bytes_per_cell(itemsize: int) -> float:
-    """Work-buffer bytes per cell of one ``n x n`` block: the block, its triangle, a scratch copy, an int32 index."""
-    return 2.5 * itemsize + 4
+#: Cells of one work tile: a tile of similarity rows (with its scratch copies, 12 MiB in float32)
+#: stays in cache while it is summarised, and bounds the working memory (3 such buffers).
+TILE_CELLS = 2**20
 
 
 def split_heads(
@@ -88,10 +84,10 @@ class Moments:
 
     n_samples: int
     n_features: int
-    var: Float[torch.Tensor, "..."]
-    mean: Float[torch.Tensor, "..."]
-    mean_abs: Float[torch.Tensor, "..."]
-    rel_var: Float[torch.Tensor, "..."]
+    var: Float[torch.Tensor, ...]
+    mean: Float[torch.Tensor, ...]
+    mean_abs: Float[torch.Tensor, ...]
+    rel_var: Float[torch.Tensor, ...]
 
     STATS = ("var", "mean", "mean_abs", "rel_var")
 
@@ -181,13 +177,16 @@ def _unit_columns(x: torch.Tensor, method: str) -> torch.Tensor:
     return x / norm
 
 
-def _chunk_size(n_items: int, n: int, samples: int, chunk: int | None, itemsize: int = 4) -> int:
+def _plan(n_items: int, n: int, chunk: int | None) -> tuple[int, int]:
+    """(items per chunk, similarity rows per tile) so that one tile holds about TILE_CELLS cells."""
     if chunk is not None:
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise TlprobeError(f"chunk must be a positive integer (items per chunk), got {chunk!r}")
-        return chunk
-    per_item = _bytes_per_cell(itemsize) * n * n + 3 * itemsize * samples * 3 * n
-    return max(1, min(n_items, int(CHUNK_BYTES // per_item)))
+        size = chunk
+    else:
+        size = max(1, min(n_items, TILE_CELLS // (n * n)))
+    rows = max(1, min(n, TILE_CELLS // (size * n)))
+    return size, rows
 
 
 def depth_block_similarity(
@@ -202,10 +201,11 @@ def depth_block_similarity(
 
     Same numbers as :func:`~tlprobe.analyses.similarity.qkv_block_similarity` (feature
     similarity across samples, strict upper triangle, six blocks, density histograms), but the
-    similarity matrix is never built whole: each block ``Q^T K`` etc. is one batched matrix
-    product over a chunk of leading indices, summarised and dropped. Memory stays below
-    :data:`CHUNK_BYTES` (about 14 bytes per cell of one ``n x n`` block per index in the chunk),
-    so GPT-2 XL's 48 layers x 4800 coordinates never hold a ``48 x 4800 x 4800`` tensor.
+    similarity matrix is never built whole: each block ``Q^T K`` etc. is computed a tile of rows
+    at a time (batched over a chunk of leading indices), summarised while it sits in cache, and
+    dropped; for QQ, KK and VV only the upper triangle's tiles are multiplied. Working memory is
+    three tiles of about :data:`TILE_CELLS` cells plus the chunk's input, so GPT-2 XL's 48 layers x
+    4800 coordinates never hold a ``48 x 4800 x 4800`` tensor (nor one ``4800 x 4800`` matrix).
 
     ``mean`` and ``std`` come from Gram-matrix identities in float64 (no pass over the blocks);
     ``frac_extreme`` is read off the histogram when ``+-extreme`` are bin edges (bins=100 or 60
@@ -220,8 +220,8 @@ def depth_block_similarity(
         bins: histogram bins over ``range``.
         extreme: threshold for ``frac_extreme`` (``|s| > extreme``).
         range: histogram range; values outside go to the first/last bin.
-        chunk: leading indices processed together; default: as many as fit in
-            :data:`CHUNK_BYTES`. The result does not depend on it.
+        chunk: leading indices processed together; default: as many as fit in one tile
+            (many heads, one large layer). The result does not depend on it.
 
     Returns:
         :class:`DepthBlockStats` with ``prob`` ``[..., block, bins]`` and summaries
@@ -253,18 +253,26 @@ def depth_block_similarity(
         raise TlprobeError("each of Q, K, V needs at least 2 coordinates for the QQ/KK/VV blocks")
     flat = x.reshape(-1, s, 3 * n)
     n_items, device = flat.shape[0], x.device
-    size = _chunk_size(n_items, n, s, chunk, x.element_size())
+    size, tile_rows = _plan(n_items, n, chunk)
     names = tuple(_PAIRS)
     nb = len(names)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    tri = torch.triu_indices(n, n, offset=1, device=device)
-    tri = tri[0] * n + tri[1]  # flat index of the strict upper triangle, row-major
     count = torch.tensor([n * (n - 1) // 2 if i == j else n * n for i, j in _PAIRS.values()])
     pi = torch.tensor([i for i, _ in _PAIRS.values()], device=device)
     pj = torch.tensor([j for _, j in _PAIRS.values()], device=device)
     diag = (pi == pj).to(torch.float64).cpu()
     scale = bins / (hi - lo)
     needs_clamp = lo > -1.0 or hi < 1.0
+
+    def bin_index(t: torch.Tensor) -> torch.Tensor:
+        """t = v - lo (in place) -> floor((v - lo) / (hi - lo) * bins), as block_stats computes it."""
+        if needs_clamp:
+            t.clamp_(0.0, hi - lo)
+        return t.mul_(scale)  # t >= 0 (or -1 < t < 0, bin 0 either way), so int truncation is floor
+
+    # QQ/KK/VV tiles hold their lower triangle and diagonal as zeros; their count is removed from
+    # the bin of 0 (they add nothing to the sums and never exceed a threshold >= 0).
+    zero_bin = int(bin_index(torch.zeros(1, dtype=x.dtype) - lo).to(torch.int32))
     # frac_extreme straight from the histogram when -extreme and +extreme are bin edges (and no
     # value beyond them is merged into an edge bin by the range).
     k_lo, k_hi = (-extreme - lo) * scale, (extreme - lo) * scale
@@ -273,17 +281,17 @@ def depth_block_similarity(
                and abs(k_lo - round(k_lo)) < 1e-9 and abs(k_hi - round(k_hi)) < 1e-9)
     k_lo, k_hi = round(k_lo), round(k_hi)
 
-    prob = torch.empty(n_items, nb, bins, dtype=acc)
-    mean_abs = torch.empty(n_items, nb, dtype=acc)
-    frac = torch.empty(n_items, nb, dtype=acc)
+    hist = torch.zeros(n_items, nb, bins + 1, dtype=torch.long, device=device)
+    abs_sum = torch.zeros(n_items, nb, dtype=acc, device=device)
+    over = torch.zeros(n_items, nb, dtype=acc, device=device)  # count of |s| > extreme (exact path)
     sums = torch.empty(n_items, nb, 2, dtype=torch.float64)  # sum and sum of squares per block
-    # Work buffers, allocated once and reused by every block and chunk (a fresh large tensor
-    # costs a page fault per 4 KiB on first touch, which dominates on small machines).
-    nn_, nt = n * n, n * (n - 1) // 2
-    buf_sim = torch.empty(size * nn_, dtype=x.dtype, device=device)
-    buf_tri = torch.empty(size * nt, dtype=x.dtype, device=device)
-    buf_tmp = torch.empty(size * nn_, dtype=x.dtype, device=device)
-    buf_idx = torch.empty(size * nn_, dtype=torch.int32, device=device)
+    # Work buffers, allocated once and reused by every tile (a fresh large tensor costs a page
+    # fault per 4 KiB on first touch, which dominates on small machines).
+    cells = size * tile_rows * n
+    buf_sim = torch.empty(cells, dtype=x.dtype, device=device)
+    buf_tmp = torch.empty(cells, dtype=x.dtype, device=device)
+    buf_idx = torch.empty(cells, dtype=torch.int32, device=device)
+    lower = {}
     for start in torch.arange(0, n_items, size).tolist():
         xc = _unit_columns(flat[start : start + size], method)
         c = xc.shape[0]
@@ -303,33 +311,41 @@ def depth_block_similarity(
         sums[rows] = torch.stack([s1, s2], -1) / (1 + diag[:, None])
         offsets = (torch.arange(c, device=device, dtype=torch.int32) * (bins + 1))[:, None]
         for b, (i, j) in enumerate(_PAIRS.values()):
-            m = int(count[b])
-            sim = buf_sim[: c * nn_].view(c, n, n)
-            torch.matmul(parts[:, i].mT, parts[:, j], out=sim)
-            if i == j:  # strict upper triangle
-                vals = buf_tri[: c * m].view(c, m)
-                torch.index_select(sim.view(c, nn_), 1, tri, out=vals)
-            else:
-                vals = sim.view(c, nn_)
-            tmp = buf_tmp[: c * m].view(c, m)
-            torch.abs(vals, out=tmp)
-            mean_abs[rows, b] = (tmp.sum(1, dtype=acc) / m).cpu()
-            if not aligned:  # |s| > extreme, counted exactly: sign(max(|s| - extreme, 0))
-                frac[rows, b] = (tmp.sub_(extreme).clamp_(min=0.0).sign_().sum(1, dtype=acc) / m).cpu()
-            # Bin index exactly as block_stats computes it: floor((v - lo) / (hi - lo) * bins).
-            # Rounding can put |s| a hair above 1; such values land in the edge bins, as clamped ones would.
-            torch.sub(vals, lo, out=tmp)
-            if needs_clamp:
-                tmp.clamp_(0.0, hi - lo)
-            idx = buf_idx[: c * m].view(c, m)
-            idx.copy_(tmp.mul_(scale))  # truncation; equals floor for t >= 0, and -1 < t < 0 goes to bin 0 either way
-            if c > 1:
-                idx += offsets  # one bincount for the whole chunk; slot `bins` holds v == hi
-            hist = torch.bincount(idx.view(-1), minlength=c * (bins + 1)).reshape(c, bins + 1).cpu()
-            hist[:, bins - 1] += hist[:, bins]
-            if aligned:
-                frac[rows, b] = (hist[:, :k_lo].sum(1) + hist[:, k_hi:bins].sum(1)).to(acc) / m
-            prob[rows, b] = hist[:, :bins].to(acc) / m
+            zeros = 0
+            for r0 in torch.arange(0, n, tile_rows).tolist():  # (`range` is the histogram range here)
+                t = min(n, r0 + tile_rows) - r0
+                c0 = r0 if i == j else 0  # QQ/KK/VV: only columns from the tile's first row on
+                w = n - c0
+                tile = buf_sim[: c * t * w].view(c, t, w)
+                torch.matmul(parts[:, i, :, r0 : r0 + t].mT, parts[:, j, :, c0:], out=tile)
+                if i == j:
+                    if t not in lower:
+                        lower[t] = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+                    tile[:, :, :t].masked_fill_(lower[t], 0.0)
+                    zeros += t * (t + 1) // 2
+                vals = tile.view(c, t * w)
+                tmp = buf_tmp[: c * t * w].view(c, t * w)
+                torch.abs(vals, out=tmp)
+                abs_sum[rows, b] += tmp.sum(1, dtype=acc)
+                if not aligned:  # |s| > extreme, counted exactly: sign(max(|s| - extreme, 0))
+                    over[rows, b] += tmp.sub_(extreme).clamp_(min=0.0).sign_().sum(1, dtype=acc)
+                idx = buf_idx[: c * t * w].view(c, t * w)
+                idx.copy_(bin_index(torch.sub(vals, lo, out=tmp)))
+                if c > 1:
+                    idx += offsets  # one bincount for the whole chunk; slot `bins` holds v == hi
+                hist[rows, b] += torch.bincount(idx.view(-1), minlength=c * (bins + 1)).view(c, bins + 1)
+            hist[rows, b, zero_bin] -= zeros
+            if extreme < 0:
+                over[rows, b] -= zeros
+    hist = hist.cpu()
+    hist[..., bins - 1] += hist[..., bins]
+    hist = hist[..., :bins]
+    prob = hist.to(acc) / count[:, None]
+    if aligned:
+        frac = (hist[..., :k_lo].sum(-1) + hist[..., k_hi:].sum(-1)).to(acc) / count
+    else:
+        frac = over.cpu() / count
+    mean_abs = abs_sum.cpu() / count
     mean = sums[..., 0] / count
     std = (sums[..., 1] / count - mean.square()).clamp_(min=0.0).sqrt()
     out = {"mean": mean.to(acc), "std": std.to(acc), "mean_abs": mean_abs, "frac_extreme": frac}
