@@ -9,6 +9,10 @@ block); the script checks they agree, then prints the timings side by side and t
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. python bench/bench_depth.py                   # full 48 layers
     HF_HUB_OFFLINE=1 PYTHONPATH=. python bench/bench_depth.py --naive-layers 12 # naive on 12, extrapolated
+
+On a machine shared with other busy processes, torch's multi-threaded run can be several times
+slower than its one-thread run (OpenMP threads spin at every op while a core is taken);
+``OMP_WAIT_POLICY=PASSIVE`` in the environment removes most of that. Both rows are printed.
 """
 
 from __future__ import annotations
