@@ -40,6 +40,7 @@ def wordpiece_tokenizer():
 FAST_OPTIONS: dict[str, dict] = {
     "qkv-similarity": {"bins": 40},
     "punctuation-clusters": {"n": 60, "k_max": 3},
+    "layer-similarity": {"bins": 30},
 }
 
 

@@ -298,6 +298,10 @@ def qkv_block_similarity(
 ) -> BlockStats:
     """L02 in one call: feature similarity of ``[Q | K | V]`` samples, summarised per block.
 
+    The same numbers as ``block_stats(feature_similarity(samples, method), qkv_block_codes(n))``,
+    computed tile by tile without building the ``3n x 3n`` matrix (see
+    :func:`tlprobe.analyses.depth.depth_block_similarity`).
+
     Args:
         samples: ``[..., samples, 3 * n]`` fused Q|K|V vectors (see
             :func:`tlprobe.access.fused_qkv`), e.g. one row per sentence; leading dimensions
@@ -311,11 +315,8 @@ def qkv_block_similarity(
         >>> qkv_block_similarity(x, "correlation", bins=20).prob.shape
         torch.Size([2, 6, 20])
     """
-    check_choice(method, ("cosine", "correlation"), "method")
-    samples = as_tensor(samples, "samples")
-    check_ndim(samples, "samples", 2, "[..., samples, 3 * n]")
-    if samples.shape[-1] % 3:
-        raise TlprobeError(f"a [Q | K | V] vector has 3 * n coordinates; got {samples.shape[-1]}")
-    sim = feature_similarity(samples, method)
-    codes = qkv_block_codes(samples.shape[-1] // 3, device=sim.device)
-    return block_stats(sim, codes, method=method, bins=bins, extreme=extreme)
+    # One implementation of the Q/K/V block statistics: the tiled, memory-bounded kernel of
+    # depth_block_similarity (tested against feature_similarity + block_stats and numpy).
+    from tlprobe.analyses.depth import depth_block_similarity
+
+    return depth_block_similarity(samples, method, bins=bins, extreme=extreme)

@@ -3,6 +3,13 @@
 from tlprobe.figures.attention import (
     attention_heads_view,
 )
+from tlprobe.figures.depth import (
+    block_summary_curves_figure,
+    depth_histogram_figure,
+    head_block_figure,
+    head_heatmap_figure,
+    moment_curves_figure,
+)
 from tlprobe.figures.lens import (
     kl_entropy_figure,
     lens_grid_figure,
@@ -32,16 +39,21 @@ from tlprobe.figures.views import (
 __all__ = [
     "attention_heads_view",
     "block_histogram_figure",
+    "block_summary_curves_figure",
     "CANVAS_TOKEN_COMPONENTS",
     "circuitsvis_view",
     "CircuitsVisView",
     "cluster_position_figure",
     "COMPONENTS",
     "defuse_html",
+    "depth_histogram_figure",
     "extreme_fraction_figure",
+    "head_block_figure",
+    "head_heatmap_figure",
     "HTML_TOKEN_COMPONENTS",
     "kl_entropy_figure",
     "lens_grid_figure",
+    "moment_curves_figure",
     "plotly_text",
     "punctuation_scatter_figure",
     "recovery_figure",
