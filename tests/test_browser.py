@@ -10,7 +10,6 @@ Setup: ``apt-get install -y --no-install-recommends chromium`` and ``pip install
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import pathlib

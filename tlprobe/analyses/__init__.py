@@ -74,6 +74,7 @@ from tlprobe.analyses.similarity import (
     qkv_block_similarity,
     qkv_labels,
     shuffle_values,
+    unit_columns,
 )
 
 __all__ = [
@@ -141,5 +142,6 @@ __all__ = [
     "token_classes",
     "token_mi",
     "TopK",
+    "unit_columns",
     "window_dependence",
 ]

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float
 
 from tlprobe._checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
-from tlprobe.analyses.similarity import BlockStats
+from tlprobe.analyses.similarity import BlockStats, unit_columns
 from tlprobe.errors import TlprobeError
 
 #: Part pairs ``(i, j)`` of each block, in ``tlprobe.analyses.similarity.BLOCKS`` order (Q=0, K=1, V=2).
@@ -161,22 +161,6 @@ class DepthBlockStats(BlockStats):
         return {**super().to_dict(), "mean_abs": self.mean_abs.tolist()}
 
 
-def _unit_columns(x: torch.Tensor, method: str) -> torch.Tensor:
-    """Columns scaled to unit norm (centred first for correlation), as in ``feature_similarity``."""
-    if method == "correlation":
-        x = x - x.mean(dim=-2, keepdim=True)
-    norm = torch.linalg.vector_norm(x, dim=-2, keepdim=True)
-    tiny = norm <= torch.finfo(x.dtype).eps * x.shape[-2] * (x.abs().amax(dim=-2, keepdim=True) + 1)
-    if bool(tiny.any()):
-        bad = tiny.flatten().nonzero().flatten()[:5].remainder(x.shape[-1]).tolist()
-        what = "constant" if method == "correlation" else "all-zero"
-        raise TlprobeError(
-            f"{int(tiny.sum())} feature(s) are {what} across samples (e.g. feature(s) {bad}); "
-            f"their {method} is undefined. Drop those features or use another method"
-        )
-    return x / norm
-
-
 def _plan(n_items: int, n: int, chunk: int | None) -> tuple[int, int]:
     """(items per chunk, similarity rows per tile) so that one tile holds about TILE_CELLS cells."""
     if chunk is not None:
@@ -293,7 +277,7 @@ def depth_block_similarity(
     buf_idx = torch.empty(cells, dtype=torch.int32, device=device)
     lower = {}
     for start in torch.arange(0, n_items, size).tolist():
-        xc = _unit_columns(flat[start : start + size], method)
+        xc = unit_columns(flat[start : start + size], method)
         c = xc.shape[0]
         rows = slice(start, start + c)
         parts = xc.unflatten(-1, (3, n)).movedim(-2, 1).contiguous()  # [c, 3, s, n]
