@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import importlib.metadata as md
 import pathlib
 import time
 from importlib import resources
 
 from tlprobe.errors import TlprobeError
-from tlprobe.report import Report, write_results
+from tlprobe.report.html import Report, human_size, write_results
+
+#: Set by :func:`png_export` (the CLI's ``--png``): :func:`finish` then also writes PNGs.
+_PNG = contextvars.ContextVar("tlprobe_png_export", default=False)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, name: str, model: bool = True) -> None:
-    """--model, --device, --seed, --out (and --no-progress)."""
+    """--model, --device, --seed, --out, --no-progress and --png.
+
+    ``--png`` is handled by the ``tlprobe`` command (it wraps the run in :func:`png_export`), so a
+    recipe's ``run()`` does not take it.
+    """
     if model:
         parser.add_argument("--model", default="minilm",
                             help="'minilm' (bundled, offline), a hub id such as gpt2, or a local directory")
@@ -21,6 +30,26 @@ def add_common_arguments(parser: argparse.ArgumentParser, name: str, model: bool
     parser.add_argument("--seed", type=int, default=0, help="seed for every random draw")
     parser.add_argument("--out", default=f"tlprobe-out/{name}", help="output directory")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    parser.add_argument("--png", action="store_true",
+                        help="also save every figure as OUT/figures/*.png (needs kaleido and Chromium/Chrome)")
+
+
+@contextlib.contextmanager
+def png_export(enabled: bool = True):
+    """Within this block, :func:`finish` also exports every report figure as PNG.
+
+    Example:
+        >>> with png_export():
+        ...     _PNG.get()
+        True
+        >>> _PNG.get()
+        False
+    """
+    token = _PNG.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _PNG.reset(token)
 
 
 def data_path(filename: str) -> pathlib.Path:
@@ -38,9 +67,11 @@ def read_lines(path: str | pathlib.Path) -> list[str]:
 
 
 def versions() -> dict[str, str]:
-    """Versions of the packages a result depends on."""
-    out = {}
-    for pkg in ("tlprobe", "transformer-lens", "torch", "transformers"):
+    """Versions of the packages a result depends on (and of those that draw the report)."""
+    import tlprobe
+
+    out = {"tlprobe": tlprobe.__version__}
+    for pkg in ("transformer-lens", "torch", "transformers", "plotly", "circuitsvis"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -64,11 +95,27 @@ class Timer:
         return {f"time: {k}": f"{v:.2f} s" for k, v in self.times.items()}
 
 
-def finish(report: Report, results: dict, out: str | pathlib.Path, quiet: bool = False) -> dict[str, pathlib.Path]:
-    """Write ``report.html`` and ``results.json`` into ``out`` and say where they are."""
+def finish(
+    report: Report, results: dict, out: str | pathlib.Path, quiet: bool = False, png: bool | None = None
+) -> dict[str, pathlib.Path]:
+    """Write ``report.html`` and ``results.json`` into ``out`` and say where they are.
+
+    With ``png`` (default: inside :func:`png_export`, i.e. ``--png``) every figure is also
+    written to ``out/figures/NAME.png``, all in one browser session; the paths come back under
+    ``"figures"`` (the folder). The HTML and JSON are written first, so a missing browser costs
+    only the PNGs (with a :class:`TlprobeError` saying what to install).
+    """
     out = pathlib.Path(out)
     paths = {"report": report.write(out / "report.html"), "results": write_results(results, out / "results.json")}
     if not quiet:
-        for kind, p in paths.items():
-            print(f"{kind}: {p}")
+        print(f"report: {paths['report']} ({human_size(paths['report'].stat().st_size)})")
+        print(f"results: {paths['results']}")
+    if _PNG.get() if png is None else png:
+        from tlprobe.report.png import export_png
+
+        figures = report.figures()
+        export_png(figures, out / "figures")
+        paths["figures"] = out / "figures"
+        if not quiet:
+            print(f"figures: {len(figures)} PNG in {paths['figures']}")
     return paths

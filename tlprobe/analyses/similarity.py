@@ -54,10 +54,27 @@ def feature_similarity(
     check_min_samples(x.shape[-2], 3 if method == "correlation" else 2, f"{method} similarity",
                       "collect more samples (sentences) for the target")
     check_finite(x, "x")
-    if method in ("correlation", "covariance"):
-        x = x - x.mean(dim=-2, keepdim=True)
     if method == "covariance":
+        x = x - x.mean(dim=-2, keepdim=True)
         return x.mT @ x / (x.shape[-2] - 1)
+    xn = unit_columns(x, method)
+    return (xn.mT @ xn).clamp_(-1.0, 1.0)
+
+
+def unit_columns(
+    x: Float[torch.Tensor, "... samples features"], method: str = "cosine"
+) -> Float[torch.Tensor, "... samples features"]:
+    """Feature columns scaled to unit norm (centred first for ``"correlation"``).
+
+    ``xn.mT @ xn`` is then the cosine (or correlation) matrix. Shared by
+    :func:`feature_similarity` and the tiled kernel of
+    :func:`tlprobe.analyses.depth.depth_block_similarity`.
+
+    Raises:
+        TlprobeError: a feature is all-zero (cosine) or constant (correlation) across samples.
+    """
+    if method == "correlation":
+        x = x - x.mean(dim=-2, keepdim=True)
     norm = torch.linalg.vector_norm(x, dim=-2, keepdim=True)
     tiny = norm <= torch.finfo(x.dtype).eps * x.shape[-2] * (x.abs().amax(dim=-2, keepdim=True) + 1)
     if bool(tiny.any()):
@@ -67,8 +84,7 @@ def feature_similarity(
             f"{int(tiny.sum())} feature(s) are {what} across samples (e.g. feature(s) {bad}); "
             f"their {method} is undefined. Drop those features or use another method"
         )
-    xn = x / norm
-    return (xn.mT @ xn).clamp_(-1.0, 1.0)
+    return x / norm
 
 
 def qkv_labels(n_per_part: int, device=None) -> Int[torch.Tensor, " features"]:
@@ -298,6 +314,10 @@ def qkv_block_similarity(
 ) -> BlockStats:
     """L02 in one call: feature similarity of ``[Q | K | V]`` samples, summarised per block.
 
+    The same numbers as ``block_stats(feature_similarity(samples, method), qkv_block_codes(n))``,
+    computed tile by tile without building the ``3n x 3n`` matrix (see
+    :func:`tlprobe.analyses.depth.depth_block_similarity`).
+
     Args:
         samples: ``[..., samples, 3 * n]`` fused Q|K|V vectors (see
             :func:`tlprobe.access.fused_qkv`), e.g. one row per sentence; leading dimensions
@@ -311,11 +331,8 @@ def qkv_block_similarity(
         >>> qkv_block_similarity(x, "correlation", bins=20).prob.shape
         torch.Size([2, 6, 20])
     """
-    check_choice(method, ("cosine", "correlation"), "method")
-    samples = as_tensor(samples, "samples")
-    check_ndim(samples, "samples", 2, "[..., samples, 3 * n]")
-    if samples.shape[-1] % 3:
-        raise TlprobeError(f"a [Q | K | V] vector has 3 * n coordinates; got {samples.shape[-1]}")
-    sim = feature_similarity(samples, method)
-    codes = qkv_block_codes(samples.shape[-1] // 3, device=sim.device)
-    return block_stats(sim, codes, method=method, bins=bins, extreme=extreme)
+    # One implementation of the Q/K/V block statistics: the tiled, memory-bounded kernel of
+    # depth_block_similarity (tested against feature_similarity + block_stats and numpy).
+    from tlprobe.analyses.depth import depth_block_similarity
+
+    return depth_block_similarity(samples, method, bins=bins, extreme=extreme)

@@ -1,14 +1,63 @@
 """Figures: results to plotly figures and circuitsvis views. No statistics are computed here."""
 
-from tlprobe.figures.attention import attention_heads_view
-from tlprobe.figures.similarity import block_histogram_figure, extreme_fraction_figure
-from tlprobe.figures.views import HTML_TOKEN_COMPONENTS, CircuitsVisView, circuitsvis_view
+from tlprobe.figures.attention import (
+    attention_heads_view,
+)
+from tlprobe.figures.depth import (
+    block_summary_curves_figure,
+    depth_histogram_figure,
+    head_block_figure,
+    head_heatmap_figure,
+    moment_curves_figure,
+)
+from tlprobe.figures.lens import (
+    kl_entropy_figure,
+    lens_grid_figure,
+    recovery_figure,
+    target_topk_view,
+    target_trajectory_figure,
+)
+from tlprobe.figures.punctuation import (
+    cluster_position_figure,
+    punctuation_scatter_figure,
+)
+from tlprobe.figures.similarity import (
+    block_histogram_figure,
+    extreme_fraction_figure,
+)
+from tlprobe.figures.views import (
+    CANVAS_TOKEN_COMPONENTS,
+    circuitsvis_view,
+    CircuitsVisView,
+    COMPONENTS,
+    defuse_html,
+    HTML_TOKEN_COMPONENTS,
+    plotly_text,
+    TOKEN_PROPS,
+)
 
 __all__ = [
-    "HTML_TOKEN_COMPONENTS",
-    "CircuitsVisView",
     "attention_heads_view",
     "block_histogram_figure",
+    "block_summary_curves_figure",
+    "CANVAS_TOKEN_COMPONENTS",
     "circuitsvis_view",
+    "CircuitsVisView",
+    "cluster_position_figure",
+    "COMPONENTS",
+    "defuse_html",
+    "depth_histogram_figure",
     "extreme_fraction_figure",
+    "head_block_figure",
+    "head_heatmap_figure",
+    "HTML_TOKEN_COMPONENTS",
+    "kl_entropy_figure",
+    "lens_grid_figure",
+    "moment_curves_figure",
+    "plotly_text",
+    "punctuation_scatter_figure",
+    "recovery_figure",
+    "target_topk_view",
+    "target_trajectory_figure",
+    "TOKEN_PROPS",
 ]

@@ -59,7 +59,9 @@ def extreme_fraction_figure(stats: dict[str, BlockStats], labels: list[str]) -> 
         for i, label in enumerate(labels):
             fig.add_trace(
                 go.Bar(x=list(st.blocks), y=ext[i].tolist(), name=label, legendgroup=label,
-                       showlegend=c == 1, marker_color=_COLORS[i % len(_COLORS)]),
+                       showlegend=c == 1, marker_color=_COLORS[i % len(_COLORS)],
+                       text=[f"{v:.3f}" for v in ext[i].tolist()], textposition="outside",
+                       textfont=dict(size=9)),
                 row=1, col=c,
             )
     thr = stats[methods[0]].extreme

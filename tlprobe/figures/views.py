@@ -3,6 +3,22 @@
 ``circuitsvis``'s own HTML loads its JavaScript from a CDN and breaks when several views are
 concatenated, so tlprobe keeps views as (component, props) and lets :mod:`tlprobe.report`
 inline the bundle once.
+
+Token safety (checked in Chromium with circuitsvis 1.43.3, see ``tests/test_browser.py``): the
+components in :data:`HTML_TOKEN_COMPONENTS` put token strings into the page with
+``innerHTML`` (a token ``<img/src="x"/onerror=...>`` ran its handler in every one of them), and
+four of them (ColoredTokens, TextNeuronActivations, TopkTokens, TopkSamples) *also* show the
+same token as plain text in a hover tooltip. HTML-escaping would be safe but shows
+``&lt;s&gt;`` in those tooltips, so tokens are defused instead: an invisible U+2060 WORD JOINER
+goes after every ``<`` and ``&``. No tag, comment or character reference can start (HTML
+needs a letter, ``/``, ``!`` or ``?`` right after ``<``), and both the HTML and the text
+rendering show the token as written. AttentionHeads and AttentionPattern draw tokens on a
+canvas and get them unchanged.
+
+plotly reads a few HTML-like tags in any text it draws (``<b>``, ``<br>``, ``<s>``, ``<sub>``...)
+and decodes ``&amp;`` and ``&lt;``: a token ``<s>`` on an axis vanished and ``<br>x`` broke the
+line. It ran no handler. Pass token strings that go into plotly text (tick labels, hover text,
+trace names) through :func:`plotly_text`.
 """
 
 from __future__ import annotations
@@ -10,34 +26,116 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
-#: Components that insert token strings into the page as raw HTML: their tokens are escaped.
-#: AttentionHeads and AttentionPattern draw tokens on a canvas and must NOT be escaped.
-HTML_TOKEN_COMPONENTS = frozenset({"AttentionPatterns", "ColoredTokens", "ColoredTokensMulti", "TextNeuronActivations"})
+from tlprobe.errors import TlprobeError
+
+#: Components that insert token strings into the page as HTML: their tokens are defused.
+HTML_TOKEN_COMPONENTS = frozenset({
+    "AttentionPatterns",
+    "ColoredTokens",
+    "ColoredTokensMulti",
+    "TextNeuronActivations",
+    "TokenLogProbs",
+    "TopkSamples",
+    "TopkTokens",
+})
+#: Components that draw token strings on a canvas: tokens pass unchanged (no ``&lt;``).
+CANVAS_TOKEN_COMPONENTS = frozenset({"AttentionHeads", "AttentionPattern"})
+#: Every component of the circuitsvis bundle that :func:`circuitsvis_view` accepts.
+COMPONENTS = HTML_TOKEN_COMPONENTS | CANVAS_TOKEN_COMPONENTS
+#: Props that hold token strings (labels and names are rendered as text by every component).
+TOKEN_PROPS = ("tokens", "prompt", "topKTokens")
+
+_JOINER = "\u2060"
 
 
 @dataclass(frozen=True)
 class CircuitsVisView:
-    """A circuitsvis React component and its (camelCase) props."""
+    """A circuitsvis React component and its (camelCase, JSON-ready) props."""
 
     component: str
     props: dict = field(default_factory=dict)
 
 
-def _escape_tokens(tokens):
-    if isinstance(tokens, str):
-        return html.escape(tokens)
-    return [_escape_tokens(t) for t in tokens]
-
-
-def circuitsvis_view(component: str, token_keys: tuple[str, ...] = ("tokens",), **props) -> CircuitsVisView:
-    """Build a view; token strings are HTML-escaped for components that insert them as HTML.
+def defuse_html(token: str) -> str:
+    """``token`` with a U+2060 WORD JOINER after every ``<`` and ``&``: inert as HTML, same text.
 
     Example:
-        >>> circuitsvis_view("ColoredTokens", tokens=["<s>", "a"], values=[1, 2]).props["tokens"]
-        ['&lt;s&gt;', 'a']
+        >>> defuse_html("<s>") == "<\\u2060s>"
+        True
+        >>> defuse_html("plain")
+        'plain'
+    """
+    return token.replace("&", "&" + _JOINER).replace("<", "<" + _JOINER)
+
+
+def plotly_text(text):
+    """A string (or nested lists of strings) that plotly shows literally.
+
+    plotly renders text as pseudo-HTML and ``$...$`` as LaTeX: ``&``, ``<``, ``>`` are escaped
+    (plotly decodes these entities, not ``&quot;``, so quotes stay), ``$`` becomes ``&#36;`` and
+    control characters are shown as ``\\n``, ``\\r``, ``\\t``.
+
+    Example:
+        >>> plotly_text(["<s>", "a&b", '"q"'])
+        ['&lt;s&gt;', 'a&amp;b', '"q"']
+        >>> plotly_text("<br> $x$")
+        '&lt;br&gt; &#36;x&#36;'
+    """
+    if isinstance(text, str):
+        out = html.escape(text, quote=False).replace("$", "&#36;")
+        return out.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+    return [plotly_text(t) for t in text]
+
+
+def _defuse_tokens(tokens):
+    if isinstance(tokens, str):
+        return defuse_html(tokens)
+    return [_defuse_tokens(t) for t in tokens]
+
+
+def _to_props(value, decimals: int | None):
+    """Tensors and arrays to nested lists (floats rounded to ``decimals``); ``None`` stays."""
+    if hasattr(value, "detach"):  # torch tensor
+        value = value.detach().cpu()
+        if value.is_floating_point() and decimals is not None:
+            value = value.double().round(decimals=decimals)
+        return value.tolist()
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # numpy array or scalar
+        import numpy as np
+
+        if np.issubdtype(value.dtype, np.floating) and decimals is not None:
+            value = np.round(value.astype(np.float64), decimals)
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _to_props(v, decimals) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_props(v, decimals) for v in value]
+    return value
+
+
+def circuitsvis_view(
+    component: str, token_keys: tuple[str, ...] = TOKEN_PROPS, decimals: int | None = 4, **props
+) -> CircuitsVisView:
+    """Build a view; token strings are defused for components that insert them as HTML.
+
+    Args:
+        component: a circuitsvis component name (see :data:`COMPONENTS`).
+        token_keys: the props that hold token strings.
+        decimals: float tensors and arrays are rounded to this many decimals (keeps the report
+            small; ``None`` keeps full precision).
+        **props: the component's camelCase props; ``None`` values are dropped so that the
+            component's defaults apply (as ``circuitsvis.utils.convert_props`` does).
+
+    Example:
+        >>> v = circuitsvis_view("ColoredTokens", tokens=["<s>", "a"], values=[1, 2], maxValue=None)
+        >>> v.props["tokens"] == ["<\\u2060s>", "a"], "maxValue" in v.props
+        (True, False)
         >>> circuitsvis_view("AttentionHeads", tokens=["<s>"], attention=[[[1.0]]]).props["tokens"]
         ['<s>']
     """
+    if component not in COMPONENTS:
+        raise TlprobeError(f"unknown circuitsvis component {component!r}; one of: {', '.join(sorted(COMPONENTS))}")
+    props = {k: _to_props(v, decimals) for k, v in props.items() if v is not None}
     if component in HTML_TOKEN_COMPONENTS:
-        props = {k: _escape_tokens(v) if k in token_keys else v for k, v in props.items()}
+        props = {k: _defuse_tokens(v) if k in token_keys else v for k, v in props.items()}
     return CircuitsVisView(component, props)

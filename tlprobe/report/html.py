@@ -1,8 +1,13 @@
 """One self-contained HTML report: plotly.js and the circuitsvis bundle inlined once.
 
-No request leaves the page: it opens from ``file://`` with no network. Text and table cells
-are escaped; token strings go through :func:`tlprobe.figures.circuitsvis_view`, which escapes
-them for the components that insert them as HTML.
+No request leaves the page: it opens from ``file://`` with no network (checked in Chromium by
+``tests/test_browser.py``). Text, headings, captions and table cells are HTML-escaped; token
+strings go through :func:`tlprobe.figures.views.circuitsvis_view`, which defuses them for the
+components that insert them as HTML.
+
+Each plotly figure is stored once, as a JSON block (``<script type="application/json"
+class="tlprobe-figure">``) that a one-line script draws; :func:`read_figures` reads them back,
+so ``tlprobe export report.html`` can make PNGs of a report after the fact.
 """
 
 from __future__ import annotations
@@ -17,24 +22,36 @@ from functools import lru_cache
 from importlib import resources
 
 from tlprobe.errors import TlprobeError
-from tlprobe.figures.views import CircuitsVisView
+from tlprobe.figures.views import COMPONENTS, CircuitsVisView
 
 _CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1560px;margin:1.5em auto;padding:0 1em;color:#222}
-h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-p.note{color:#444;max-width:60em}figure{margin:1em 0}figcaption{color:#555;font-size:.92em;max-width:60em}
-table{border-collapse:collapse;font-size:.88em;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f4f4f4}td.s,th.s{text-align:left}.params td{text-align:left}
-.cv{margin:12px 0;min-height:80px}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1400px;margin:1.5em auto;padding:0 1.2em;color:#222;line-height:1.4}
+h1{margin-bottom:.2em;font-size:1.7em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+h3{margin-top:1.4em}p.note{color:#333;max-width:62em}p.sub{color:#555;margin-top:0}
+p.lead b{color:#222}nav.toc{font-size:.92em;margin:.8em 0 1.2em}nav.toc a{margin-right:1.2em;white-space:nowrap}
+figure{margin:1.2em 0}figcaption{color:#555;font-size:.92em;max-width:62em;margin-top:.3em}
+.plotbox{overflow-x:auto}.plot{width:100%}.cv{margin:8px 0;min-height:80px;max-width:980px}
+table{border-collapse:collapse;font-size:.88em;margin:.6em 0}caption{text-align:left;color:#555;padding:.2em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}td.s,th.s{text-align:left}
+.params td{text-align:left;font-family:ui-monospace,monospace}.err{color:#b00;font-weight:bold}
+footer{color:#666;font-size:.85em;margin-top:2em;border-top:1px solid #ddd;padding-top:.5em}
 """
+
+#: plotly's modebar camera button downloads a 2x PNG; no plotly logo link.
+PLOTLY_CONFIG = {"responsive": True, "displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+DEFAULT_HEIGHT = 450
+_FIGURE_BLOCK = re.compile(
+    r'<script type="application/json" class="tlprobe-figure" id="([\w-]+)-spec" data-name="([\w-]+)">(.*?)</script>',
+    re.S,
+)
 
 
 @lru_cache(maxsize=1)
 def plotly_js() -> str:
-    """The installed plotly.js bundle."""
+    """The installed plotly.js bundle, safe to inline in a classic ``<script>``."""
     from plotly.offline import get_plotlyjs
 
-    return get_plotlyjs()
+    return _script_safe(get_plotlyjs())
 
 
 @lru_cache(maxsize=1)
@@ -46,14 +63,41 @@ def circuitsvis_js() -> str:
 
 
 def _script_safe(text: str) -> str:
-    """Make text safe inside ``<script>``: no closing tag or HTML comment opener can end it."""
+    """Make JavaScript safe inside ``<script>``: no closing tag or HTML comment opener can end it."""
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+def _json_in_html(obj) -> str:
+    """JSON that is inert inside ``<script>`` and still valid JSON and JavaScript.
+
+    ``<``, ``>`` and ``&`` only occur inside JSON strings, where ``\\u003c`` etc. mean the same.
+    """
+    text = json.dumps(obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _fmt(v, float_fmt: str) -> str:
     if isinstance(v, float):
         return float_fmt.format(v)
     return str(v)
+
+
+def _slug(text: str, n: int = 40) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:n].rstrip("-")
+
+
+def human_size(n_bytes: int) -> str:
+    """``1234567 -> '1.2 MB'`` (decimal units).
+
+    Example:
+        >>> human_size(999), human_size(1_234_567)
+        ('999 B', '1.2 MB')
+    """
+    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= k:
+            return f"{n_bytes / k:.1f} {unit}"
+    return f"{n_bytes} B"
 
 
 @dataclass
@@ -69,12 +113,14 @@ class Report:
     Example:
         >>> import plotly.graph_objects as go
         >>> r = Report("Demo")
-        >>> r.heading("Section")
+        >>> r.section("Section", shows="What the figure shows.", found="What the lesson found.")
         >>> r.text("Tokens like <s> are escaped.")
         >>> r.figure(go.Figure(go.Scatter(y=[1, 3, 2])), caption="A line")
         >>> page = r.to_html()
-        >>> "&lt;s&gt;" in page and page.count("<script") >= 2
+        >>> "Tokens like &lt;s&gt; are escaped." in page and page.count('class="tlprobe-figure"') == 1
         True
+        >>> [name for name, fig in r.figures()]
+        ['fig01-a-line']
     """
 
     def __init__(self, title: str, subtitle: str | None = None):
@@ -83,8 +129,15 @@ class Report:
         self._items: list[_Item] = []
 
     def heading(self, text: str, level: int = 2) -> None:
-        """A section heading (level 2 or 3)."""
+        """A section heading (level 2, listed in the table of contents, or 3)."""
         self._items.append(_Item("heading", (text, 3 if level >= 3 else 2)))
+
+    def section(self, title: str, shows: str | None = None, found: str | None = None) -> None:
+        """A level-2 heading with "What this shows" and "What the lesson found" paragraphs."""
+        self.heading(title)
+        for label, text in (("What this shows", shows), ("What the lesson found", found)):
+            if text:
+                self._items.append(_Item("lead", (label, text)))
 
     def text(self, text: str) -> None:
         """A paragraph of plain text (escaped); blank lines start new paragraphs."""
@@ -92,12 +145,16 @@ class Report:
 
     def figure(self, fig, caption: str | None = None) -> None:
         """A plotly figure, drawn with the page's single inlined plotly.js."""
+        if not hasattr(fig, "to_plotly_json"):
+            raise TlprobeError(f"Report.figure takes a plotly Figure, got {type(fig).__name__}")
         self._items.append(_Item("figure", fig, caption))
 
     def view(self, view: CircuitsVisView, caption: str | None = None) -> None:
         """A circuitsvis view (see :mod:`tlprobe.figures.views`)."""
         if not isinstance(view, CircuitsVisView):
-            raise TlprobeError("Report.view takes a CircuitsVisView (see tlprobe.figures.circuitsvis_view)")
+            raise TlprobeError("Report.view takes a CircuitsVisView (see tlprobe.figures.views.circuitsvis_view)")
+        if view.component not in COMPONENTS:
+            raise TlprobeError(f"unknown circuitsvis component {view.component!r}")
         self._items.append(_Item("view", view, caption))
 
     def table(self, rows: list[dict], caption: str | None = None, float_fmt: str = "{:.4g}") -> None:
@@ -108,37 +165,48 @@ class Report:
         """A two-column key/value table (model, layers, seed, versions, timings, ...)."""
         self._items.append(_Item("params", params, caption))
 
+    def figures(self) -> list[tuple[str, object]]:
+        """``(name, figure)`` for every plotly figure, in order; names are file-name safe and unique.
+
+        The name is ``fig{NN}`` plus a slug of the figure's title or caption.
+        """
+        out = []
+        for n, item in enumerate((i for i in self._items if i.kind == "figure"), 1):
+            fig = item.payload
+            title = fig.layout.title.text if fig.layout.title and fig.layout.title.text else ""
+            slug = _slug(title or item.caption or "")
+            out.append((f"fig{n:02d}" + (f"-{slug}" if slug else ""), fig))
+        return out
+
     # -- rendering ---------------------------------------------------------------------------
     def to_html(self) -> str:
         """The whole page as a string."""
         body: list[str] = []
-        n_fig = n_view = 0
+        toc: list[tuple[str, str]] = []
+        names = iter(self.figures())
+        n_view = 0
         for item in self._items:
             if item.kind == "heading":
                 text, level = item.payload
-                body.append(f"<h{level}>{html.escape(text)}</h{level}>")
+                anchor = f"s{len(toc) + 1}"
+                if level == 2:
+                    toc.append((anchor, text))
+                    body.append(f'<h2 id="{anchor}">{html.escape(text)}</h2>')
+                else:
+                    body.append(f"<h3>{html.escape(text)}</h3>")
+            elif item.kind == "lead":
+                label, text = item.payload
+                body.append(f'<p class="note lead"><b>{html.escape(label)}:</b> {html.escape(text)}</p>')
             elif item.kind == "text":
                 for para in str(item.payload).split("\n\n"):
-                    body.append(f'<p class="note">{html.escape(para.strip())}</p>')
+                    if para.strip():
+                        body.append(f'<p class="note">{html.escape(para.strip())}</p>')
             elif item.kind == "figure":
-                import plotly.io as pio
-
-                n_fig += 1
-                div = pio.to_html(item.payload, full_html=False, include_plotlyjs=False,
-                                  div_id=f"fig-{n_fig}", config={"responsive": True})
-                body.append(f"<figure>{div}{self._caption(item.caption)}</figure>")
+                name, fig = next(names)
+                body.append(self._figure(name, fig, item.caption))
             elif item.kind == "view":
                 n_view += 1
-                vid = f"cv-{n_view}"
-                props = _script_safe(json.dumps(_jsonable(item.payload.props), allow_nan=False))
-                comp = item.payload.component
-                if not re.fullmatch(r"[A-Za-z]+", comp):
-                    raise TlprobeError(f"bad circuitsvis component name {comp!r}")
-                body.append(
-                    f'<figure><div id="{vid}" class="cv"></div>'
-                    f'<script>CircuitsVis.render("{vid}", CircuitsVis.{comp}, {props});</script>'
-                    f"{self._caption(item.caption)}</figure>"
-                )
+                body.append(self._view(f"cv{n_view}", item.payload, item.caption))
             elif item.kind == "table":
                 rows, float_fmt = item.payload
                 body.append(self._table(rows, float_fmt, item.caption))
@@ -148,17 +216,26 @@ class Report:
                     for k, v in item.payload.items()
                 )
                 body.append(f"<table class='params'><caption>{html.escape(item.caption)}</caption>{rows}</table>")
-        head = [f"<meta charset='utf-8'><title>{html.escape(self.title)}</title><style>{_CSS}</style>"]
-        if n_fig:
-            head.append(f"<script>{_script_safe(plotly_js())}</script>")
+        head = [
+            "<meta charset='utf-8'><meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<meta name='generator' content='tlprobe'><title>{html.escape(self.title)}</title><style>{_CSS}</style>"
+        ]
+        if any(i.kind == "figure" for i in self._items):
+            head.append(f"<script>{plotly_js()}</script>")
         if n_view:
             head.append(f"<script>{circuitsvis_js()}</script>")
-        sub = f"<p class='note'>{html.escape(self.subtitle)}</p>" if self.subtitle else ""
+        sub = f"<p class='sub'>{html.escape(self.subtitle)}</p>" if self.subtitle else ""
+        nav = ""
+        if len(toc) >= 2:
+            links = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in toc)
+            nav = f'<nav class="toc">{links}</nav>'
         stamp = _dt.date.today().isoformat()
         return (
             "<!DOCTYPE html><html lang='en'><head>" + "".join(head) + "</head><body>"
-            f"<h1>{html.escape(self.title)}</h1>{sub}" + "\n".join(body)
-            + f"<hr><p class='note'>Made by tlprobe on {stamp}.</p></body></html>"
+            "<noscript><p class='err'>This report draws its figures with JavaScript; enable it to see them.</p></noscript>"
+            f"<h1>{html.escape(self.title)}</h1>{sub}{nav}\n" + "\n".join(body)
+            + f"\n<footer>Made by tlprobe on {stamp}. Self-contained: opens offline, no network requests.</footer>"
+            "</body></html>\n"
         )
 
     def write(self, path: str | pathlib.Path) -> pathlib.Path:
@@ -171,6 +248,41 @@ class Report:
     @staticmethod
     def _caption(caption: str | None) -> str:
         return f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+
+    @classmethod
+    def _figure(cls, name: str, fig, caption: str | None) -> str:
+        fid = name.split("-", 1)[0]
+        spec = json.loads(fig.to_json())  # plotly's encoder: numpy arrays as typed-array base64
+        height = fig.layout.height or DEFAULT_HEIGHT
+        # On the page a figure fills the column (a fixed layout width would overflow it), but not
+        # below 3/4 of its designed width (the box scrolls sideways instead). The stored spec
+        # keeps the designed width for PNG export.
+        min_width = int(0.75 * fig.layout.width) if fig.layout.width else 0
+        draw = (
+            f'(function(){{var d=document.getElementById("{fid}");try{{'
+            f'var s=JSON.parse(document.getElementById("{fid}-spec").textContent);'
+            "var L=Object.assign({},s.layout);delete L.width;L.autosize=true;"
+            f"Plotly.newPlot(d,s.data,L,{json.dumps(PLOTLY_CONFIG)});"
+            '}catch(e){d.className+=" err";d.textContent="This figure failed to draw: "+e;throw e;}})();'
+        )
+        return (
+            f'<figure><div class="plotbox"><div id="{fid}" class="plot plotly-graph-div" style="height:{height}px;min-width:{min_width}px">'
+            f'</div></div><script type="application/json" class="tlprobe-figure" id="{fid}-spec" data-name="{name}">'
+            f"{_json_in_html(spec)}</script><script>{draw}</script>{cls._caption(caption)}</figure>"
+        )
+
+    @classmethod
+    def _view(cls, vid: str, view: CircuitsVisView, caption: str | None) -> str:
+        props = _json_in_html(_jsonable(view.props))
+        draw = (
+            f'(function(){{var d=document.getElementById("{vid}");try{{'
+            f'CircuitsVis.render("{vid}",CircuitsVis.{view.component},{props});'
+            '}catch(e){d.className+=" err";d.textContent="This view failed to draw: "+e;throw e;}})();'
+        )
+        return (
+            f'<figure><div id="{vid}" class="cv" data-component="{view.component}"></div>'
+            f"<script>{draw}</script>{cls._caption(caption)}</figure>"
+        )
 
     @staticmethod
     def _table(rows: list[dict], float_fmt: str, caption: str | None) -> str:
@@ -187,6 +299,25 @@ class Report:
             body.append(f"<tr>{cells}</tr>")
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         return f"<table>{cap}<tr>{head}</tr>{''.join(body)}</table>"
+
+
+def read_figures(path: str | pathlib.Path) -> list[tuple[str, dict]]:
+    """``(name, figure dict)`` for every plotly figure in a report written by :class:`Report`.
+
+    Example:
+        >>> import plotly.graph_objects as go, tempfile, pathlib
+        >>> r = Report("Demo"); r.figure(go.Figure(go.Bar(y=[1, 2])), caption="Bars </script>")
+        >>> p = r.write(pathlib.Path(tempfile.mkdtemp()) / "report.html")
+        >>> [(name, fig["data"][0]["type"]) for name, fig in read_figures(p)]
+        [('fig01-bars-script', 'bar')]
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise TlprobeError(f"report not found: {path}")
+    found = [(name, json.loads(text)) for _fid, name, text in _FIGURE_BLOCK.findall(path.read_text(encoding="utf-8"))]
+    if not found:
+        raise TlprobeError(f"{path} has no tlprobe figures (is it a report written by tlprobe?)")
+    return found
 
 
 def _jsonable(obj):

@@ -1,0 +1,428 @@
+"""The read-out path of a model: final norm, unembedding, embedding, and the MLM head.
+
+This is the only module that knows the attribute names of that path on a TransformerLens 4
+``TransformerBridge`` (``W_U``, ``b_U``, ``W_E``, ``ln_final``, ``unembed``, the adapter's
+component mapping and post-unembedding transform) and where a checkpoint keeps its weights.
+
+Decoders read ``logits = transform(ln_final(x) @ W_U + b_U)``: ``ln_final`` is called as a
+module, so every vector gets fresh normalisation statistics (TransformerLens >= 3.5 does the
+same; TL 2.x divided by the cached final scale). ``transform`` is the adapter's elementwise
+post-unembedding transform (Gemma soft cap, Cohere/Granite scaling; the identity elsewhere).
+
+BERT-style encoders read through their masked-language-model head: ``dense -> activation ->
+LayerNorm -> decoder``. :func:`mlm_head_check` says whether that head was *trained* (its weights
+are in the checkpoint) or filled with random weights by Transformers/TransformerLens because the
+checkpoint has none (the bundled all-MiniLM-L6-v2 was saved from a bare ``BertModel``).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from jaxtyping import Float
+
+from tlprobe.errors import TlprobeError, UnsupportedModelError
+
+#: Bridge components that make up an encoder's MLM head, in the order the head applies them.
+MLM_HEAD_COMPONENTS = ("mlm_head", "ln_final", "unembed")
+
+_CHECKPOINT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _hf_model(model):
+    hf = getattr(model, "original_model", None)
+    if hf is None:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no wrapped Hugging Face model (original_model); the "
+            "encoder read-out needs a TransformerBridge booted with boot_transformers"
+        )
+    return hf
+
+
+def unembedding(model) -> tuple[Float[torch.Tensor, "d_model d_vocab"], Float[torch.Tensor, " d_vocab"]]:
+    """The unembedding ``(W_U, b_U)``; ``b_U`` is zeros when the model has no output bias.
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> W_U, b_U = unembedding(tiny_model("llama"))
+        >>> tuple(W_U.shape), tuple(b_U.shape), float(b_U.abs().sum())
+        ((64, 600), (600,), 0.0)
+    """
+    W_U = getattr(model, "W_U", None)
+    if not isinstance(W_U, torch.Tensor):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} exposes no unembedding matrix W_U; the lens needs a model "
+            "with an unembedding (a decoder LM head or an encoder MLM head)"
+        )
+    try:
+        b_U = model.b_U  # TL 4 raises AttributeError on some bias-free models
+    except AttributeError:
+        b_U = None
+    if not isinstance(b_U, torch.Tensor):
+        b_U = torch.zeros(W_U.shape[-1], dtype=W_U.dtype, device=W_U.device)
+    return W_U, b_U
+
+
+def embedding_matrix(model) -> Float[torch.Tensor, "d_vocab d_model"]:
+    """The token embedding ``W_E`` (``[d_vocab, d_model]``, word embeddings only).
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> tuple(embedding_matrix(tiny_model("gpt2")).shape)
+        (600, 64)
+    """
+    W_E = getattr(model, "W_E", None)
+    if not isinstance(W_E, torch.Tensor):
+        raise UnsupportedModelError(f"{type(model).__name__} exposes no token embedding matrix W_E")
+    return W_E
+
+
+def final_norm_kind(model) -> str:
+    """``"LN"``, ``"RMS"``, ... as the model's config names it, or ``"none"``."""
+    kind = getattr(model.cfg, "normalization_type", None)
+    return "none" if kind is None else str(kind)
+
+
+def apply_final_norm(model, x: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_model"]:
+    """Apply the model's final norm ``ln_final`` to every vector, with fresh statistics.
+
+    The module is called (not the cached scale divided out), so each vector is normalised by its
+    own mean/RMS, as TransformerLens' ``logit_lens`` does. In compatibility mode ``ln_final`` is
+    the folded (weightless) norm and the folded weights sit in ``W_U``. Leading dimensions are
+    flattened to one sequence (the norm is per vector).
+
+    Raises:
+        UnsupportedModelError: the config declares a normalisation but the bridge has no
+            ``ln_final`` component (the norm cannot be applied exactly).
+
+    Example:
+        >>> from tlprobe.access.hooks import resid_stack
+        >>> from tlprobe.testing import tiny_model
+        >>> model = tiny_model("gpt2")
+        >>> _, cache = model.run_with_cache("her cat")
+        >>> stack = resid_stack(cache)  # [depth, batch, pos, d_model]
+        >>> torch.allclose(apply_final_norm(model, stack)[-1], cache["ln_final.hook_out"])
+        True
+    """
+    ln = getattr(model, "ln_final", None)
+    if isinstance(ln, torch.nn.Module):
+        flat = x.reshape(1, -1, x.shape[-1])
+        return ln(flat).reshape(x.shape)
+    if final_norm_kind(model) == "none":
+        return x
+    raise UnsupportedModelError(
+        f"the model declares normalization_type={final_norm_kind(model)!r} but has no ln_final "
+        "component, so its final norm cannot be applied exactly"
+    )
+
+
+def output_transform(model, logits: torch.Tensor) -> torch.Tensor:
+    """The adapter's post-unembedding transform (soft cap, logit scaling; else identity).
+
+    Every transform in TransformerLens 4.3 is elementwise, so it can be applied to any slice of
+    the vocabulary.
+    """
+    adapter = getattr(model, "adapter", None)
+    fn = getattr(adapter, "apply_output_logits_transform", None)
+    return fn(logits) if callable(fn) else logits
+
+
+def check_decoder_readout(model) -> None:
+    """Raise unless the model's logits are ``transform(ln_final(last resid_post) @ W_U + b_U)``.
+
+    Delegates to the structural check of TransformerLens' own ``logit_lens`` (refuses
+    encoder-decoder bridges, bridges without an ``unembed``, multi-stream blocks and extra
+    read-out modules such as OPT-350m's ``project_out``), and turns its errors into
+    :class:`~tlprobe.errors.UnsupportedModelError`.
+    """
+    try:
+        from transformer_lens.tools.analysis.logit_lens import _require_decoder_unembed
+    except ImportError:  # pragma: no cover - a private helper of TL 4.3; keep the basic check
+        if getattr(model, "unembed", None) is None:
+            raise UnsupportedModelError("the logit lens needs an unembed component; this bridge has none") from None
+        return
+    try:
+        _require_decoder_unembed(model, operation="the logit lens")
+    except (ValueError, NotImplementedError) as exc:
+        raise UnsupportedModelError(f"the logit lens cannot read this model: {exc}") from exc
+
+
+def is_training(model) -> bool:
+    """True if the model is in training mode (dropout on: lens results would be noisy)."""
+    return bool(getattr(model, "training", False))
+
+
+def target_token_ids(model, targets: Iterable[str | int]) -> list[int]:
+    """Token ids of the lens targets: each string must be exactly one token.
+
+    Raises:
+        TlprobeError: a string is several tokens (the message shows the pieces) or an id is out
+            of range.
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> model = tiny_model("gpt2")
+        >>> target_token_ids(model, [" her", 5])
+        [..., 5]
+    """
+    tok = model.tokenizer
+    W_U, _ = unembedding(model)
+    d_vocab = int(W_U.shape[-1])
+    out: list[int] = []
+    for t in targets:
+        if isinstance(t, bool):
+            raise TlprobeError(f"target {t!r} must be a token string or id")
+        if isinstance(t, int):
+            if not 0 <= t < d_vocab:
+                raise TlprobeError(f"target id {t} is out of range: the vocabulary has {d_vocab} tokens")
+            out.append(t)
+            continue
+        if not isinstance(t, str) or t == "":
+            raise TlprobeError(f"target {t!r} must be a non-empty token string or an id")
+        ids = tok(t, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            pieces = [tok.decode([i]) for i in ids]
+            alt = t[1:] if t.startswith(" ") else " " + t
+            alt_ids = tok(alt, add_special_tokens=False)["input_ids"]
+            hint = f"; {alt!r} is one token" if len(alt_ids) == 1 else ""
+            raise TlprobeError(
+                f"target {t!r} is {len(ids)} tokens {pieces}, but the lens ranks single tokens: pass "
+                f"one token (GPT-2 style BPE marks a preceding space, e.g. ' Paris'){hint}, or a token id"
+            )
+        out.append(int(ids[0]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Encoders: is the MLM head real?
+
+
+@dataclass(frozen=True)
+class HeadCheck:
+    """Whether an encoder's MLM head comes from its checkpoint.
+
+    Attributes:
+        status: ``"trained"`` (every head module has weights in the checkpoint), ``"missing"``
+            (the checkpoint has none for some head module: the loader filled them with random
+            weights), ``"unknown"`` (no checkpoint files could be found, e.g. a model built in
+            memory), or ``"no-head"`` (the bridge has no MLM head at all).
+        reason: one sentence saying how the status was decided.
+        checkpoint: the checkpoint file that was read, if any.
+        missing: head modules without weights in the checkpoint (Hugging Face module names).
+        architectures: ``config.architectures`` as saved with the checkpoint (the class it was
+            saved from; ``['BertModel']`` means no head), for the record.
+    """
+
+    status: str
+    reason: str
+    checkpoint: str | None = None
+    missing: tuple[str, ...] = ()
+    architectures: tuple[str, ...] = ()
+
+    @property
+    def trained(self) -> bool:
+        return self.status == "trained"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["missing"] = list(self.missing)
+        d["architectures"] = list(self.architectures)
+        return d
+
+
+def _component_names(model) -> dict[str, str]:
+    """Bridge head component -> its Hugging Face module path (from the adapter's mapping)."""
+    mapping = getattr(getattr(model, "adapter", None), "component_mapping", None) or {}
+    out = {}
+    for key in MLM_HEAD_COMPONENTS:
+        comp = mapping.get(key)
+        name = getattr(comp, "name", None)
+        if name:
+            out[key] = str(name)
+    return out
+
+
+def _checkpoint_source(model) -> str | None:
+    hf = getattr(model, "original_model", None)
+    cfg = getattr(hf, "config", None)
+    src = getattr(cfg, "_name_or_path", None) or getattr(model.cfg, "model_name", None)
+    return str(src) if src else None
+
+
+def _find_checkpoint(source: str) -> pathlib.Path | None:
+    """The first checkpoint file of a local directory, or of a hub id in the local cache."""
+    p = pathlib.Path(source)
+    if p.is_dir():
+        for name in _CHECKPOINT_FILES:
+            if (p / name).is_file():
+                return p / name
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return None
+    for name in _CHECKPOINT_FILES:
+        try:
+            hit = try_to_load_from_cache(source, name)
+        except Exception:  # not a valid repo id (e.g. a label such as "tiny-bert")
+            return None
+        if isinstance(hit, str):
+            return pathlib.Path(hit)
+    return None
+
+
+def checkpoint_keys(path: str | pathlib.Path) -> set[str]:
+    """Parameter names stored in a checkpoint file, without loading any tensor.
+
+    Reads the safetensors header, the ``weight_map`` of a sharded index, or a ``.bin`` file
+    memory-mapped on the meta device.
+    """
+    path = pathlib.Path(path)
+    if path.name.endswith(".index.json"):
+        return set(json.loads(path.read_text(encoding="utf-8")).get("weight_map", {}))
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return set(f.keys())
+    state = torch.load(str(path), map_location="meta", weights_only=True, mmap=True)
+    return set(state)
+
+
+def _has_module(keys: set[str], module: str, prefix: str) -> bool:
+    """True if the checkpoint stores any parameter of ``module`` (with or without the
+    base-model prefix, and whatever the parameter is called: ``weight``/``gamma``)."""
+    forms = {module}
+    if prefix and module.startswith(prefix + "."):
+        forms.add(module[len(prefix) + 1 :])
+    elif prefix:
+        forms.add(f"{prefix}.{module}")
+    return any(k.startswith(f + ".") for f in forms for k in keys)
+
+
+def mlm_head_check(model) -> HeadCheck:
+    """Decide whether an encoder's MLM head was trained or randomly initialised by the loader.
+
+    Method: the adapter maps the head's bridge components (``mlm_head`` = transform dense,
+    ``ln_final`` = transform LayerNorm, ``unembed`` = decoder) to Hugging Face module paths. The
+    head is ``"trained"`` when the checkpoint the model was loaded from stores parameters for
+    each of those modules (the decoder only when its weight is not tied to the input
+    embedding); otherwise Transformers' loader initialised the missing ones at random (what it
+    reports as "missing keys") and the status is ``"missing"``. The checkpoint is read by
+    parameter *names* only (safetensors header, sharded index, or a meta-device ``.bin``), so the
+    check costs milliseconds and loads no weight. Comparing weights with a fresh random
+    initialisation, by contrast, would depend on the seed and could not tell a head that was
+    never trained from one that was.
+
+    Example:
+        >>> from tlprobe.access.models import load_model
+        >>> mlm_head_check(load_model("minilm", device="cpu")).missing
+        ('cls.predictions.transform.dense', 'cls.predictions.transform.LayerNorm')
+    """
+    names = _component_names(model)
+    hf = getattr(model, "original_model", None)
+    cfg = getattr(hf, "config", None)
+    archs = tuple(getattr(cfg, "architectures", None) or ())
+    if "mlm_head" not in names or "unembed" not in names:
+        return HeadCheck("no-head", "the bridge maps no MLM head (mlm_head/unembed components)",
+                         architectures=archs)
+    source = _checkpoint_source(model)
+    path = _find_checkpoint(source) if source else None
+    if path is None:
+        return HeadCheck(
+            "unknown",
+            f"no checkpoint file found for {source!r} (a model built in memory, or a hub model not in "
+            "the local cache), so the head's origin cannot be verified",
+            architectures=archs,
+        )
+    keys = checkpoint_keys(path)
+    prefix = str(getattr(hf, "base_model_prefix", "") or "")
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    required = [names[k] for k in ("mlm_head", "ln_final") if k in names]
+    if not tied:
+        required.append(names["unembed"])
+    missing = tuple(m for m in required if not _has_module(keys, m, prefix))
+    arch_note = f" (config.architectures = {list(archs)})" if archs else ""
+    if missing:
+        return HeadCheck(
+            "missing",
+            f"the checkpoint {path.name} has no weights for {', '.join(missing)}{arch_note}: the "
+            "loader filled the MLM head with random weights, so its predictions mean nothing",
+            checkpoint=str(path), missing=missing, architectures=archs,
+        )
+    return HeadCheck(
+        "trained",
+        f"the checkpoint {path.name} stores weights for every MLM head module ({', '.join(required)})"
+        + (" and the decoder is tied to the input embedding" if tied else ""),
+        checkpoint=str(path), architectures=archs,
+    )
+
+
+class _Captured(Exception):
+    def __init__(self, value: torch.Tensor):
+        super().__init__("captured")
+        self.value = value
+
+
+def _head_module(model) -> torch.nn.Module:
+    """The Hugging Face module holding the whole MLM head (common ancestor of its components)."""
+    names = _component_names(model)
+    if "unembed" not in names or "mlm_head" not in names:
+        raise UnsupportedModelError("the model has no MLM head (no mlm_head/unembed components)")
+    parts = [n.split(".") for n in names.values()]
+    common: list[str] = []
+    for segs in zip(*parts):
+        if len(set(segs)) != 1:
+            break
+        common.append(segs[0])
+    hf = _hf_model(model)
+    return hf.get_submodule(".".join(common)) if common else hf
+
+
+def mlm_transform(model, x: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_model"]:
+    """Run the encoder's own MLM head code on ``x`` up to (not including) the decoder.
+
+    Calls the Hugging Face head module (e.g. BERT's ``cls.predictions``: dense -> activation ->
+    LayerNorm -> decoder) and captures the decoder's input with a pre-hook, so the activation
+    and norm are exactly the model's, for any architecture whose head is one module. The
+    logits are then ``mlm_transform(x) @ W_U + b_U``.
+    """
+    head = _head_module(model)
+    decoder = getattr(model, "unembed", None)
+    if not isinstance(decoder, torch.nn.Module):
+        raise UnsupportedModelError("the model has no unembed component to read through")
+
+    def grab(_module, args, kwargs):
+        value = args[0] if args else next(iter(kwargs.values()))
+        raise _Captured(value)
+
+    handle = decoder.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        head(x.reshape(1, -1, x.shape[-1]))
+    except _Captured as cap:
+        return cap.value.reshape(*x.shape[:-1], cap.value.shape[-1])
+    finally:
+        handle.remove()
+    raise UnsupportedModelError(
+        "the MLM head module never called its decoder (unembed); this architecture's head is not "
+        "supported by the MLM lens"
+    )
+
+
+def special_token_ids(model) -> list[int]:
+    """Ids of the tokenizer's special tokens (BOS, ``[CLS]``, ``[SEP]``, padding)."""
+    return sorted({int(i) for i in getattr(model.tokenizer, "all_special_ids", []) or []})
+
+
+def decode_tokens(model, ids: Sequence[int]) -> list[str]:
+    """Each id decoded on its own (``tokenizer.decode([i])``)."""
+    return [model.tokenizer.decode([int(i)]) for i in ids]

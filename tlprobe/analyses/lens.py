@@ -1,0 +1,698 @@
+"""Lenses: read every layer's residual stream through the vocabulary (L15-L17).
+
+Three lenses, each labelled for what it measures:
+
+* **logit lens** (decoders, :func:`logit_lens`): every depth of the residual stream (the input
+  of each block, then the last block's output) goes through the model's final norm, with fresh
+  statistics per vector, and the unembedding: "what would the model predict if it stopped
+  here?". The last depth reproduces the model's own logits.
+* **MLM lens** (encoders whose masked-language-model head was trained, :func:`mlm_lens`): every
+  layer's hidden state goes through the model's own head (dense -> activation -> LayerNorm ->
+  tied decoder). Refused when the head is missing from the checkpoint (TransformerLens fills it
+  with random weights, as for the bundled all-MiniLM-L6-v2): its "predictions" would be noise.
+* **embedding lens** (any model, :func:`embedding_lens`): cosine similarity of each layer's
+  hidden state with the rows of the token embedding ``W_E``. It measures how much of the
+  *input token's identity* a layer still carries; it is **not** a prediction.
+
+TransformerLens 4 ships :func:`transformer_lens.tools.analysis.logit_lens`, which reads the same
+path for decoders (``ln_final`` with recomputed statistics, ``W_U``, ``b_U``, the adapter's
+output transform) and whose structural check tlprobe reuses; the tests compare the two on the
+same caches. tlprobe adds, in one call and one pass over the vocabulary: top-k tokens *and*
+target ranks/probabilities together (TL takes one selector per call), the KL divergence of
+every layer to the final distribution, chunking over the *vocabulary* (not only over rows) so
+that ``[layer, batch, pos, vocab]`` never exists at once, a check against the model's own
+logits for caches built elsewhere, the compatibility mode recorded in the result, and the two
+encoder lenses (TL's refuses encoders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+
+from tlprobe._checks import check_choice
+from tlprobe.access.hooks import resid_stack
+from tlprobe.access.models import model_info
+from tlprobe.access.unembed import (
+    apply_final_norm,
+    check_decoder_readout,
+    embedding_matrix,
+    is_training,
+    mlm_head_check,
+    mlm_transform,
+    output_transform,
+    target_token_ids,
+    unembedding,
+)
+from tlprobe.errors import TlprobeError, UnsupportedModelError
+
+#: Names of the lenses, as they appear in results and reports.
+LOGIT_LENS = "logit lens"
+MLM_LENS = "MLM lens"
+EMBEDDING_LENS = "embedding lens (token identity, not prediction)"
+
+#: Elements of one ``[depth, rows, vocab-chunk]`` block when ``vocab_chunk`` is automatic.
+DEFAULT_MAX_ELEMENTS = 2**24
+
+_RETURN_TYPES = ("logits", "log_probs", "probs")
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Top-k tokens: ``ids`` and their ``values`` (probabilities or cosines), ``[..., k]``."""
+
+    ids: Int[torch.Tensor, "... k"]
+    values: Float[torch.Tensor, "... k"]
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the ``[batch, pos]`` dims (after the leading depth dim) where ``mask``."""
+    m = mask.to(x.device, x.dtype)
+    while m.ndim < x.ndim - 1:
+        m = m.unsqueeze(-1)
+    n = m.sum(dim=(0, 1)).clamp_min(1)
+    return (x * m).sum(dim=(1, 2)) / n
+
+
+@dataclass(frozen=True)
+class LensResult:
+    """A logit lens or MLM lens over ``depth`` points of the residual stream.
+
+    Attributes:
+        kind: :data:`LOGIT_LENS` or :data:`MLM_LENS`.
+        labels: one per depth: ``"embed"`` (the input of block 0), then ``"block l"`` (the output
+            of block ``l``; for decoders the input of block ``l + 1``). The last is the model's
+            final hidden state.
+        top_ids, top_probs: ``[depth, batch, pos, k]`` most probable tokens and their probabilities.
+        entropy: ``[depth, batch, pos]`` entropy of each distribution, in nats.
+        kl_to_final: ``[depth, batch, pos]`` ``KL(p_final || p_depth)`` in nats (0 at the last depth).
+        target_ids: ``[n_targets]`` token ids of the targets (may be empty).
+        target_ranks: ``[depth, batch, pos, n_targets]`` rank in the full vocabulary (0 = top;
+            ties count only strictly larger logits, as in TransformerLens).
+        target_probs: ``[depth, batch, pos, n_targets]`` probabilities.
+        mask: ``[batch, pos]`` real (non-padding) positions, used by :meth:`layer_summary`.
+        compatibility_mode: the model had ``enable_compatibility_mode()`` applied. Its unembedding
+            is then centred: logits shift by a constant per position (the model's own logits do
+            too), probabilities are unchanged.
+        readout: what the last depth reproduces, in words.
+        final_max_abs_error: largest difference between the last depth's logits and the model's
+            own logits, when those were given (``None`` otherwise).
+        model_name: the model's name.
+    """
+
+    kind: str
+    labels: tuple[str, ...]
+    top_ids: Int[torch.Tensor, "depth batch pos k"]
+    top_probs: Float[torch.Tensor, "depth batch pos k"]
+    entropy: Float[torch.Tensor, "depth batch pos"]
+    kl_to_final: Float[torch.Tensor, "depth batch pos"]
+    target_ids: Int[torch.Tensor, " n_targets"]
+    target_ranks: Int[torch.Tensor, "depth batch pos n_targets"]
+    target_probs: Float[torch.Tensor, "depth batch pos n_targets"]
+    mask: Bool[torch.Tensor, "batch pos"]
+    compatibility_mode: bool
+    readout: str
+    final_max_abs_error: float | None
+    model_name: str
+
+    def top(self, k: int | None = None) -> TopK:
+        """The ``k`` most probable tokens per depth and position (``k`` <= the computed top-k)."""
+        return TopK(*_top(self.top_ids, self.top_probs, k))
+
+    def layer_summary(self, target_names: Sequence[str] | None = None) -> list[dict]:
+        """Per depth: mean entropy and KL to final over real positions, and each target's mean
+        probability and median rank (columns named by ``target_names``, default the token ids)."""
+        names = [str(int(t)) for t in self.target_ids] if target_names is None else [str(n) for n in target_names]
+        if len(names) != self.target_ids.numel():
+            raise TlprobeError(f"{len(names)} target names for {self.target_ids.numel()} targets")
+        ent = _masked_mean(self.entropy, self.mask)
+        kl = _masked_mean(self.kl_to_final, self.mask)
+        prob = _masked_mean(self.target_probs, self.mask)
+        sel = self.mask.to(self.target_ranks.device)
+        rows = []
+        for i, label in enumerate(self.labels):
+            row = {"depth": i, "label": label, "mean_entropy": float(ent[i]), "mean_kl_to_final": float(kl[i])}
+            for t, name in enumerate(names):
+                row[f"{name} mean prob"] = float(prob[i, t])
+                row[f"{name} median rank"] = int(self.target_ranks[i][sel][:, t].median()) if bool(sel.any()) else -1
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict:
+        """JSON-ready: every number as nested lists."""
+        return {
+            "kind": self.kind, "labels": list(self.labels), "model": self.model_name,
+            "compatibility_mode": self.compatibility_mode, "readout": self.readout,
+            "final_max_abs_error": self.final_max_abs_error,
+            "top_ids": self.top_ids.tolist(), "top_probs": self.top_probs.tolist(),
+            "entropy": self.entropy.tolist(), "kl_to_final": self.kl_to_final.tolist(),
+            "target_ids": self.target_ids.tolist(), "target_ranks": self.target_ranks.tolist(),
+            "target_probs": self.target_probs.tolist(), "mask": self.mask.int().tolist(),
+        }
+
+
+@dataclass(frozen=True)
+class EmbeddingLensResult:
+    """The embedding lens: cosine of each depth's hidden state with every row of ``W_E``.
+
+    A token-identity probe: a high cosine with the input token's own embedding row means the
+    layer still carries *which token this is*. It says nothing about what comes next.
+
+    Attributes:
+        kind: :data:`EMBEDDING_LENS`.
+        labels: one per depth (see :class:`LensResult`).
+        top_ids, top_cosines: ``[depth, batch, pos, k]`` nearest embedding rows and their cosines.
+        token_ids: ``[batch, pos]`` the input tokens.
+        token_ranks: ``[depth, batch, pos]`` rank of the input token's row (0 = nearest).
+        token_cosines: ``[depth, batch, pos]`` cosine with the input token's row.
+        mask: ``[batch, pos]`` positions counted by :meth:`recovery` (real tokens, usually
+            without special tokens).
+        model_name: the model's name.
+    """
+
+    kind: str
+    labels: tuple[str, ...]
+    top_ids: Int[torch.Tensor, "depth batch pos k"]
+    top_cosines: Float[torch.Tensor, "depth batch pos k"]
+    token_ids: Int[torch.Tensor, "batch pos"]
+    token_ranks: Int[torch.Tensor, "depth batch pos"]
+    token_cosines: Float[torch.Tensor, "depth batch pos"]
+    mask: Bool[torch.Tensor, "batch pos"]
+    model_name: str
+
+    def top(self, k: int | None = None) -> TopK:
+        """The ``k`` nearest embedding rows per depth and position."""
+        return TopK(*_top(self.top_ids, self.top_cosines, k))
+
+    def recovery(self, k: int = 1) -> Float[torch.Tensor, " depth"]:
+        """Fraction of masked positions whose input token is among the ``k`` nearest rows."""
+        hit = (self.token_ranks < k).float()
+        return _masked_mean(hit, self.mask)
+
+    def layer_summary(self) -> list[dict]:
+        """Per depth: top-1 and top-5 recovery of the input token, mean cosine with it."""
+        r1, r5 = self.recovery(1), self.recovery(5)
+        cos = _masked_mean(self.token_cosines, self.mask)
+        return [
+            {"depth": i, "label": lab, "top1_recovery": float(r1[i]), "top5_recovery": float(r5[i]),
+             "mean_cosine_with_input_token": float(cos[i])}
+            for i, lab in enumerate(self.labels)
+        ]
+
+    def to_dict(self) -> dict:
+        """JSON-ready: every number as nested lists."""
+        return {
+            "kind": self.kind, "labels": list(self.labels), "model": self.model_name,
+            "top_ids": self.top_ids.tolist(), "top_cosines": self.top_cosines.tolist(),
+            "token_ids": self.token_ids.tolist(), "token_ranks": self.token_ranks.tolist(),
+            "token_cosines": self.token_cosines.tolist(), "mask": self.mask.int().tolist(),
+            "top1_recovery": self.recovery(1).tolist(),
+        }
+
+
+def _top(ids: torch.Tensor, values: torch.Tensor, k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    kmax = ids.shape[-1]
+    if k is None:
+        return ids, values
+    if not isinstance(k, int) or not 1 <= k <= kmax:
+        raise TlprobeError(f"k must be an integer in 1..{kmax} (the top-k the lens was run with), got {k!r}")
+    return ids[..., :k], values[..., :k]
+
+
+# --------------------------------------------------------------------------------------------
+# The streaming core: one or two passes over vocabulary chunks.
+
+
+def _chunks(d_vocab: int, n_rows: int, vocab_chunk: int | None) -> list[slice]:
+    if vocab_chunk is None:
+        size = max(256, DEFAULT_MAX_ELEMENTS // max(n_rows, 1))
+    else:
+        if not isinstance(vocab_chunk, int) or isinstance(vocab_chunk, bool) or vocab_chunk < 1:
+            raise TlprobeError(f"vocab_chunk must be a positive integer or None (automatic), got {vocab_chunk!r}")
+        size = vocab_chunk
+    size = min(size, d_vocab)
+    return [slice(s, min(s + size, d_vocab)) for s in range(0, d_vocab, size)]
+
+
+def _stream(
+    scores: Callable[[slice], torch.Tensor],
+    d_vocab: int,
+    n_depth: int,
+    n_rows: int,
+    top_k: int,
+    targets: torch.Tensor,
+    target_scores: torch.Tensor | None,
+    vocab_chunk: int | None,
+    softmax: bool,
+    reference: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Statistics of ``scores(vocab_slice) -> [depth, rows, chunk]`` in one pass over the vocabulary.
+
+    Args:
+        targets: ``[rows, T]`` token ids followed per row.
+        target_scores: ``[depth, rows, T]`` their scores, computed up front so that ranks can be
+            counted chunk by chunk (the target's own column is never counted against itself).
+        softmax: also compute log-sum-exp, entropy and ``KL(p_last || p_depth)``. Each chunk keeps
+            its own normaliser, entropy and KL partial sum; they are combined exactly at the end
+            (in float64): with ``w_c = exp(lse_c - lse)``, ``H = sum_c w_c (H_c - log w_c)`` and
+            ``KL_d = sum_c w_c[last] G_c[d] - (lse[last] - lse[d])`` where
+            ``G_c = sum_{v in c} p_c[last](v) (z_last(v) - z_d(v))``.
+        reference: ``[rows, vocab]`` scores the last depth must reproduce (largest difference
+            returned as ``reference_error``).
+    """
+    slices = _chunks(d_vocab, n_depth * n_rows, vocab_chunk)
+    n_t = targets.shape[-1]
+    top_v = top_i = tgot = err = None
+    ranks = torch.zeros(n_depth, n_rows, n_t, dtype=torch.long, device=targets.device)
+    parts_lse, parts_h, parts_g = [], [], []
+    for vs in slices:
+        z = scores(vs)
+        kk = min(top_k, z.shape[-1])
+        v, i = torch.topk(z, kk, dim=-1)
+        i = i + vs.start
+        if top_v is None:
+            top_v, top_i = v, i
+        else:
+            cat_v, cat_i = torch.cat([top_v, v], -1), torch.cat([top_i, i], -1)
+            top_v, pick = torch.topk(cat_v, min(top_k, cat_v.shape[-1]), dim=-1)
+            top_i = cat_i.gather(-1, pick)
+        if n_t:
+            inside = ((targets >= vs.start) & (targets < vs.stop)).to(z.device)
+            local = (targets - vs.start).clamp(0, z.shape[-1] - 1).to(z.device)
+            got = z.gather(-1, local.unsqueeze(0).expand(n_depth, -1, -1))
+            tgot = torch.where(inside, got, torch.zeros((), dtype=z.dtype, device=z.device) if tgot is None else tgot)
+            ts = target_scores.to(z.device, z.dtype)
+            above = (z.unsqueeze(-2) > ts.unsqueeze(-1)).sum(-1, dtype=torch.int32)
+            above -= (inside & (got > ts)).to(torch.int32)  # the target's own column
+            ranks += above.to(ranks.device)
+        if softmax:
+            m = z.amax(-1, keepdim=True)
+            zm = z - m
+            e = zm.exp()
+            sm = e.sum(-1)
+            log_s = sm.log()
+            parts_lse.append((m.squeeze(-1) + log_s).double())
+            parts_h.append((log_s - (e * zm).sum(-1) / sm).double())
+            pf = e[-1] / sm[-1].unsqueeze(-1)
+            parts_g.append((pf * (z[-1] - z)).sum(-1).double())
+        if reference is not None:
+            diff = (z[-1] - reference[:, vs].to(z.device, z.dtype)).abs().max()
+            err = diff if err is None else torch.maximum(err, diff)
+    dtype = top_v.dtype
+    out = {"top_scores": top_v, "top_ids": top_i, "target_ranks": ranks.to(top_v.device)}
+    out["target_scores"] = tgot if n_t else torch.zeros(n_depth, n_rows, 0, dtype=dtype, device=top_v.device)
+    if softmax:
+        lse_c = torch.stack(parts_lse)  # [chunks, depth, rows]
+        lse = torch.logsumexp(lse_c, dim=0)
+        log_w = lse_c - lse
+        w = log_w.exp()
+        entropy = (w * (torch.stack(parts_h) - log_w)).sum(0)
+        kl = (w[:, -1:] * torch.stack(parts_g)).sum(0) - (lse[-1:] - lse)
+        out.update(lse=lse.to(dtype), entropy=entropy.clamp_min(0).to(dtype), kl=kl.clamp_min(0).to(dtype))
+    if err is not None:
+        out["reference_error"] = err
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Read-outs
+
+
+def _model_of(cache, model):
+    model = model if model is not None else getattr(cache, "model", None)
+    if model is None:
+        raise TlprobeError(
+            "the cache holds no model (cache.model is None); pass model=, or build the cache with "
+            "model.run_with_cache / tlprobe.run_batch"
+        )
+    if is_training(model):
+        raise TlprobeError("the model is in training mode (dropout on): call model.eval() before the lens")
+    return model
+
+
+def _labels(depth: int) -> tuple[str, ...]:
+    return ("embed",) + tuple(f"block {i}" for i in range(depth - 1))
+
+
+@dataclass(frozen=True)
+class _Readout:
+    kind: str
+    hidden: torch.Tensor  # [depth, batch, pos, d] vectors ready for the unembedding
+    W: torch.Tensor  # [d, vocab]
+    b: torch.Tensor  # [vocab]
+    transform: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _readout(cache, model, lens: str, trust_head: bool) -> _Readout:
+    info = model_info(model)
+    stack = resid_stack(cache)
+    W_U, b_U = unembedding(model)
+    with torch.no_grad():
+        if lens == "logit":
+            if info.is_encoder:
+                raise UnsupportedModelError(
+                    f"the logit lens reads next-token predictions, but {info.name or 'this model'} is an "
+                    f"encoder ({info.family}, bidirectional attention): it predicts no next token. Use "
+                    "mlm_lens (encoders with a trained masked-LM head) or embedding_lens (token identity)"
+                )
+            check_decoder_readout(model)
+            hidden = apply_final_norm(model, stack)
+            kind = LOGIT_LENS
+        else:
+            if not info.is_encoder:
+                raise UnsupportedModelError(
+                    f"the MLM lens reads a masked-language-model head, but {info.name or 'this model'} is a "
+                    "decoder: use logit_lens"
+                )
+            check = mlm_head_check(model)
+            if check.status in ("missing", "no-head") or (check.status == "unknown" and not trust_head):
+                extra = (" Pass trust_head=True only if you know the head was trained."
+                         if check.status == "unknown" else "")
+                raise UnsupportedModelError(
+                    f"refusing the MLM lens on {info.name or 'this model'}: {check.reason}.{extra} "
+                    "Use embedding_lens instead: it reads token identity (cosine with W_E), not predictions"
+                )
+            hidden = mlm_transform(model, stack)
+            kind = MLM_LENS
+    transform = (lambda z: output_transform(model, z)) if lens == "logit" else (lambda z: z)
+    return _Readout(kind, hidden, W_U, b_U, transform)
+
+
+def _score_fn(r: _Readout) -> tuple[Callable[[slice], torch.Tensor], int]:
+    dt = _compute_dtype(r.hidden)
+    h = r.hidden.to(device=r.W.device, dtype=dt).flatten(1, 2)  # [depth, rows, d]
+
+    def scores(vs: slice | torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return r.transform(h @ r.W[:, vs].to(dt) + r.b[vs].to(dt))
+
+    return scores, h.shape[1]
+
+
+def _check_top_k(top_k: int, d_vocab: int) -> None:
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= d_vocab:
+        raise TlprobeError(f"top_k must be an integer in 1..{d_vocab}, got {top_k!r}")
+
+
+def _mask(attention_mask, batch: int, pos: int, device) -> torch.Tensor:
+    if attention_mask is None:
+        return torch.ones(batch, pos, dtype=torch.bool, device=device)
+    if tuple(attention_mask.shape) != (batch, pos):
+        raise TlprobeError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; expected [batch, pos] = {(batch, pos)}"
+        )
+    return attention_mask.to(device).bool()
+
+
+def _lens(cache, lens, targets, top_k, vocab_chunk, logits, attention_mask, model, trust_head) -> LensResult:
+    model = _model_of(cache, model)
+    info = model_info(model)
+    r = _readout(cache, model, lens, trust_head)
+    depth, batch, pos, _ = r.hidden.shape
+    d_vocab = int(r.W.shape[-1])
+    _check_top_k(top_k, d_vocab)
+    tids = torch.tensor(target_token_ids(model, list(targets or [])), dtype=torch.long, device=r.W.device)
+    scores, n_rows = _score_fn(r)
+    reference = None
+    if logits is not None:
+        if tuple(logits.shape) != (batch, pos, d_vocab):
+            raise TlprobeError(
+                f"logits has shape {tuple(logits.shape)}; expected the model's output for the cached "
+                f"input, [batch, pos, vocab] = {(batch, pos, d_vocab)}"
+            )
+        reference = logits.detach().reshape(n_rows, d_vocab)
+    with torch.no_grad():
+        tscores = scores(tids) if tids.numel() else None
+    st = _stream(scores, d_vocab, depth, n_rows, top_k, tids.expand(n_rows, -1), tscores, vocab_chunk, True,
+                 reference)
+    err = None
+    if reference is not None:
+        err = float(st["reference_error"])
+        ref = reference.float()
+        spread = float((ref - ref.mean(-1, keepdim=True)).abs().max())
+        if err > 1e-2 * max(spread, 1e-12):
+            raise UnsupportedModelError(
+                f"the {r.kind} does not reproduce the model's logits at the last layer (max difference "
+                f"{err:.3g} against a spread of {spread:.3g}): the model transforms its last hidden state "
+                "in a way the lens does not follow, or the logits come from another input"
+            )
+
+    def shape(x):
+        return x.reshape(depth, batch, pos, *x.shape[2:])
+
+    lse = st["lse"].unsqueeze(-1)
+    readout = "logits"
+    if info.compatibility_mode:
+        readout = ("centred logits (compatibility mode: W_U is centred, so logits shift by a constant "
+                   "per position, as the model's own do; probabilities are unchanged)")
+    return LensResult(
+        kind=r.kind, labels=_labels(depth),
+        top_ids=shape(st["top_ids"]), top_probs=shape((st["top_scores"] - lse).exp()),
+        entropy=shape(st["entropy"]), kl_to_final=shape(st["kl"]),
+        target_ids=tids, target_ranks=shape(st["target_ranks"]),
+        target_probs=shape((st["target_scores"] - lse).exp()),
+        mask=_mask(attention_mask, batch, pos, r.W.device),
+        compatibility_mode=info.compatibility_mode, readout=readout, final_max_abs_error=err,
+        model_name=info.name,
+    )
+
+
+def logit_lens(
+    cache,
+    targets: Sequence[str | int] | None = None,
+    top_k: int = 10,
+    vocab_chunk: int | None = None,
+    logits: Float[torch.Tensor, "batch pos vocab"] | None = None,
+    attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    model=None,
+) -> LensResult:
+    """The logit lens of a decoder: every depth of the residual stream read as a prediction.
+
+    Depth ``0`` is ``blocks.0`` 's input (the embeddings), depth ``l + 1`` the output of block
+    ``l`` (:func:`tlprobe.access.hooks.resid_stack`). Each vector goes through ``ln_final`` with
+    fresh statistics, ``W_U`` and ``b_U`` (and the adapter's soft cap / logit scale, if any). The
+    last depth equals the model's logits; in compatibility mode the model's (centred) logits.
+
+    Args:
+        cache: an ``ActivationCache`` of the input with the residual hooks
+            (``resid_hook_names``) and ``cache.model`` set.
+        targets: tokens whose rank and probability to follow per depth: single-token strings
+            (GPT-2 style BPE: ``" Paris"`` with its space) or ids.
+        top_k: tokens kept per depth and position.
+        vocab_chunk: vocabulary columns per matrix product; ``None`` picks a size that keeps one
+            ``[depth, rows, chunk]`` block under :data:`DEFAULT_MAX_ELEMENTS`. Several chunks cost
+            a second pass; the results are the same.
+        logits: the model's own output for the cached input; if given, the last depth is checked
+            against it (error recorded in ``final_max_abs_error``; a mismatch raises).
+        attention_mask: ``[batch, pos]`` real positions (for :meth:`LensResult.layer_summary`).
+        model: the model, if the cache does not carry it.
+
+    Returns:
+        :class:`LensResult`.
+
+    Raises:
+        UnsupportedModelError: an encoder (use :func:`mlm_lens` or :func:`embedding_lens`), or a
+            model whose read-out is not ``ln_final -> unembed``.
+        TlprobeError: a target that is not one token, a bad ``top_k`` / ``vocab_chunk``.
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> model = tiny_model("gpt2")
+        >>> logits, cache = model.run_with_cache("She gave her the book")
+        >>> res = logit_lens(cache, targets=[" her"], top_k=3, logits=logits)
+        >>> res.labels, tuple(res.top(2).ids.shape), res.final_max_abs_error < 1e-5
+        (('embed', 'block 0', 'block 1'), (3, 1, 6, 2), True)
+        >>> float(res.kl_to_final[-1].abs().max())
+        0.0
+    """
+    return _lens(cache, "logit", targets, top_k, vocab_chunk, logits, attention_mask, model, False)
+
+
+def mlm_lens(
+    cache,
+    targets: Sequence[str | int] | None = None,
+    top_k: int = 10,
+    vocab_chunk: int | None = None,
+    logits: Float[torch.Tensor, "batch pos vocab"] | None = None,
+    attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    model=None,
+    trust_head: bool = False,
+) -> LensResult:
+    """The MLM lens of an encoder: every layer's hidden state through the trained MLM head.
+
+    Each depth (the LayerNorm'd embeddings, then every block's output) goes through the model's
+    own head code (BERT: dense -> activation -> LayerNorm) and the tied decoder ``W_U``, ``b_U``;
+    the last depth equals the model's MLM logits. Positions holding ``[MASK]`` show what each
+    layer would fill in (lessons L16-L17).
+
+    The head must come from the checkpoint (:func:`tlprobe.access.unembed.mlm_head_check`).
+    Arguments as in :func:`logit_lens`, plus ``trust_head``: accept a head whose origin cannot be
+    verified (a model built in memory); a head known to be missing is refused regardless.
+
+    Raises:
+        UnsupportedModelError: a decoder; or the MLM head is missing from the checkpoint (e.g. the
+            bundled all-MiniLM-L6-v2: TransformerLens fills it with random weights), with the
+            reason, pointing to :func:`embedding_lens`.
+
+    Example:
+        >>> from tlprobe.access.models import load_model
+        >>> _, cache = load_model("minilm", device="cpu").run_with_cache("a [MASK] sat")
+        >>> mlm_lens(cache)
+        Traceback (most recent call last):
+        tlprobe.errors.UnsupportedModelError: refusing the MLM lens on ...: the checkpoint model.safetensors has no weights for cls.predictions.transform.dense, ...
+    """
+    return _lens(cache, "mlm", targets, top_k, vocab_chunk, logits, attention_mask, model, trust_head)
+
+
+def lens_logits(
+    cache,
+    return_type: str = "logits",
+    lens: str = "logit",
+    vocab_chunk: int | None = None,
+    model=None,
+    trust_head: bool = False,
+) -> Float[torch.Tensor, "depth batch pos vocab"]:
+    """The full ``[depth, batch, pos, vocab]`` read-out of the logit lens (or MLM lens).
+
+    Computed chunk by chunk over the vocabulary into one output tensor; ``"log_probs"`` and
+    ``"probs"`` subtract the log-sum-exp accumulated over the chunks. Prefer :func:`logit_lens`
+    for summaries: it never holds this tensor.
+
+    Args:
+        cache, vocab_chunk, model, trust_head: as in :func:`logit_lens` / :func:`mlm_lens`.
+        return_type: ``"logits"``, ``"log_probs"`` or ``"probs"``.
+        lens: ``"logit"`` (decoders) or ``"mlm"`` (encoders with a trained head).
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> logits, cache = tiny_model("neox").run_with_cache("She gave her the book")
+        >>> out = lens_logits(cache, vocab_chunk=100)
+        >>> tuple(out.shape), bool(torch.allclose(out[-1], logits, atol=1e-5))
+        ((3, 1, 5, 600), True)
+    """
+    check_choice(return_type, _RETURN_TYPES, "return_type")
+    check_choice(lens, ("logit", "mlm"), "lens")
+    model = _model_of(cache, model)
+    r = _readout(cache, model, lens, trust_head)
+    depth, batch, pos, _ = r.hidden.shape
+    d_vocab = int(r.W.shape[-1])
+    scores, n_rows = _score_fn(r)
+    slices = _chunks(d_vocab, depth * n_rows, vocab_chunk)
+    out = None
+    lse = None
+    for vs in slices:
+        z = scores(vs)
+        if out is None:
+            out = torch.empty(depth, n_rows, d_vocab, dtype=z.dtype, device=z.device)
+        out[..., vs] = z
+        part = torch.logsumexp(z, dim=-1)
+        lse = part if lse is None else torch.logaddexp(lse, part)
+    if return_type != "logits":
+        out -= lse.unsqueeze(-1)
+        if return_type == "probs":
+            out.exp_()
+    return out.reshape(depth, batch, pos, d_vocab)
+
+
+def embedding_lens(
+    cache,
+    tokens: Int[torch.Tensor, "batch pos"],
+    top_k: int = 5,
+    vocab_chunk: int | None = None,
+    mask: Int[torch.Tensor, "batch pos"] | None = None,
+    model=None,
+) -> EmbeddingLensResult:
+    """The embedding lens: cosine of each depth's hidden state with every row of ``W_E``.
+
+    A token-identity probe, **not a prediction**: it asks which input embedding a layer's
+    vector still points at. On an encoder whose MLM head is missing from the checkpoint (the
+    bundled all-MiniLM-L6-v2) it is the honest alternative to the MLM lens. Works on decoders too
+    (there it tracks how fast the current token's identity fades from the residual stream).
+
+    Args:
+        cache: an ``ActivationCache`` with the residual hooks and ``cache.model``.
+        tokens: ``[batch, pos]`` the input token ids of the cached run.
+        top_k: nearest embedding rows kept per depth and position.
+        vocab_chunk: as in :func:`logit_lens`.
+        mask: ``[batch, pos]`` positions that count in :meth:`EmbeddingLensResult.recovery`
+            (default all; pass the attention mask without special tokens).
+        model: the model, if the cache does not carry it.
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> model = tiny_model("gpt2")
+        >>> tokens = model.to_tokens("She gave her the book")
+        >>> _, cache = model.run_with_cache(tokens)
+        >>> res = embedding_lens(cache, tokens)
+        >>> res.kind
+        'embedding lens (token identity, not prediction)'
+        >>> tuple(res.recovery().shape)
+        (3,)
+    """
+    model = _model_of(cache, model)
+    info = model_info(model)
+    _check_top_k(top_k, info.d_vocab)
+    stack = resid_stack(cache)
+    depth, batch, pos, _ = stack.shape
+    if not isinstance(tokens, torch.Tensor) or tuple(tokens.shape) != (batch, pos):
+        got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise TlprobeError(f"tokens has shape {got}; expected the cached input's [batch, pos] = {(batch, pos)}")
+    W_E = embedding_matrix(model)
+    dt = _compute_dtype(stack)
+    with torch.no_grad():
+        E = torch.nn.functional.normalize(W_E.detach().to(dt), dim=-1).T.contiguous()  # [d, vocab]
+        h = torch.nn.functional.normalize(stack.detach().to(device=E.device, dtype=dt), dim=-1).flatten(1, 2)
+
+        def scores(vs: slice) -> torch.Tensor:
+            return h @ E[:, vs]
+
+        n_rows = batch * pos
+        tok = tokens.to(E.device).reshape(n_rows, 1).long()
+        own = (h * E.T[tok[:, 0]]).sum(-1, keepdim=True)  # cosine with the input token's row
+        st = _stream(scores, E.shape[1], depth, n_rows, top_k, tok, own, vocab_chunk, False)
+
+    def shape(x):
+        return x.reshape(depth, batch, pos, *x.shape[2:])
+
+    return EmbeddingLensResult(
+        kind=EMBEDDING_LENS, labels=_labels(depth),
+        top_ids=shape(st["top_ids"]), top_cosines=shape(st["top_scores"]),
+        token_ids=tokens.detach().to(E.device).long(),
+        token_ranks=shape(st["target_ranks"])[..., 0], token_cosines=shape(st["target_scores"])[..., 0],
+        mask=_mask(mask, batch, pos, E.device), model_name=info.name,
+    )
+
+
+def choose_lens(model) -> tuple[str, str]:
+    """Which lens fits a model, and why: ``("logit" | "mlm" | "embedding", reason)``.
+
+    Decoders get the logit lens; encoders with a trained MLM head the MLM lens; other encoders
+    (head missing from the checkpoint, or unverifiable) the embedding lens.
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> choose_lens(tiny_model("llama"))[0]
+        'logit'
+    """
+    info = model_info(model)
+    if not info.is_encoder:
+        return "logit", "a decoder: its residual stream is read through ln_final and the unembedding"
+    check = mlm_head_check(model)
+    if check.trained:
+        return "mlm", f"an encoder with a trained MLM head: {check.reason}"
+    saved = f", saved as {', '.join(check.architectures)}" if check.architectures else ""
+    return "embedding", (
+        f"an encoder whose MLM head is {check.status} in its checkpoint{saved}: the MLM lens is refused "
+        "and the embedding lens reads token identity (not prediction) instead"
+    )
