@@ -41,6 +41,8 @@ FAST_OPTIONS: dict[str, dict] = {
     "qkv-similarity": {"bins": 40},
     "punctuation-clusters": {"n": 60, "k_max": 3},
     "layer-similarity": {"bins": 30},
+    "pairwise-mi": {"shuffles": 3},
+    "mi-vs-covariance": {"samples": 400, "shuffles": 20},
 }
 
 

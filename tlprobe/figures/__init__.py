@@ -17,6 +17,13 @@ from tlprobe.figures.lens import (
     target_topk_view,
     target_trajectory_figure,
 )
+from tlprobe.figures.mi import (
+    dependence_examples_figure,
+    dependence_sweep_figure,
+    mi_heatmap_figure,
+    mi_histogram_figure,
+    mi_means_figure,
+)
 from tlprobe.figures.punctuation import (
     cluster_position_figure,
     punctuation_scatter_figure,
@@ -46,6 +53,8 @@ __all__ = [
     "cluster_position_figure",
     "COMPONENTS",
     "defuse_html",
+    "dependence_examples_figure",
+    "dependence_sweep_figure",
     "depth_histogram_figure",
     "extreme_fraction_figure",
     "head_block_figure",
@@ -53,6 +62,9 @@ __all__ = [
     "HTML_TOKEN_COMPONENTS",
     "kl_entropy_figure",
     "lens_grid_figure",
+    "mi_heatmap_figure",
+    "mi_histogram_figure",
+    "mi_means_figure",
     "moment_curves_figure",
     "plotly_text",
     "punctuation_scatter_figure",
