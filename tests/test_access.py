@@ -136,8 +136,10 @@ def test_missing_hook_error_names_hook(tiny_models):
     with pytest.raises(HookNotFoundError, match=r"blocks\.0\.attn\.hook_k.*names_filter"):
         get_qkv(cache, 0)
     _, full = model.run_with_cache("her")
-    with pytest.raises(HookNotFoundError, match="hook_resid_mid"):  # parallel blocks never fire it
+    with pytest.raises(HookNotFoundError, match="hook_resid_mid.*parallel blocks"):
         get_activation(full, "resid_mid", 0)
+    with pytest.raises(HookNotFoundError, match="hook_pos_embed.*rotary models"):
+        get_activation(full, "pos_embed")
 
 
 def test_layer_and_head_out_of_range(tiny_models):

@@ -98,13 +98,28 @@ def get_activation(cache, kind: str, layer: int | None = None) -> torch.Tensor:
     if name in cache:
         return cache[name]
     keys = list(cache.keys())
+    cfg = getattr(getattr(cache, "model", None), "cfg", None)
+    never = _never_fired(kind, cfg)
+    if never:
+        raise HookNotFoundError(f"hook {name!r} does not exist on this model: {never}; this analysis cannot run on it")
     similar = [k for k in keys if k.endswith(name.rsplit(".", 1)[-1])][:6]
     hint = f" Hooks of that kind in the cache: {', '.join(similar)}." if similar else ""
     raise HookNotFoundError(
         f"hook {name!r} is not in the cache ({len(keys)} hooks cached).{hint} Run the model with "
-        f"names_filter including {name!r}; if the model never fires it (e.g. hook_resid_mid on "
-        "parallel blocks, q/k/v on a vLLM RemoteBridge), this analysis cannot run on it"
+        f"names_filter including {name!r}; if the model never fires it (e.g. q/k/v on a vLLM "
+        "RemoteBridge, which fires block-level hooks only), this analysis cannot run on it"
     )
+
+
+def _never_fired(kind: str, cfg) -> str | None:
+    """Why a model family never fires a hook kind (None if it should)."""
+    if cfg is None:
+        return None
+    if kind == "pos_embed" and getattr(cfg, "positional_embedding_type", "") == "rotary":
+        return "rotary models (NeoX, LLaMA) add positions inside attention and have no hook_pos_embed"
+    if kind == "resid_mid" and getattr(cfg, "parallel_attn_mlp", False):
+        return "parallel blocks (NeoX) feed attention and MLP the same input and have no hook_resid_mid"
+    return None
 
 
 def get_qkv(
