@@ -18,8 +18,9 @@ import torch
 import tlprobe
 from recipes._common import Timer, add_common_arguments, data_path, finish, read_lines, versions
 from tlprobe._checks import check_min_samples
-from tlprobe.access import hook_names, model_info, resid_hook_names, resid_stack, run_batch
+from tlprobe.access import attention_pattern, hook_names, model_info, resid_hook_names, resid_stack, run_batch
 from tlprobe.analyses.depth import depth_block_similarity, head_maps, sample_moments, split_heads
+from tlprobe.figures.attention import attention_heads_view
 from tlprobe.figures.depth import (
     block_summary_curves_figure,
     depth_histogram_figure,
@@ -65,7 +66,7 @@ def run(
     timer.lap("load model")
 
     # 1. Run the sentences once; find the target and a random earlier token in each.
-    names = hook_names(["q", "k", "v"], layers) + resid_hook_names(info.n_layers)
+    names = hook_names(["q", "k", "v", "pattern"], layers) + resid_hook_names(info.n_layers)
     batch = run_batch(m, prompts, names=names, progress=progress)
     tpos = tlprobe.find_token_positions(m.tokenizer, batch.tokens, target, batch.attention_mask, prompts=prompts)
     npos = tlprobe.sample_positions(batch.attention_mask, tpos, batch.tokens, m.tokenizer, where="before", seed=seed)
@@ -143,6 +144,11 @@ def run(
                                       title="Relative variance across contexts per head (Q|K|V slice)"))
     top = maps.top("target cosine QK frac_extreme", k=10)
     report.table(top, caption="Heads with the most extreme cosine QK similarities (targets)")
+    focus = top[0]["layer"]
+    report.text(f"Attention of every head at layer {focus} (the layer of {top[0]['head']}, the first row above) "
+                "for sentence 0; click a head to enlarge.")
+    report.view(attention_heads_view(attention_pattern(batch.cache, focus)[0], batch.str_tokens(0), focus,
+                                     causal=not info.is_encoder, mask=batch.attention_mask[0]))
     rows = [
         {"method": meth, "population": pop, "layer": layer, "block": blk,
          "mean": float(st.mean[p, li, b]), "std": float(st.std[p, li, b]),
