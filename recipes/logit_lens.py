@@ -25,7 +25,7 @@ from recipes._common import Timer, add_common_arguments, data_path, finish, read
 from tlprobe.access import model_info, resid_hook_names, run_batch
 from tlprobe.access.unembed import decode_tokens, mlm_head_check, special_token_ids
 from tlprobe.analyses.lens import choose_lens, embedding_lens, logit_lens, mlm_lens
-from tlprobe.errors import UnsupportedModelError
+from tlprobe.errors import TlprobeError, UnsupportedModelError
 from tlprobe.figures.lens import (
     kl_entropy_figure,
     lens_grid_figure,
@@ -78,6 +78,8 @@ def run(
     head = mlm_head_check(m).to_dict() if info.is_encoder else None
     timer.lap("load model")
 
+    if prompt is not None and not prompt.strip():
+        raise TlprobeError("--prompt is empty; give a text, or leave it out for the default prompt")
     prompt = prompt or (DEFAULT_PROMPT + (f" {m.tokenizer.mask_token}." if kind == "mlm" else ""))
     targets = DEFAULT_TARGETS[kind] if targets is None else list(targets)
     batch = run_batch(m, [prompt], names=resid_hook_names(info.n_layers))

@@ -38,3 +38,22 @@ def test_ls_lists_every_recipe(capsys):
     out = capsys.readouterr().out
     for name in NAMES:
         assert name in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["punctuation-clusters", "--text", "/no/such/file.txt"], "not found: /no/such/file.txt"),
+        (["punctuation-clusters", "--layers", "99"], "out of range"),
+        (["pairwise-mi", "--bins", "1"], "bins must be >= 2"),
+        (["mi-vs-covariance", "--samples", "1"], "too few samples for the simulation"),
+        (["logit-lens", "--prompt", " "], "--prompt is empty"),
+        (["logit-lens", "--top-k", "0"], "top_k must be an integer"),
+        (["layer-similarity", "--target", "zzzq"], "target 'zzzq' not found as a whole word in prompt 0"),
+        (["qkv-similarity", "--bins", "0"], "bins must be"),
+    ],
+)
+def test_recipe_bad_options_exit_2_with_one_line(args, message, tmp_path, capsys):
+    assert main(["run", *args, "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tlprobe: error: ") and message in err[0], err
