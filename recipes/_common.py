@@ -10,6 +10,8 @@ import pathlib
 import time
 from importlib import resources
 
+from tlprobe._checks import check_min_samples
+from tlprobe.access import find_token_positions, run_batch, sample_positions
 from tlprobe.errors import TlprobeError
 from tlprobe.report.html import Report, human_size, write_results
 
@@ -50,6 +52,36 @@ def png_export(enabled: bool = True):
         yield
     finally:
         _PNG.reset(token)
+
+
+#: Fewest sentences a target-word recipe accepts (similarity across samples needs a spread).
+MIN_SENTENCES = 10
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """--target and --sentences, for recipes about one word across many sentences."""
+    parser.add_argument("--target", default="her", help="the target word")
+    parser.add_argument("--sentences", default=None,
+                        help="text file, one sentence per line, each containing the target (default: 48 bundled sentences for 'her')")
+
+
+def target_sentences(path: str | pathlib.Path | None, what: str) -> list[str]:
+    """The sentences of ``--sentences`` (default: the bundled ones), at least :data:`MIN_SENTENCES`."""
+    prompts = read_lines(path or data_path("her_sentences.txt"))
+    check_min_samples(len(prompts), MIN_SENTENCES, what,
+                      "give more sentences containing the target (--sentences FILE)")
+    return prompts
+
+
+def run_targets(model, prompts: list[str], target: str, names, seed: int, progress: bool):
+    """Run the sentences; find the target and draw a random earlier token in each.
+
+    Returns ``(batch, target_positions, non_target_positions)``.
+    """
+    batch = run_batch(model, prompts, names=names, progress=progress)
+    tpos = find_token_positions(model.tokenizer, batch.tokens, target, batch.attention_mask, prompts=prompts)
+    npos = sample_positions(batch.attention_mask, tpos, batch.tokens, model.tokenizer, where="before", seed=seed)
+    return batch, tpos, npos
 
 
 def data_path(filename: str) -> pathlib.Path:

@@ -16,9 +16,16 @@ import sys
 import torch
 
 import tlprobe
-from recipes._common import Timer, add_common_arguments, data_path, finish, read_lines, versions
-from tlprobe._checks import check_min_samples
-from tlprobe.access import attention_pattern, hook_names, model_info, resid_hook_names, resid_stack, run_batch
+from recipes._common import (
+    Timer,
+    add_common_arguments,
+    add_target_arguments,
+    finish,
+    run_targets,
+    target_sentences,
+    versions,
+)
+from tlprobe.access import attention_pattern, hook_names, model_info, resid_hook_names, resid_stack
 from tlprobe.analyses.depth import depth_block_similarity, head_maps, sample_moments, split_heads
 from tlprobe.figures.attention import attention_heads_view
 from tlprobe.figures.depth import (
@@ -31,15 +38,12 @@ from tlprobe.report import Report
 
 NAME = "layer-similarity"
 DESCRIPTION = "L03: Q/K/V similarity and across-context variance of a target word through all layers, per head too"
-MIN_SENTENCES = 10
 POPULATIONS = ("target", "non-target")
 METHODS = ("cosine", "correlation")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="her", help="the target word")
-    parser.add_argument("--sentences", default=None,
-                        help="text file, one sentence per line, each containing the target (default: 48 bundled sentences for 'her')")
+    add_target_arguments(parser)
     parser.add_argument("--bins", type=int, default=60, help="histogram bins over [-1, 1]")
     add_common_arguments(parser, NAME)
 
@@ -57,9 +61,7 @@ def run(
 ) -> dict:
     """Run the recipe; returns the paths written (``report``, ``results``)."""
     timer = Timer()
-    prompts = read_lines(sentences or data_path("her_sentences.txt"))
-    check_min_samples(len(prompts), MIN_SENTENCES, "the across-layer similarity",
-                      "give more sentences containing the target (--sentences FILE)")
+    prompts = target_sentences(sentences, "the across-layer similarity")
     m = tlprobe.load_model(model, device=device)
     info = model_info(m)
     layers = list(range(info.n_layers))
@@ -67,9 +69,7 @@ def run(
 
     # 1. Run the sentences once; find the target and a random earlier token in each.
     names = hook_names(["q", "k", "v", "pattern"], layers) + resid_hook_names(info.n_layers)
-    batch = run_batch(m, prompts, names=names, progress=progress)
-    tpos = tlprobe.find_token_positions(m.tokenizer, batch.tokens, target, batch.attention_mask, prompts=prompts)
-    npos = tlprobe.sample_positions(batch.attention_mask, tpos, batch.tokens, m.tokenizer, where="before", seed=seed)
+    batch, tpos, npos = run_targets(m, prompts, target, names, seed, progress)
     qkv = torch.stack([tlprobe.fused_qkv(batch.cache, layer) for layer in layers])  # [layer, batch, pos, 3n]
     resid = resid_stack(batch.cache)  # [depth, batch, pos, d_model]
 

@@ -15,9 +15,17 @@ import sys
 import torch
 
 import tlprobe
-from recipes._common import Timer, add_common_arguments, data_path, finish, read_lines, versions
-from tlprobe._checks import check_index, check_min_samples
-from tlprobe.access import hook_names, model_info, run_batch
+from recipes._common import (
+    Timer,
+    add_common_arguments,
+    add_target_arguments,
+    finish,
+    run_targets,
+    target_sentences,
+    versions,
+)
+from tlprobe._checks import check_index
+from tlprobe.access import hook_names, model_info
 from tlprobe.analyses.depth import depth_block_similarity, split_heads
 from tlprobe.analyses.similarity import qkv_block_similarity, shuffle_values
 from tlprobe.figures import attention_heads_view, block_histogram_figure, extreme_fraction_figure
@@ -26,14 +34,11 @@ from tlprobe.report import Report
 
 NAME = "qkv-similarity"
 DESCRIPTION = "L02: similarity within and across Q, K, V for a target word (cosine vs correlation)"
-MIN_SENTENCES = 10
 POPULATIONS = ("target", "non-target", "shuffled (all values)", "permuted (per feature)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="her", help="the target word")
-    parser.add_argument("--sentences", default=None,
-                        help="text file, one sentence per line, each containing the target (default: 48 bundled sentences for 'her')")
+    add_target_arguments(parser)
     parser.add_argument("--layer", type=int, default=None, help="block index (default: the middle layer)")
     parser.add_argument("--head", type=int, default=None, help="only this head's Q, K, V slices (default: all heads)")
     parser.add_argument("--bins", type=int, default=60, help="histogram bins over [-1, 1]")
@@ -55,18 +60,14 @@ def run(
 ) -> dict:
     """Run the recipe; returns the paths written (``report``, ``results``)."""
     timer = Timer()
-    prompts = read_lines(sentences or data_path("her_sentences.txt"))
-    check_min_samples(len(prompts), MIN_SENTENCES, "the Q/K/V similarity",
-                      "give more sentences containing the target (--sentences FILE)")
+    prompts = target_sentences(sentences, "the Q/K/V similarity")
     m = tlprobe.load_model(model, device=device)
     info = model_info(m)
     layer = check_index(info.n_layers // 2 if layer is None else layer, info.n_layers, "layer")
     timer.lap("load model")
 
     # 1. Run the sentences, find the target and a random earlier token in each.
-    batch = run_batch(m, prompts, names=hook_names(["q", "k", "v", "pattern"], [layer]), progress=progress)
-    tpos = tlprobe.find_token_positions(m.tokenizer, batch.tokens, target, batch.attention_mask, prompts=prompts)
-    npos = tlprobe.sample_positions(batch.attention_mask, tpos, batch.tokens, m.tokenizer, where="before", seed=seed)
+    batch, tpos, npos = run_targets(m, prompts, target, hook_names(["q", "k", "v", "pattern"], [layer]), seed, progress)
     qkv = tlprobe.fused_qkv(batch.cache, layer, head=head)  # [batch, pos, 3 * n]
     timer.lap("forward")
 
