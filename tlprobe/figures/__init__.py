@@ -40,6 +40,7 @@ from tlprobe.figures.views import (
     defuse_html,
     HTML_TOKEN_COMPONENTS,
     plotly_text,
+    to_lists,
     TOKEN_PROPS,
 )
 
@@ -71,5 +72,6 @@ __all__ = [
     "recovery_figure",
     "target_topk_view",
     "target_trajectory_figure",
+    "to_lists",
     "TOKEN_PROPS",
 ]

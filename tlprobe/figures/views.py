@@ -93,8 +93,17 @@ def _defuse_tokens(tokens):
     return [_defuse_tokens(t) for t in tokens]
 
 
-def _to_props(value, decimals: int | None):
-    """Tensors and arrays to nested lists (floats rounded to ``decimals``); ``None`` stays."""
+def to_lists(value, decimals: int | None = None):
+    """Tensors and arrays to nested lists, recursively through dicts, lists and tuples.
+
+    Floats are rounded to ``decimals`` when given; anything else is returned as it is. Used for
+    circuitsvis props and for ``results.json``.
+
+    Example:
+        >>> import torch
+        >>> to_lists({"a": torch.tensor([0.123456, 1.0]), "b": (1, "x")}, decimals=3)
+        {'a': [0.123, 1.0], 'b': [1, 'x']}
+    """
     if hasattr(value, "detach"):  # torch tensor
         value = value.detach().cpu()
         if value.is_floating_point() and decimals is not None:
@@ -107,9 +116,9 @@ def _to_props(value, decimals: int | None):
             value = np.round(value.astype(np.float64), decimals)
         return value.tolist()
     if isinstance(value, dict):
-        return {k: _to_props(v, decimals) for k, v in value.items()}
+        return {k: to_lists(v, decimals) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_props(v, decimals) for v in value]
+        return [to_lists(v, decimals) for v in value]
     return value
 
 
@@ -135,7 +144,7 @@ def circuitsvis_view(
     """
     if component not in COMPONENTS:
         raise TlprobeError(f"unknown circuitsvis component {component!r}; one of: {', '.join(sorted(COMPONENTS))}")
-    props = {k: _to_props(v, decimals) for k, v in props.items() if v is not None}
+    props = {k: to_lists(v, decimals) for k, v in props.items() if v is not None}
     if component in HTML_TOKEN_COMPONENTS:
         props = {k: _defuse_tokens(v) if k in token_keys else v for k, v in props.items()}
     return CircuitsVisView(component, props)

@@ -22,7 +22,7 @@ from functools import lru_cache
 from importlib import resources
 
 from tlprobe.errors import TlprobeError
-from tlprobe.figures.views import COMPONENTS, CircuitsVisView
+from tlprobe.figures.views import COMPONENTS, CircuitsVisView, to_lists
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1400px;margin:1.5em auto;padding:0 1.2em;color:#222;line-height:1.4}
@@ -273,7 +273,7 @@ class Report:
 
     @classmethod
     def _view(cls, vid: str, view: CircuitsVisView, caption: str | None) -> str:
-        props = _json_in_html(_jsonable(view.props))
+        props = _json_in_html(to_lists(view.props))
         draw = (
             f'(function(){{var d=document.getElementById("{vid}");try{{'
             f'CircuitsVis.render("{vid}",CircuitsVis.{view.component},{props});'
@@ -320,17 +320,6 @@ def read_figures(path: str | pathlib.Path) -> list[tuple[str, dict]]:
     return found
 
 
-def _jsonable(obj):
-    """Tensors and arrays to lists, recursively."""
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return obj.tolist()
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def write_results(results: dict, path: str | pathlib.Path) -> pathlib.Path:
     """Write ``results.json``: tensors/arrays become lists; the same input gives the same bytes.
 
@@ -340,7 +329,7 @@ def write_results(results: dict, path: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        text = json.dumps(_jsonable(results), indent=1, allow_nan=False)
+        text = json.dumps(to_lists(results), indent=1, allow_nan=False)
     except ValueError as exc:
         raise TlprobeError(f"results contain NaN or infinity, refusing to write {path}: {exc}") from exc
     path.write_text(text + "\n", encoding="utf-8")
