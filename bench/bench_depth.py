@@ -54,8 +54,12 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=54)
     p.add_argument("--features", type=int, default=4800, help="Q|K|V coordinates (3 * d_model)")
     p.add_argument("--bins", type=int, default=100)
-    p.add_argument("--naive-layers", type=int, default=None,
-                   help="time the naive loop on this many layers only and extrapolate to --layers")
+    p.add_argument(
+        "--naive-layers",
+        type=int,
+        default=None,
+        help="time the naive loop on this many layers only and extrapolate to --layers",
+    )
     p.add_argument("--chunk", type=int, default=None, help="tlprobe layers per chunk (default: automatic)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--seed", type=int, default=0)
@@ -68,8 +72,10 @@ def main() -> None:
     n = F // 3
     offset = torch.randn(L, 1, F, generator=gen)
     x = (torch.randn(L, S, F, generator=gen) + offset).float()
-    print(f"shape: {L} layers x {S} samples x {F} Q|K|V coordinates; {args.bins} bins; cosine; "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"shape: {L} layers x {S} samples x {F} Q|K|V coordinates; {args.bins} bins; cosine; "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     # tlprobe first, so that the memory high-water mark below is its own. With torch's default
     # thread count and, if that is more than one, with one thread too: on a busy machine the
@@ -87,9 +93,11 @@ def main() -> None:
     rss1 = max_rss_mb()
     chunk, rows = _plan(L, n, args.chunk)
     work = 3 * chunk * rows * n * 4 + chunk * S * F * (4 + 8)
-    print(f"tlprobe: chunks of {chunk} layer(s), tiles of {rows} x {n} similarities (TILE_CELLS {TILE_CELLS}); "
-          f"working memory about {work / 2**20:.1f} MiB; process max RSS {rss0:.0f} -> {rss1:.0f} MiB "
-          f"(a full [{L}, {F}, {F}] float32 similarity tensor would be {L * F * F * 4 / 2**30:.1f} GiB)")
+    print(
+        f"tlprobe: chunks of {chunk} layer(s), tiles of {rows} x {n} similarities (TILE_CELLS {TILE_CELLS}); "
+        f"working memory about {work / 2**20:.1f} MiB; process max RSS {rss0:.0f} -> {rss1:.0f} MiB "
+        f"(a full [{L}, {F}, {F}] float32 similarity tensor would be {L * F * F * 4 / 2**30:.1f} GiB)"
+    )
 
     lab = np.repeat(np.array([1, 2, 3]), n)
     codes = np.triu(np.outer(lab, lab), k=1)
@@ -102,19 +110,26 @@ def main() -> None:
     t_naive = t_naive_run * L / n_naive
 
     # Same numbers?
-    diffs = {k: max(float(np.abs(np.asarray(getattr(st, k)[:n_naive]) - np.stack([r[k] for r in naive])).max()), 0.0)
-             for k in ("prob", "mean", "std", "frac_extreme")}
-    print("max |tlprobe - naive| over the compared layers: "
-          + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    diffs = {
+        k: max(float(np.abs(np.asarray(getattr(st, k)[:n_naive]) - np.stack([r[k] for r in naive])).max()), 0.0)
+        for k in ("prob", "mean", "std", "frac_extreme")
+    }
+    print("max |tlprobe - naive| over the compared layers: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
 
-    note = "" if n_naive == L else f"  (measured on {n_naive} layers in {t_naive_run:.2f} s, extrapolated x{L / n_naive:.2f})"
+    note = (
+        ""
+        if n_naive == L
+        else f"  (measured on {n_naive} layers in {t_naive_run:.2f} s, extrapolated x{L / n_naive:.2f})"
+    )
     print(f"{'path':<44}{'seconds':>10}{'per layer':>12}{'naive / this':>14}")
     print(f"{'naive numpy per-layer loop':<44}{t_naive:>10.2f}{t_naive / L:>12.3f}{'':>14}{note}")
     for threads, t in t_tl.items():
         name = f"tlprobe depth_block_similarity ({threads} thr)"
         print(f"{name:<44}{t:>10.2f}{t / L:>12.3f}{t_naive / t:>13.1f}x")
-    print(f"ratio naive / tlprobe: {t_naive / min(t_tl.values()):.1f}x (best tlprobe run); "
-          f"{t_naive / t_tl[default_threads]:.1f}x at torch's default {default_threads} thread(s)")
+    print(
+        f"ratio naive / tlprobe: {t_naive / min(t_tl.values()):.1f}x (best tlprobe run); "
+        f"{t_naive / t_tl[default_threads]:.1f}x at torch's default {default_threads} thread(s)"
+    )
 
 
 if __name__ == "__main__":

@@ -68,12 +68,16 @@ def main() -> None:
     d, bins = args.dims, args.bins
     pairs_per_layer = d * (d + 1) // 2  # upper triangle with the diagonal
     rng = np.random.default_rng(args.seed + 1)
-    print(f"data: {args.layers} layers x {args.tokens} tokens x {d} dims (float32), {bins} bins; "
-          f"{pairs_per_layer:,} pairs per layer (upper triangle)")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-          f"{platform.processor() or platform.machine()}, load average before: "
-          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(
+        f"data: {args.layers} layers x {args.tokens} tokens x {d} dims (float32), {bins} bins; "
+        f"{pairs_per_layer:,} pairs per layer (upper triangle)"
+    )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+        f"{platform.processor() or platform.machine()}, load average before: "
+        f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}"
+    )
 
     # tlprobe: all layers at once (warm-up call first: one-time kernel setup).
     x = torch.from_numpy(data)
@@ -132,25 +136,51 @@ def main() -> None:
     loop_note = "full layer" if args.full_loop else f"{loop_count:,} sampled pairs, extrapolated"
     rows = [
         ("numpy loop (np.histogram2d per pair)", t_loop, loop_note, f"{max_diff32:.1e}"),
-        ("scikit-learn mutual_info_regression/pair", t_sk, f"{args.sklearn_pairs} sampled pairs, extrapolated", "kNN, n/a"),
-        ("tlprobe pairwise_mi float64", t_tl64, f"all {args.layers} layers, best of {len(times64)}", f"{max_diff64:.1e}"),
+        (
+            "scikit-learn mutual_info_regression/pair",
+            t_sk,
+            f"{args.sklearn_pairs} sampled pairs, extrapolated",
+            "kNN, n/a",
+        ),
+        (
+            "tlprobe pairwise_mi float64",
+            t_tl64,
+            f"all {args.layers} layers, best of {len(times64)}",
+            f"{max_diff64:.1e}",
+        ),
     ]
     if times1:
-        rows.append(("tlprobe pairwise_mi float32, 1 thread", min(times1) / args.layers,
-                     f"all {args.layers} layers, best of {len(times1)}", f"{max_diff32:.1e}"))
-    rows.append((f"tlprobe pairwise_mi float32, {threads} threads", t_tl,
-                 f"all {args.layers} layers, best of {len(times32)}", f"{max_diff32:.1e}"))
+        rows.append(
+            (
+                "tlprobe pairwise_mi float32, 1 thread",
+                min(times1) / args.layers,
+                f"all {args.layers} layers, best of {len(times1)}",
+                f"{max_diff32:.1e}",
+            )
+        )
+    rows.append(
+        (
+            f"tlprobe pairwise_mi float32, {threads} threads",
+            t_tl,
+            f"all {args.layers} layers, best of {len(times32)}",
+            f"{max_diff32:.1e}",
+        )
+    )
     print()
     print(f"{'method':<42} {'s/layer':>10} {'all layers':>11} {'x tlprobe':>10} {'max|diff|':>10}  how")
     for name, sec, how, diff in rows:
         print(f"{name:<42} {sec:>10.4f} {sec * args.layers:>11.2f} {sec / t_tl:>10.1f} {diff:>10}  {how}")
     print()
-    print(f"tlprobe float32, all {args.layers} layers: {min(times32):.3f} s (runs: "
-          f"{', '.join(f'{v:.3f}' for v in times32)}); speed-up vs numpy loop: {t_loop / t_tl:.0f}x "
-          f"(target >= 250x); vs mutual_info_regression: {t_sk / t_tl:.0f}x")
+    print(
+        f"tlprobe float32, all {args.layers} layers: {min(times32):.3f} s (runs: "
+        f"{', '.join(f'{v:.3f}' for v in times32)}); speed-up vs numpy loop: {t_loop / t_tl:.0f}x "
+        f"(target >= 250x); vs mutual_info_regression: {t_sk / t_tl:.0f}x"
+    )
     ok = max_diff32 <= 1e-6
-    print(f"max |tlprobe float32 - loop| over sampled pairs = {max_diff32:.2e} "
-          f"({'<=' if ok else '>'} 1e-6: {'OK' if ok else 'FAIL'}); float64: {max_diff64:.2e}")
+    print(
+        f"max |tlprobe float32 - loop| over sampled pairs = {max_diff32:.2e} "
+        f"({'<=' if ok else '>'} 1e-6: {'OK' if ok else 'FAIL'}); float64: {max_diff64:.2e}"
+    )
     print(f"load average after: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 

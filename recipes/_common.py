@@ -10,8 +10,8 @@ import pathlib
 import time
 from importlib import resources
 
-from tlprobe._checks import check_min_samples
 from tlprobe.access import find_token_positions, run_batch, sample_positions
+from tlprobe.checks import check_min_samples
 from tlprobe.errors import TlprobeError
 from tlprobe.report.html import Report, human_size, write_results
 
@@ -26,14 +26,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, name: str, model: bool
     recipe's ``run()`` does not take it.
     """
     if model:
-        parser.add_argument("--model", default="minilm",
-                            help="'minilm' (bundled, offline), a hub id such as gpt2, or a local directory")
+        parser.add_argument(
+            "--model", default="minilm", help="'minilm' (bundled, offline), a hub id such as gpt2, or a local directory"
+        )
         parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="seed for every random draw")
     parser.add_argument("--out", default=f"tlprobe-out/{name}", help="output directory")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    parser.add_argument("--png", action="store_true",
-                        help="also save every figure as OUT/figures/*.png (needs kaleido and Chromium/Chrome)")
+    parser.add_argument(
+        "--png",
+        action="store_true",
+        help="also save every figure as OUT/figures/*.png (needs kaleido and Chromium/Chrome)",
+    )
 
 
 @contextlib.contextmanager
@@ -61,15 +65,17 @@ MIN_SENTENCES = 10
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """--target and --sentences, for recipes about one word across many sentences."""
     parser.add_argument("--target", default="her", help="the target word")
-    parser.add_argument("--sentences", default=None,
-                        help="text file, one sentence per line, each containing the target (default: 48 bundled sentences for 'her')")
+    parser.add_argument(
+        "--sentences",
+        default=None,
+        help="text file, one sentence per line, each containing the target (default: 48 bundled sentences for 'her')",
+    )
 
 
 def target_sentences(path: str | pathlib.Path | None, what: str) -> list[str]:
     """The sentences of ``--sentences`` (default: the bundled ones), at least :data:`MIN_SENTENCES`."""
     prompts = read_lines(path or data_path("her_sentences.txt"))
-    check_min_samples(len(prompts), MIN_SENTENCES, what,
-                      "give more sentences containing the target (--sentences FILE)")
+    check_min_samples(len(prompts), MIN_SENTENCES, what, "give more sentences containing the target (--sentences FILE)")
     return prompts
 
 

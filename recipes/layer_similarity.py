@@ -89,8 +89,9 @@ def run(
     maps = None
     for p, pop in enumerate(POPULATIONS):
         for meth in METHODS:
-            part = head_maps(head_stats[meth][p], head_moments[p] if meth == METHODS[0] else None,
-                             layers=layers, prefix=f"{pop} ")
+            part = head_maps(
+                head_stats[meth][p], head_moments[p] if meth == METHODS[0] else None, layers=layers, prefix=f"{pop} "
+            )
             maps = part if maps is None else maps.concat(part)
     timer.lap("analysis")
 
@@ -98,8 +99,9 @@ def run(
     layer_labels = [f"L{layer}" for layer in layers]
     depth_labels = {"residual stream": ["embed"] + layer_labels, "Q|K|V": layer_labels}
     short = info.name.rsplit("/", 1)[-1]
-    report = Report(f"L03 similarity across layers: '{target}' in {short}, all {info.n_layers} layers",
-                    subtitle=DESCRIPTION)
+    report = Report(
+        f"L03 similarity across layers: '{target}' in {short}, all {info.n_layers} layers", subtitle=DESCRIPTION
+    )
     report.heading("What this shows")
     report.text(
         f"Each of the {len(prompts)} sentences gives one sample per layer: the vectors of '{target}' "
@@ -115,14 +117,21 @@ def run(
         "per sentence)."
     )
     report.heading("Block summaries across depth")
-    report.figure(block_summary_curves_figure(stats, list(POPULATIONS), layer_labels),
-                  caption="Fraction of |similarity| > 0.9, standard deviation and mean |similarity| per block "
-                          "and layer; solid: targets, dashed: non-targets.")
+    report.figure(
+        block_summary_curves_figure(stats, list(POPULATIONS), layer_labels),
+        caption="Fraction of |similarity| > 0.9, standard deviation and mean |similarity| per block "
+        "and layer; solid: targets, dashed: non-targets.",
+    )
     for p, pop in enumerate(POPULATIONS):
-        report.figure(depth_histogram_figure({meth: st[p] for meth, st in stats.items()}, layer_labels,
-                                             title=f"Similarity per block across depth ({pop}s)"),
-                      caption=f"Stacked per-layer histograms ({pop}s): layer vs similarity, colour = density. "
-                              "Left: cosine, right: correlation.")
+        report.figure(
+            depth_histogram_figure(
+                {meth: st[p] for meth, st in stats.items()},
+                layer_labels,
+                title=f"Similarity per block across depth ({pop}s)",
+            ),
+            caption=f"Stacked per-layer histograms ({pop}s): layer vs similarity, colour = density. "
+            "Left: cosine, right: correlation.",
+        )
     report.heading("Variance across contexts")
     report.text(
         "Per coordinate, the variance and mean across the sentences (ddof=0), averaged over coordinates. "
@@ -136,37 +145,92 @@ def run(
         "Each head's own [Q | K | V] slice (3 x d_head coordinates) analysed the same way. Hover a cell "
         "for the head's TransformerLens name (L3H7 = layer 3, head 7)."
     )
-    report.figure(head_heatmap_figure(maps, [f"target cosine {b} frac_extreme" for b in stats["cosine"].blocks],
-                                      title="Targets, cosine: fraction |s| > 0.9 per head"))
-    report.figure(head_heatmap_figure(maps, [f"target correlation {b} frac_extreme" for b in stats["cosine"].blocks],
-                                      title="Targets, correlation: fraction |s| > 0.9 per head"))
-    report.figure(head_heatmap_figure(maps, [f"{pop} rel_var" for pop in POPULATIONS], cols=2,
-                                      title="Relative variance across contexts per head (Q|K|V slice)"))
+    report.figure(
+        head_heatmap_figure(
+            maps,
+            [f"target cosine {b} frac_extreme" for b in stats["cosine"].blocks],
+            title="Targets, cosine: fraction |s| > 0.9 per head",
+        )
+    )
+    report.figure(
+        head_heatmap_figure(
+            maps,
+            [f"target correlation {b} frac_extreme" for b in stats["cosine"].blocks],
+            title="Targets, correlation: fraction |s| > 0.9 per head",
+        )
+    )
+    report.figure(
+        head_heatmap_figure(
+            maps,
+            [f"{pop} rel_var" for pop in POPULATIONS],
+            cols=2,
+            title="Relative variance across contexts per head (Q|K|V slice)",
+        )
+    )
     top = maps.top("target cosine QK frac_extreme", k=10)
     report.table(top, caption="Heads with the most extreme cosine QK similarities (targets)")
     focus = top[0]["layer"]
-    report.text(f"Attention of every head at layer {focus} (the layer of {top[0]['head']}, the first row above) "
-                "for sentence 0; click a head to enlarge.")
-    report.view(attention_heads_view(attention_pattern(batch.cache, focus)[0], batch.str_tokens(0), focus,
-                                     causal=not info.is_encoder, mask=batch.attention_mask[0]))
+    report.text(
+        f"Attention of every head at layer {focus} (the layer of {top[0]['head']}, the first row above) "
+        "for sentence 0; click a head to enlarge."
+    )
+    report.view(
+        attention_heads_view(
+            attention_pattern(batch.cache, focus)[0],
+            batch.str_tokens(0),
+            focus,
+            causal=not info.is_encoder,
+            mask=batch.attention_mask[0],
+        )
+    )
     rows = [
-        {"method": meth, "population": pop, "layer": layer, "block": blk,
-         "mean": float(st.mean[p, li, b]), "std": float(st.std[p, li, b]),
-         "mean_abs": float(st.mean_abs[p, li, b]), f"frac_abs_gt_{st.extreme:g}": float(st.frac_extreme[p, li, b])}
-        for meth, st in stats.items() for p, pop in enumerate(POPULATIONS)
-        for li, layer in enumerate(layers) for b, blk in enumerate(st.blocks)
+        {
+            "method": meth,
+            "population": pop,
+            "layer": layer,
+            "block": blk,
+            "mean": float(st.mean[p, li, b]),
+            "std": float(st.std[p, li, b]),
+            "mean_abs": float(st.mean_abs[p, li, b]),
+            f"frac_abs_gt_{st.extreme:g}": float(st.frac_extreme[p, li, b]),
+        }
+        for meth, st in stats.items()
+        for p, pop in enumerate(POPULATIONS)
+        for li, layer in enumerate(layers)
+        for b, blk in enumerate(st.blocks)
     ]
-    report.table([r for r in rows if r["method"] == "cosine" and r["population"] == "target"],
-                 caption="Cosine, targets: summary per layer and block")
+    report.table(
+        [r for r in rows if r["method"] == "cosine" and r["population"] == "target"],
+        caption="Cosine, targets: summary per layer and block",
+    )
     timer.lap("figures")
-    report.params({"model": info.name, "family": info.family, "compatibility mode": info.compatibility_mode,
-                   "layers": f"all {info.n_layers}", "heads": info.n_heads, "target": target,
-                   "sentences": len(prompts), "seed": seed, "bins": bins, **versions(), **timer.as_params()})
+    report.params(
+        {
+            "model": info.name,
+            "family": info.family,
+            "compatibility mode": info.compatibility_mode,
+            "layers": f"all {info.n_layers}",
+            "heads": info.n_heads,
+            "target": target,
+            "sentences": len(prompts),
+            "seed": seed,
+            "bins": bins,
+            **versions(),
+            **timer.as_params(),
+        }
+    )
 
     results = {
         "recipe": NAME,
-        "params": {"model": info.name, "target": target, "seed": seed, "bins": bins, "n_sentences": len(prompts),
-                   "n_features": int(qkv_pops.shape[-1]), "n_heads": info.n_heads},
+        "params": {
+            "model": info.name,
+            "target": target,
+            "seed": seed,
+            "bins": bins,
+            "n_sentences": len(prompts),
+            "n_features": int(qkv_pops.shape[-1]),
+            "n_heads": info.n_heads,
+        },
         "model": info.to_dict(),
         "populations": list(POPULATIONS),
         "layers": layers,

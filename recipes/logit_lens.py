@@ -39,21 +39,32 @@ NAME = "logit-lens"
 DESCRIPTION = "L15-L17: logit lens (decoders), MLM lens or embedding lens (encoders), layer by layer"
 DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
 DEFAULT_TARGETS = {"logit": [" Paris", " London"], "mlm": ["paris", "london"], "embedding": []}
-EMBEDDING_NOTE = ("Embedding lens = cosine of each layer's hidden state with the rows of W_E: it shows "
-                  "which input token a layer still encodes (token identity). It is NOT a prediction.")
+EMBEDDING_NOTE = (
+    "Embedding lens = cosine of each layer's hidden state with the rows of W_E: it shows "
+    "which input token a layer still encodes (token identity). It is NOT a prediction."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompt", default=None,
-                        help=f"the text to read (default: {DEFAULT_PROMPT!r}; encoders with an MLM head get "
-                             "' [MASK].' appended)")
-    parser.add_argument("--targets", nargs="*", default=None,
-                        help="single tokens to follow across layers (default: ' Paris' ' London' for decoders, "
-                             "'paris' 'london' for MLM heads; unused by the embedding lens)")
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help=f"the text to read (default: {DEFAULT_PROMPT!r}; encoders with an MLM head get ' [MASK].' appended)",
+    )
+    parser.add_argument(
+        "--targets",
+        nargs="*",
+        default=None,
+        help="single tokens to follow across layers (default: ' Paris' ' London' for decoders, "
+        "'paris' 'london' for MLM heads; unused by the embedding lens)",
+    )
     parser.add_argument("--top-k", dest="top_k", type=int, default=10, help="tokens kept per layer and position")
-    parser.add_argument("--sentences", default=None,
-                        help="embedding lens only: text file of sentences for the per-layer recovery curve "
-                             "(default: the bundled 48 sentences; 'none' to skip)")
+    parser.add_argument(
+        "--sentences",
+        default=None,
+        help="embedding lens only: text file of sentences for the per-layer recovery curve "
+        "(default: the bundled 48 sentences; 'none' to skip)",
+    )
     add_common_arguments(parser, NAME)
 
 
@@ -88,12 +99,17 @@ def run(
     results = {
         "recipe": NAME,
         "params": {"model": info.name, "prompt": prompt, "targets": targets, "top_k": top_k, "seed": seed},
-        "model": info.to_dict(), "lens": kind, "lens_reason": why, "mlm_head": head,
-        "tokens": tokens, "token_ids": batch.tokens[0].tolist(),
+        "model": info.to_dict(),
+        "lens": kind,
+        "lens_reason": why,
+        "mlm_head": head,
+        "tokens": tokens,
+        "token_ids": batch.tokens[0].tolist(),
     }
-    title = {"logit": "logit lens", "mlm": "MLM lens", "embedding": "embedding lens (token identity, not prediction)"}[kind]
-    report = Report(f"Lens: {short}, {title}",
-                    subtitle=DESCRIPTION)
+    title = {"logit": "logit lens", "mlm": "MLM lens", "embedding": "embedding lens (token identity, not prediction)"}[
+        kind
+    ]
+    report = Report(f"Lens: {short}, {title}", subtitle=DESCRIPTION)
     report.heading("Which lens, and why")
     report.text(f"{short} is {why}.")
 
@@ -123,11 +139,16 @@ def run(
         results["layer_summary"] = res.layer_summary()
         report.heading("Embedding lens (token identity, not prediction)")
         report.text(EMBEDDING_NOTE)
-        report.figure(lens_grid_figure(res, tokens, m.tokenizer),
-                      caption="Embedding lens (token identity, not prediction): the nearest W_E row to each "
-                              "hidden state; colour = its cosine. Hover for the 5 nearest rows.")
-        report.table(res.layer_summary(), caption="Embedding lens (token identity, not prediction) on the prompt, "
-                                                   "per depth (special tokens excluded)")
+        report.figure(
+            lens_grid_figure(res, tokens, m.tokenizer),
+            caption="Embedding lens (token identity, not prediction): the nearest W_E row to each "
+            "hidden state; colour = its cosine. Hover for the 5 nearest rows.",
+        )
+        report.table(
+            res.layer_summary(),
+            caption="Embedding lens (token identity, not prediction) on the prompt, "
+            "per depth (special tokens excluded)",
+        )
         if (sentences or "").lower() != "none":
             corpus = read_lines(sentences or data_path("her_sentences.txt"))
             many = run_batch(m, corpus, names=resid_hook_names(info.n_layers), progress=progress)
@@ -135,18 +156,31 @@ def run(
             rows = rec.layer_summary()
             results["recovery"] = {"n_sentences": len(corpus), "n_tokens": int(rec.mask.sum()), "layers": rows}
             timer.lap("recovery corpus")
-            report.figure(recovery_figure(rows),
-                          caption=f"Embedding lens (token identity, not prediction) over {len(corpus)} sentences "
-                                  f"({int(rec.mask.sum())} tokens, special tokens excluded): how often the input "
-                                  "token is still the nearest embedding row.")
-            report.table(rows, caption="Recovery of the input token per depth (embedding lens: token identity, "
-                                       "not prediction)")
+            report.figure(
+                recovery_figure(rows),
+                caption=f"Embedding lens (token identity, not prediction) over {len(corpus)} sentences "
+                f"({int(rec.mask.sum())} tokens, special tokens excluded): how often the input "
+                "token is still the nearest embedding row.",
+            )
+            report.table(
+                rows, caption="Recovery of the input token per depth (embedding lens: token identity, not prediction)"
+            )
 
     timer.lap("figures")
-    report.params({"model": info.name, "family": info.family, "lens": kind,
-                   "compatibility mode": info.compatibility_mode, "prompt": prompt,
-                   "targets": ", ".join(repr(t) for t in targets) or "none", "top-k": top_k, "seed": seed,
-                   **versions(), **timer.as_params()})
+    report.params(
+        {
+            "model": info.name,
+            "family": info.family,
+            "lens": kind,
+            "compatibility mode": info.compatibility_mode,
+            "prompt": prompt,
+            "targets": ", ".join(repr(t) for t in targets) or "none",
+            "top-k": top_k,
+            "seed": seed,
+            **versions(),
+            **timer.as_params(),
+        }
+    )
     return finish(report, results, out, quiet=quiet)
 
 
@@ -157,7 +191,7 @@ def _content_mask(m, batch) -> torch.Tensor:
 
 
 def _report_prediction_lens(report: Report, res, tokens, targets, tokenizer, kind: str) -> None:
-    what = ("next-token prediction" if kind == "logit" else "masked-token prediction of the trained MLM head")
+    what = "next-token prediction" if kind == "logit" else "masked-token prediction of the trained MLM head"
     report.heading(f"{res.kind}: {what} at every depth")
     report.text(
         f"Each depth of the residual stream is read through the model's own read-out ({res.readout}); the last "
@@ -166,19 +200,28 @@ def _report_prediction_lens(report: Report, res, tokens, targets, tokenizer, kin
         "the eventual prediction appears in the middle-to-late layers and sharpens toward the end (KL to the "
         "final distribution falls to 0)."
     )
-    report.figure(lens_grid_figure(res, tokens, tokenizer), caption="Top-1 token per depth and position; colour = "
-                  "its probability. Hover for the top 5.")
+    report.figure(
+        lens_grid_figure(res, tokens, tokenizer),
+        caption="Top-1 token per depth and position; colour = its probability. Hover for the top 5.",
+    )
     if len(targets):
         names = [repr(t) for t in targets]
-        report.figure(target_trajectory_figure(res, names),
-                      caption="Rank and probability of each target at the last position, across depth.")
-        report.view(target_topk_view(res, [tokens]),
-                    caption="circuitsvis TopkTokens: per depth and target (numbered in the order "
-                            f"{', '.join(names)}), the positions where the lens gives it the highest probability.")
-    report.figure(kl_entropy_figure(res), caption="KL divergence to the final distribution (0 at the last depth) "
-                                                  "and entropy, per depth.")
-    report.table(res.layer_summary([repr(t) for t in targets]),
-                 caption=f"{res.kind} per depth (means over real positions)")
+        report.figure(
+            target_trajectory_figure(res, names),
+            caption="Rank and probability of each target at the last position, across depth.",
+        )
+        report.view(
+            target_topk_view(res, [tokens]),
+            caption="circuitsvis TopkTokens: per depth and target (numbered in the order "
+            f"{', '.join(names)}), the positions where the lens gives it the highest probability.",
+        )
+    report.figure(
+        kl_entropy_figure(res),
+        caption="KL divergence to the final distribution (0 at the last depth) and entropy, per depth.",
+    )
+    report.table(
+        res.layer_summary([repr(t) for t in targets]), caption=f"{res.kind} per depth (means over real positions)"
+    )
 
 
 def main(args: argparse.Namespace) -> dict:

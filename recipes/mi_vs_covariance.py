@@ -11,14 +11,14 @@ Copy this file (``tlprobe cp mi-vs-covariance my_recipe.py``) and change what yo
 from __future__ import annotations
 
 import argparse
-import sys
 import math
+import sys
 
 import torch
 
 from recipes._common import Timer, add_common_arguments, finish, versions
-from tlprobe._checks import check_min_samples
 from tlprobe.analyses.mi import dependence
+from tlprobe.checks import check_min_samples
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.mi import dependence_examples_figure, dependence_sweep_figure
 from tlprobe.report import Report
@@ -91,26 +91,58 @@ def run(
         "The raw MI's floor is the estimator's bias; the shuffle-corrected curve starts near 0."
     )
     report.figure(dependence_sweep_figure(sw, rho))
-    ex_rows = [{"example": nm, "covariance": float(ex.covariance[i]), "correlation": float(ex.correlation[i]),
-                "MI raw": float(ex.mi_raw[i]), "MI null mean": float(ex.mi_null_mean[i]),
-                "MI null 95%": float(ex.mi_null_q95[i]), "MI - null": float(ex.mi_corrected[i]),
-                "Miller-Madow": float(ex.mi_miller_madow[i]), "GCMI": float(ex.gcmi[i])}
-               for i, nm in enumerate(EXAMPLES)]
-    sw_rows = [{"rho": round(float(rho[i]), 3), "covariance": float(sw.covariance[i]),
-                "covariance^2": float(sw.covariance[i] ** 2), "MI raw": float(sw.mi_raw[i]),
-                "MI - null": float(sw.mi_corrected[i]), "GCMI": float(sw.gcmi[i]),
-                "Gaussian MI -0.5 log(1-rho^2)": -0.5 * math.log(1 - float(rho[i]) ** 2)}
-               for i in range(steps)]
+    ex_rows = [
+        {
+            "example": nm,
+            "covariance": float(ex.covariance[i]),
+            "correlation": float(ex.correlation[i]),
+            "MI raw": float(ex.mi_raw[i]),
+            "MI null mean": float(ex.mi_null_mean[i]),
+            "MI null 95%": float(ex.mi_null_q95[i]),
+            "MI - null": float(ex.mi_corrected[i]),
+            "Miller-Madow": float(ex.mi_miller_madow[i]),
+            "GCMI": float(ex.gcmi[i]),
+        }
+        for i, nm in enumerate(EXAMPLES)
+    ]
+    sw_rows = [
+        {
+            "rho": round(float(rho[i]), 3),
+            "covariance": float(sw.covariance[i]),
+            "covariance^2": float(sw.covariance[i] ** 2),
+            "MI raw": float(sw.mi_raw[i]),
+            "MI - null": float(sw.mi_corrected[i]),
+            "GCMI": float(sw.gcmi[i]),
+            "Gaussian MI -0.5 log(1-rho^2)": -0.5 * math.log(1 - float(rho[i]) ** 2),
+        }
+        for i in range(steps)
+    ]
     report.table(ex_rows, caption="Non-linear examples")
     report.table(sw_rows, caption="Correlation sweep")
     timer.lap("figures")
-    report.params({"samples": samples, "bins": ex.bins, "shuffles": shuffles, "noise": noise, "steps": steps,
-                   "seed": seed, **versions(), **timer.as_params()})
+    report.params(
+        {
+            "samples": samples,
+            "bins": ex.bins,
+            "shuffles": shuffles,
+            "noise": noise,
+            "steps": steps,
+            "seed": seed,
+            **versions(),
+            **timer.as_params(),
+        }
+    )
 
     results = {
         "recipe": NAME,
-        "params": {"samples": samples, "bins": ex.bins, "shuffles": shuffles, "noise": noise, "steps": steps,
-                   "seed": seed},
+        "params": {
+            "samples": samples,
+            "bins": ex.bins,
+            "shuffles": shuffles,
+            "noise": noise,
+            "steps": steps,
+            "seed": seed,
+        },
         "examples": {"names": list(EXAMPLES), **ex.to_dict()},
         "sweep": {"rho": rho, **sw.to_dict(), "covariance_squared": sw.covariance**2},
         "example_rows": ex_rows,

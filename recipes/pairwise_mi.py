@@ -19,10 +19,10 @@ import torch
 
 import tlprobe
 from recipes._common import Timer, add_common_arguments, data_path, finish, read_lines, versions
-from tlprobe._checks import check_min_samples
 from tlprobe.access import model_info, resid_hook_names, resid_stack, run_batch
 from tlprobe.analyses.mi import gcmi, mi_histograms, mi_null, pairwise_mi, token_mi
 from tlprobe.analyses.similarity import shuffle_values
+from tlprobe.checks import check_min_samples
 from tlprobe.figures.mi import mi_heatmap_figure, mi_histogram_figure, mi_means_figure
 from tlprobe.report import Report
 
@@ -33,10 +33,12 @@ HEATMAP_DIMS = 96
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--text", default=None,
-                        help="text file with one paragraph (default: a bundled ~115-token paragraph on the history of tea)")
-    parser.add_argument("--bins", default="10",
-                        help="MI bins per dimension: an integer >= 2, or sqrt, scott, fd")
+    parser.add_argument(
+        "--text",
+        default=None,
+        help="text file with one paragraph (default: a bundled ~115-token paragraph on the history of tea)",
+    )
+    parser.add_argument("--bins", default="10", help="MI bins per dimension: an integer >= 2, or sqrt, scott, fd")
     parser.add_argument("--shuffles", type=int, default=10, help="shuffles for the null distribution")
     parser.add_argument("--hist-bins", type=int, default=60, help="bins of the MI-value histograms")
     add_common_arguments(parser, NAME)
@@ -92,8 +94,11 @@ def run(
     h_gc = mi_histograms(gc, names, bins=hist_bins, quantity="GCMI (nats)")
     h_tok = mi_histograms(tok, names, bins=hist_bins, quantity="token-by-token MI (nats)")
     mid = depth // 2
-    h_bias = mi_histograms(torch.stack([raw[mid], one_shuffle[mid], null.corrected[mid]]),
-                           ["raw", "one shuffle (null)", "raw - mean of shuffles"], bins=hist_bins)
+    h_bias = mi_histograms(
+        torch.stack([raw[mid], one_shuffle[mid], null.corrected[mid]]),
+        ["raw", "one shuffle (null)", "raw - mean of shuffles"],
+        bins=hist_bins,
+    )
     timer.lap("histograms")
 
     report = Report(f"L09 pairwise MI through the layers: {info.name.rsplit('/', 1)[-1]}", subtitle=DESCRIPTION)
@@ -113,44 +118,89 @@ def run(
         "found the raw distribution around 1.0, the embedding layer distinct (narrow, shifted) and the "
         "transformer blocks lying on top of one another."
     )
-    report.figure(mi_histogram_figure(h_raw, "Raw pairwise MI per layer", highlight=0),
-                  caption="Density of the pairwise MI values; the embedding layer in red.")
+    report.figure(
+        mi_histogram_figure(h_raw, "Raw pairwise MI per layer", highlight=0),
+        caption="Density of the pairwise MI values; the embedding layer in red.",
+    )
     report.figure(mi_histogram_figure(h_cor, "Pairwise MI minus the shuffle null, per layer", highlight=0))
-    report.figure(mi_histogram_figure(h_bias, f"Bias at layer {names[mid]}: raw vs shuffle null vs corrected"),
-                  caption="The null histogram is one shuffle's MI values (the spread a pair has by chance).")
-    report.figure(mi_means_figure({"raw": h_raw, "shuffle-null mean": h_null, "raw - null": h_cor,
-                                   "Miller-Madow": h_mm, "GCMI": h_gc}, "Mean pairwise MI per layer"),
-                  caption="Error bars: standard deviation over pairs.")
-    report.figure(mi_histogram_figure(h_gc, "Gaussian-copula MI per layer (low bias, monotonic dependence only)", highlight=0))
+    report.figure(
+        mi_histogram_figure(h_bias, f"Bias at layer {names[mid]}: raw vs shuffle null vs corrected"),
+        caption="The null histogram is one shuffle's MI values (the spread a pair has by chance).",
+    )
+    report.figure(
+        mi_means_figure(
+            {"raw": h_raw, "shuffle-null mean": h_null, "raw - null": h_cor, "Miller-Madow": h_mm, "GCMI": h_gc},
+            "Mean pairwise MI per layer",
+        ),
+        caption="Error bars: standard deviation over pairs.",
+    )
+    report.figure(
+        mi_histogram_figure(h_gc, "Gaussian-copula MI per layer (low bias, monotonic dependence only)", highlight=0)
+    )
     report.figure(mi_histogram_figure(h_tok, "Token-by-token MI (across hidden dimensions) per layer", highlight=0))
     report.figure(mi_heatmap_figure(raw[mid], f"Raw pairwise MI at {names[mid]}", max_size=HEATMAP_DIMS))
-    rows = [{"layer": nm, "raw mean": float(h_raw.mean[i]), "raw median": float(h_raw.median[i]),
-             "null mean": float(h_null.mean[i]), "raw - null mean": float(h_cor.mean[i]),
-             "Miller-Madow mean": float(h_mm.mean[i]), "GCMI mean": float(h_gc.mean[i]),
-             "token MI mean": float(h_tok.mean[i])} for i, nm in enumerate(names)]
+    rows = [
+        {
+            "layer": nm,
+            "raw mean": float(h_raw.mean[i]),
+            "raw median": float(h_raw.median[i]),
+            "null mean": float(h_null.mean[i]),
+            "raw - null mean": float(h_cor.mean[i]),
+            "Miller-Madow mean": float(h_mm.mean[i]),
+            "GCMI mean": float(h_gc.mean[i]),
+            "token MI mean": float(h_tok.mean[i]),
+        }
+        for i, nm in enumerate(names)
+    ]
     report.table(rows, caption="Means over pairs of dimensions (token MI: over pairs of tokens)")
     timer.lap("figures")
-    params = {"model": info.name, "family": info.family, "compatibility mode": info.compatibility_mode,
-              "tokens": n_tok, "layers": depth, "d_model": hs.shape[-1], "bins": null.bins,
-              "shuffles": shuffles, "seed": seed,
-              "time: raw pairwise MI per layer": f"{t_raw / depth:.3f} s",
-              "threads": torch.get_num_threads(), **versions(), **timer.as_params()}
+    params = {
+        "model": info.name,
+        "family": info.family,
+        "compatibility mode": info.compatibility_mode,
+        "tokens": n_tok,
+        "layers": depth,
+        "d_model": hs.shape[-1],
+        "bins": null.bins,
+        "shuffles": shuffles,
+        "seed": seed,
+        "time: raw pairwise MI per layer": f"{t_raw / depth:.3f} s",
+        "threads": torch.get_num_threads(),
+        **versions(),
+        **timer.as_params(),
+    }
     report.params(params)
 
     results = {
         "recipe": NAME,
-        "params": {"model": info.name, "bins": null.bins, "shuffles": shuffles, "seed": seed,
-                   "n_tokens": n_tok, "depth": depth, "d_model": int(hs.shape[-1]),
-                   "text_chars": len(paragraph)},
+        "params": {
+            "model": info.name,
+            "bins": null.bins,
+            "shuffles": shuffles,
+            "seed": seed,
+            "n_tokens": n_tok,
+            "depth": depth,
+            "d_model": int(hs.shape[-1]),
+            "text_chars": len(paragraph),
+        },
         "model": info.to_dict(),
         "layers": names,
         "tokens": batch.str_tokens(0),
         "summary": rows,
-        "histograms": {"raw": h_raw.to_dict(), "corrected": h_cor.to_dict(), "null_mean": h_null.to_dict(),
-                       "miller_madow": h_mm.to_dict(), "gcmi": h_gc.to_dict(), "token_mi": h_tok.to_dict(),
-                       "bias_middle_layer": h_bias.to_dict()},
-        "heatmap": {"layer": names[mid], "dims": min(HEATMAP_DIMS, int(hs.shape[-1])),
-                    "mi": raw[mid, :HEATMAP_DIMS, :HEATMAP_DIMS]},
+        "histograms": {
+            "raw": h_raw.to_dict(),
+            "corrected": h_cor.to_dict(),
+            "null_mean": h_null.to_dict(),
+            "miller_madow": h_mm.to_dict(),
+            "gcmi": h_gc.to_dict(),
+            "token_mi": h_tok.to_dict(),
+            "bias_middle_layer": h_bias.to_dict(),
+        },
+        "heatmap": {
+            "layer": names[mid],
+            "dims": min(HEATMAP_DIMS, int(hs.shape[-1])),
+            "mi": raw[mid, :HEATMAP_DIMS, :HEATMAP_DIMS],
+        },
     }
     return finish(report, results, out, quiet=quiet)
 

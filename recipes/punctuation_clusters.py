@@ -15,9 +15,9 @@ Copy this file (``tlprobe cp punctuation-clusters my_recipe.py``) and change wha
 from __future__ import annotations
 
 import argparse
-import sys
 import pathlib
 import platform
+import sys
 
 import torch
 
@@ -43,16 +43,27 @@ DESCRIPTION = "L13: covariance vs MI around internal and terminal punctuation, c
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--text", default=None,
-                        help="UTF-8 text file (default: docstrings of the Python standard library)")
-    parser.add_argument("--layers", type=int, nargs="+", default=None,
-                        help="residual-stream depths (0 = embeddings, l = output of block l-1; default: 1 and ~2/3 of depth)")
+    parser.add_argument(
+        "--text", default=None, help="UTF-8 text file (default: docstrings of the Python standard library)"
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="residual-stream depths (0 = embeddings, l = output of block l-1; default: 1 and ~2/3 of depth)",
+    )
     parser.add_argument("--n", type=int, default=250, help="windows per punctuation class")
     parser.add_argument("--before", type=int, default=20, help="tokens before the mark")
     parser.add_argument("--after", type=int, default=10, help="tokens after the mark")
     parser.add_argument("--bins", type=int, default=10, help="MI histogram bins per token vector")
-    parser.add_argument("--cluster-method", dest="cluster_method", default="kmeans", choices=("kmeans", "gmm"),
-                        help="kmeans (k by silhouette, 1 if no k reaches 0.5) or gmm (k by BIC)")
+    parser.add_argument(
+        "--cluster-method",
+        dest="cluster_method",
+        default="kmeans",
+        choices=("kmeans", "gmm"),
+        help="kmeans (k by silhouette, 1 if no k reaches 0.5) or gmm (k by BIC)",
+    )
     parser.add_argument("--k-max", dest="k_max", type=int, default=5, help="largest number of clusters tried")
     parser.add_argument("--internal", default=INTERNAL, help="internal punctuation characters")
     parser.add_argument("--terminal", default=TERMINAL, help="terminal punctuation characters")
@@ -147,42 +158,94 @@ def run(
         "punctuation and one for terminal punctuation, merging into one at layer 20, and a pooled r of "
         "about -0.13 against positive r within every cluster: pooling subgroups can reverse a trend."
     )
-    report.table([{"class": CLASS_NAMES[c], "tokens": counts[c],
-                   "with room for a window": occ.available.get(c, ""),
-                   "sampled": int((occ.cls == c).sum()) if c else ""} for c in range(3)],
-                 caption="Token classes in the text")
+    report.table(
+        [
+            {
+                "class": CLASS_NAMES[c],
+                "tokens": counts[c],
+                "with room for a window": occ.available.get(c, ""),
+                "sampled": int((occ.cls == c).sum()) if c else "",
+            }
+            for c in range(3)
+        ],
+        caption="Token classes in the text",
+    )
     report.heading("Covariance vs MI")
-    report.figure(punctuation_scatter_figure(panels),
-                  caption="Colour: relative position of the other token (negative = before the mark); "
-                          "shape: cluster; black crosses: cluster means.")
+    report.figure(
+        punctuation_scatter_figure(panels),
+        caption="Colour: relative position of the other token (negative = before the mark); "
+        "shape: cluster; black crosses: cluster means.",
+    )
     report.heading("Simpson's-paradox check")
     for p in panels:
         report.text(f"Depth {p.depth}, {CLASS_NAMES[p.cls]}: {p.simpson.explanation}")
-    report.table([{"layer (depth)": p.depth, "class": CLASS_NAMES[p.cls], "points": int(p.x.numel()),
-                   "clusters": p.clustering.k, "pooled r": p.simpson.pooled_r,
-                   "within r": ", ".join("n/a" if r != r else f"{r:+.3f}" for r in p.simpson.within_r),
-                   "Simpson flag": "yes" if p.simpson.flag else "no"} for p in panels],
-                 caption="Pooled vs within-cluster Pearson r")
+    report.table(
+        [
+            {
+                "layer (depth)": p.depth,
+                "class": CLASS_NAMES[p.cls],
+                "points": int(p.x.numel()),
+                "clusters": p.clustering.k,
+                "pooled r": p.simpson.pooled_r,
+                "within r": ", ".join("n/a" if r != r else f"{r:+.3f}" for r in p.simpson.within_r),
+                "Simpson flag": "yes" if p.simpson.flag else "no",
+            }
+            for p in panels
+        ],
+        caption="Pooled vs within-cluster Pearson r",
+    )
     report.heading("What the clusters are")
-    report.text("Per cluster: size, mean covariance and MI, r, the fraction of points whose token is the "
-                "mark's own token (e.g. another comma), the fraction that are any punctuation, and the "
-                "median distance to the mark.")
+    report.text(
+        "Per cluster: size, mean covariance and MI, r, the fraction of points whose token is the "
+        "mark's own token (e.g. another comma), the fraction that are any punctuation, and the "
+        "median distance to the mark."
+    )
     report.table([row for p in panels for row in p.table()], caption="Cluster summaries")
     report.figure(cluster_position_figure(panels))
     timer.lap("figures")
-    report.params({"model": info.name, "family": info.family, "text": source, "tokens": len(tt),
-                   "depths": ", ".join(map(str, depth)), "n per class": n, "before": before, "after": after,
-                   "MI bins": bins, "cluster method": cluster_method, "k max": k_max, "seed": seed,
-                   "python": platform.python_version(), **versions(), **timer.as_params()})
+    report.params(
+        {
+            "model": info.name,
+            "family": info.family,
+            "text": source,
+            "tokens": len(tt),
+            "depths": ", ".join(map(str, depth)),
+            "n per class": n,
+            "before": before,
+            "after": after,
+            "MI bins": bins,
+            "cluster method": cluster_method,
+            "k max": k_max,
+            "seed": seed,
+            "python": platform.python_version(),
+            **versions(),
+            **timer.as_params(),
+        }
+    )
 
     results = {
         "recipe": NAME,
-        "params": {"model": info.name, "text": source, "depths": depth, "n": n, "before": before, "after": after,
-                   "bins": bins, "cluster_method": cluster_method, "k_max": k_max, "internal": internal,
-                   "terminal": terminal, "seed": seed, "python": platform.python_version()},
+        "params": {
+            "model": info.name,
+            "text": source,
+            "depths": depth,
+            "n": n,
+            "before": before,
+            "after": after,
+            "bins": bins,
+            "cluster_method": cluster_method,
+            "k_max": k_max,
+            "internal": internal,
+            "terminal": terminal,
+            "seed": seed,
+            "python": platform.python_version(),
+        },
         "model": info.to_dict(),
-        "corpus": {"characters": len(tt.text), "tokens": len(tt),
-                   "class_counts": {CLASS_NAMES[c]: counts[c] for c in range(3)}},
+        "corpus": {
+            "characters": len(tt.text),
+            "tokens": len(tt),
+            "class_counts": {CLASS_NAMES[c]: counts[c] for c in range(3)},
+        },
         "occurrences": occ.to_dict(),
         "panels": [p.to_dict() for p in panels],
     }

@@ -24,10 +24,10 @@ from recipes._common import (
     target_sentences,
     versions,
 )
-from tlprobe._checks import check_index
 from tlprobe.access import hook_names, model_info
 from tlprobe.analyses.depth import depth_block_similarity, split_heads
 from tlprobe.analyses.similarity import qkv_block_similarity, shuffle_values
+from tlprobe.checks import check_index
 from tlprobe.figures import attention_heads_view, block_histogram_figure, extreme_fraction_figure
 from tlprobe.figures.depth import head_block_figure
 from tlprobe.report import Report
@@ -73,12 +73,14 @@ def run(
 
     # 2. Four populations of [samples, features]: targets, non-targets, and two null models.
     targets = tpos.gather(qkv)
-    pops = torch.stack([
-        targets,
-        npos.gather(qkv),
-        shuffle_values(targets, "all", seed=seed),
-        shuffle_values(targets, "within-feature", seed=seed),
-    ])
+    pops = torch.stack(
+        [
+            targets,
+            npos.gather(qkv),
+            shuffle_values(targets, "all", seed=seed),
+            shuffle_values(targets, "within-feature", seed=seed),
+        ]
+    )
     stats = {method: qkv_block_similarity(pops, method, bins=bins) for method in ("cosine", "correlation")}
     # Per-head drill-down (all heads at once): each head's own Q|K|V slice, targets only.
     head_stats = None
@@ -95,8 +97,9 @@ def run(
     if head is not None:
         pattern = pattern[head : head + 1]
 
-    report = Report(f"L02 Q/K/V similarity: '{target}' in {info.name.rsplit('/', 1)[-1]}, {scope}",
-                    subtitle=DESCRIPTION)
+    report = Report(
+        f"L02 Q/K/V similarity: '{target}' in {info.name.rsplit('/', 1)[-1]}, {scope}", subtitle=DESCRIPTION
+    )
     report.heading("What this shows")
     report.text(
         f"Each of the {len(prompts)} sentences gives one sample: the [Q | K | V] vector of '{target}' "
@@ -111,34 +114,63 @@ def run(
         "'smile'), QK is dense at high similarity; under correlation the extremes vanish and every block "
         "looks like the shuffled Gaussian around 0. The features' mean offsets carry the structure."
     )
-    report.figure(block_histogram_figure(stats, list(POPULATIONS)),
-                  caption="Density of pairwise similarities per block; rows: cosine, correlation.")
-    report.figure(extreme_fraction_figure(stats, list(POPULATIONS)),
-                  caption="Fraction of pairs with |s| > 0.9; each bar is labelled with its value (near 0 bars are "
-                          "still drawn).")
-    rows = [dict(method=meth, population=r.pop("index"), **r)
-            for meth, st in stats.items() for r in st.table(list(POPULATIONS))]
+    report.figure(
+        block_histogram_figure(stats, list(POPULATIONS)),
+        caption="Density of pairwise similarities per block; rows: cosine, correlation.",
+    )
+    report.figure(
+        extreme_fraction_figure(stats, list(POPULATIONS)),
+        caption="Fraction of pairs with |s| > 0.9; each bar is labelled with its value (near 0 bars are still drawn).",
+    )
+    rows = [
+        dict(method=meth, population=r.pop("index"), **r)
+        for meth, st in stats.items()
+        for r in st.table(list(POPULATIONS))
+    ]
     report.table(rows, caption="Summary per method, population and block")
     if head_stats is not None:
         report.heading("Per head")
-        report.text("The same analysis on each head's own Q, K and V slices (3 x d_head coordinates), targets "
-                    "only. Rerun with --head N for one head's full histograms.")
+        report.text(
+            "The same analysis on each head's own Q, K and V slices (3 x d_head coordinates), targets "
+            "only. Rerun with --head N for one head's full histograms."
+        )
         report.figure(head_block_figure(head_stats, head_names, "frac_extreme"))
         report.figure(head_block_figure(head_stats, head_names, "std"))
     report.heading("Attention at this layer")
     report.text(f"circuitsvis attention heads for sentence 0 at layer {layer} (click a head to enlarge).")
-    report.view(attention_heads_view(pattern, batch.str_tokens(0), layer, causal=not info.is_encoder, heads=heads,
-                                     mask=batch.attention_mask[0]))
+    report.view(
+        attention_heads_view(
+            pattern, batch.str_tokens(0), layer, causal=not info.is_encoder, heads=heads, mask=batch.attention_mask[0]
+        )
+    )
     timer.lap("figures")
-    params = {"model": info.name, "family": info.family, "compatibility mode": info.compatibility_mode,
-              "layer": layer, "head": "all" if head is None else head, "target": target,
-              "sentences": len(prompts), "seed": seed, "bins": bins, **versions(), **timer.as_params()}
+    params = {
+        "model": info.name,
+        "family": info.family,
+        "compatibility mode": info.compatibility_mode,
+        "layer": layer,
+        "head": "all" if head is None else head,
+        "target": target,
+        "sentences": len(prompts),
+        "seed": seed,
+        "bins": bins,
+        **versions(),
+        **timer.as_params(),
+    }
     report.params(params)
 
     results = {
         "recipe": NAME,
-        "params": {"model": info.name, "target": target, "layer": layer, "head": head, "seed": seed,
-                   "bins": bins, "n_sentences": len(prompts), "n_features": int(targets.shape[-1])},
+        "params": {
+            "model": info.name,
+            "target": target,
+            "layer": layer,
+            "head": head,
+            "seed": seed,
+            "bins": bins,
+            "n_sentences": len(prompts),
+            "n_features": int(targets.shape[-1]),
+        },
         "model": info.to_dict(),
         "populations": list(POPULATIONS),
         "target_positions": tpos.pos.tolist(),
@@ -148,9 +180,13 @@ def run(
     }
     if head_stats is not None:
         results["per_head"] = {
-            "heads": head_names, "blocks": list(head_stats["cosine"].blocks), "population": "target",
-            **{meth: {k: getattr(st, k).tolist() for k in ("mean", "std", "mean_abs", "frac_extreme")}
-               for meth, st in head_stats.items()},
+            "heads": head_names,
+            "blocks": list(head_stats["cosine"].blocks),
+            "population": "target",
+            **{
+                meth: {k: getattr(st, k).tolist() for k in ("mean", "std", "mean_abs", "frac_extreme")}
+                for meth, st in head_stats.items()
+            },
         }
     return finish(report, results, out, quiet=quiet)
 

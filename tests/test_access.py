@@ -64,7 +64,7 @@ def test_fused_qkv_is_per_head_tensors_relaid(tiny_models, family):
     n = q.shape[2] * q.shape[3]
     assert fused.shape[-1] == 3 * n
     for part, t in enumerate((q, k, v)):
-        assert torch.equal(fused[..., part * n:(part + 1) * n], t.flatten(-2))
+        assert torch.equal(fused[..., part * n : (part + 1) * n], t.flatten(-2))
     head = fused_qkv(cache, 0, head=3)
     assert torch.equal(head, torch.cat([q[:, :, 3], k[:, :, 3], v[:, :, 3]], -1))
 

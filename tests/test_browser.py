@@ -30,8 +30,14 @@ from tlprobe.report.html import Report, read_figures
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 #: Flags that keep a root, offline, GPU-less Chromium quiet (no calls home, no GPU, no /dev/shm).
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 #: Small/fast options per recipe for the render check; recipes not listed run with their defaults.
 MAX_REPORT_BYTES = 10_000_000
@@ -81,11 +87,17 @@ _STATE_JS = """() => {
   });
   return {plots: plots.map(p => ({id: p.id, drawn: !!p.querySelector('.main-svg')})), views};
 }"""
-_ALL_DRAWN_JS = "() => { const s = (" + _STATE_JS + ")(); return s.plots.every(p => p.drawn) && s.views.every(v => v.drawn); }"
+_ALL_DRAWN_JS = (
+    "() => { const s = (" + _STATE_JS + ")(); return s.plots.every(p => p.drawn) && s.views.every(v => v.drawn); }"
+)
 
 
 def inspect_page(
-    browser, path: pathlib.Path, init_script: str | None = None, settle_ms: int = 300, draw_timeout_ms: int = DRAW_TIMEOUT_MS
+    browser,
+    path: pathlib.Path,
+    init_script: str | None = None,
+    settle_ms: int = 300,
+    draw_timeout_ms: int = DRAW_TIMEOUT_MS,
 ) -> dict:
     """Open ``path`` with every non-file request aborted; report errors, requests and what was drawn."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -136,10 +148,14 @@ def test_recipe_report_renders_offline(browser, name, recipe_output, record_prop
     print(f"\n{name}: report {size / 1e6:.2f} MB")
     t = time.perf_counter()
     state = inspect_page(browser, report)
-    print(f"{name}: rendered in {time.perf_counter() - t:.1f} s; {len(state['plots'])} figures, {len(state['views'])} views")
+    print(
+        f"{name}: rendered in {time.perf_counter() - t:.1f} s; {len(state['plots'])} figures, {len(state['views'])} views"
+    )
     state["page"].close()
     assert problems(state) == []
-    assert size < MAX_REPORT_BYTES, f"{name} report is {size / 1e6:.1f} MB; keep it under {MAX_REPORT_BYTES / 1e6:.0f} MB"
+    assert size < MAX_REPORT_BYTES, (
+        f"{name} report is {size / 1e6:.1f} MB; keep it under {MAX_REPORT_BYTES / 1e6:.0f} MB"
+    )
 
 
 # -- the checker can fail --------------------------------------------------------------------
@@ -171,9 +187,13 @@ def test_checker_fails_cdn_pages(browser, tmp_path):
     from tlprobe.report.html import circuitsvis_js, plotly_js
 
     page = _demo_report().to_html()
-    page = page.replace(f"<script>{plotly_js()}</script>", '<script src="https://cdn.plot.ly/plotly-3.0.1.min.js"></script>')
-    page = page.replace(f"<script>{circuitsvis_js()}</script>",
-                        '<script src="https://unpkg.com/circuitsvis@1.43.3/dist/cdn/iife.js"></script>')
+    page = page.replace(
+        f"<script>{plotly_js()}</script>", '<script src="https://cdn.plot.ly/plotly-3.0.1.min.js"></script>'
+    )
+    page = page.replace(
+        f"<script>{circuitsvis_js()}</script>",
+        '<script src="https://unpkg.com/circuitsvis@1.43.3/dist/cdn/iife.js"></script>',
+    )
     assert "cdn.plot.ly" in page and "unpkg.com" in page
     cdn_ours = tmp_path / "ours-cdn.html"
     cdn_ours.write_text(page, encoding="utf-8")
@@ -201,13 +221,23 @@ def _views_with_tokens(tokens: list[str]) -> list:
         circuitsvis_view("ColoredTokensMulti", tokens=tokens, values=torch.rand(n, 2, generator=g), labels=["a", "b"]),
         circuitsvis_view("TextNeuronActivations", tokens=tokens, activations=torch.rand(n, 1, 2, generator=g)),
         # every token is among the top k, so every one is shown
-        circuitsvis_view("TopkTokens", tokens=[tokens], topkVals=[[[[1.0 - i / n] * 2 for i in range(n)]]],
-                         topkIdxs=[[[[i, i] for i in idx]]], bottomkVals=[[[[0.0] * 2 for _ in idx]]],
-                         bottomkIdxs=[[[[i, i] for i in idx]]]),
+        circuitsvis_view(
+            "TopkTokens",
+            tokens=[tokens],
+            topkVals=[[[[1.0 - i / n] * 2 for i in range(n)]]],
+            topkIdxs=[[[[i, i] for i in idx]]],
+            bottomkVals=[[[[0.0] * 2 for _ in idx]]],
+            bottomkIdxs=[[[[i, i] for i in idx]]],
+        ),
         circuitsvis_view("TopkSamples", tokens=[[[tokens]]], activations=[[[torch.linspace(0, 1, n).tolist()]]]),
-        circuitsvis_view("TokenLogProbs", prompt=tokens, topKLogProbs=[[-0.1, -2.0]] * (n - 1),
-                         topKTokens=[[tokens[(i + 1) % n], tokens[(i + 2) % n]] for i in range(n - 1)],
-                         correctTokenRank=[0] * (n - 1), correctTokenLogProb=[-0.1] * (n - 1)),
+        circuitsvis_view(
+            "TokenLogProbs",
+            prompt=tokens,
+            topKLogProbs=[[-0.1, -2.0]] * (n - 1),
+            topKTokens=[[tokens[(i + 1) % n], tokens[(i + 2) % n]] for i in range(n - 1)],
+            correctTokenRank=[0] * (n - 1),
+            correctTokenLogProb=[-0.1] * (n - 1),
+        ),
     ]
 
 
@@ -274,7 +304,7 @@ def test_hostile_tokens_are_inert_and_literal(browser, tmp_path):
     # HTML components: every token shown as written, also in tooltips: never an entity on screen
     for comp in HTML_TOKEN_COMPONENTS:
         shown = view_text[comp] + "".join(_norm(h) for h in hovered if h.startswith(comp + "\u0000"))
-        for t in ({t for t in HOSTILE} if comp != "TokenLogProbs" else set(HOSTILE[1:])):  # the first is the BOS
+        for t in {t for t in HOSTILE} if comp != "TokenLogProbs" else set(HOSTILE[1:]):  # the first is the BOS
             assert t.replace(" ", "") in shown.replace(" ", ""), (comp, t)
         assert "&lt;" not in shown and "&amp;amp;" not in shown, comp
     assert len(hovered) > 0

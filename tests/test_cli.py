@@ -76,7 +76,9 @@ def test_recipe_numbers_match_independent_numpy(recipe_run, minilm):
             xn = x / np.linalg.norm(x, axis=0)
             mat = xn.T @ xn
         qq = mat[:n, :n][np.triu_indices(n, 1)]
-        row = next(r for r in res["summary"] if r["method"] == method and r["population"] == "target" and r["block"] == "QQ")
+        row = next(
+            r for r in res["summary"] if r["method"] == method and r["population"] == "target" and r["block"] == "QQ"
+        )
         assert row["n_pairs"] == qq.size
         assert row["mean"] == pytest.approx(qq.mean(), abs=1e-5)
         assert row["frac_abs_gt_0.9"] == pytest.approx((np.abs(qq) > 0.9).mean(), abs=1e-4)
@@ -139,10 +141,16 @@ def test_copied_recipe_runs_as_a_script(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}  # also when not installed
     assert main(["cp", "qkv-similarity", str(tmp_path / "mine.py")]) == 0
-    proc = subprocess.run([sys.executable, str(tmp_path / "mine.py"), "--help"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "mine.py"), "--help"], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     assert "--target" in proc.stdout
-    proc = subprocess.run([sys.executable, str(tmp_path / "mine.py"), "--layer", "42", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "mine.py"), "--layer", "42", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().endswith("valid: 0..5)")
     assert "Traceback" not in proc.stderr

@@ -24,6 +24,8 @@ from tlprobe.analyses.similarity import BLOCKS, block_stats, feature_similarity,
 def qkv_block_similarity(x, method, bins):
     """Independent reference: the full similarity matrix, then the general block_stats."""
     return block_stats(feature_similarity(x, method), qkv_block_codes(x.shape[-1] // 3), method=method, bins=bins)
+
+
 from tlprobe.errors import TlprobeError
 
 SUMMARIES = ("mean", "std", "mean_abs", "frac_extreme")
@@ -296,8 +298,9 @@ def _few_sentences(tmp_path, n=14):
 def test_recipe_writes_per_layer_results(tmp_path):
     from recipes import layer_similarity
 
-    paths = layer_similarity.run(out=str(tmp_path), sentences=_few_sentences(tmp_path), bins=10,
-                                 progress=False, quiet=True)
+    paths = layer_similarity.run(
+        out=str(tmp_path), sentences=_few_sentences(tmp_path), bins=10, progress=False, quiet=True
+    )
     res = json.loads(paths["results"].read_text())
     assert res["recipe"] == "layer-similarity" and res["params"]["n_sentences"] == 14
     n_layers = res["model"]["n_layers"]
@@ -310,8 +313,11 @@ def test_recipe_writes_per_layer_results(tmp_path):
     assert np.array(res["head_maps"]["maps"]["target cosine QK frac_extreme"]).shape == (n_layers, n_heads)
     assert res["head_maps"]["labels"][n_layers - 1][n_heads - 1] == f"L{n_layers - 1}H{n_heads - 1}"
     # The summary table repeats the per-layer numbers of the histograms.
-    row = next(r for r in res["summary"] if r["method"] == "cosine" and r["population"] == "target"
-               and r["layer"] == n_layers - 1 and r["block"] == "VV")
+    row = next(
+        r
+        for r in res["summary"]
+        if r["method"] == "cosine" and r["population"] == "target" and r["layer"] == n_layers - 1 and r["block"] == "VV"
+    )
     assert row["std"] == hist["std"][0][n_layers - 1][5]
     from tlprobe.report import read_figures
 
@@ -322,10 +328,16 @@ def test_qkv_similarity_per_head_summary_matches_head_drill_down(tmp_path):
     from recipes import qkv_similarity
 
     sentences = _few_sentences(tmp_path)
-    full = json.loads(qkv_similarity.run(out=str(tmp_path / "all"), sentences=sentences, bins=10, progress=False,
-                                         quiet=True)["results"].read_text())
-    one = json.loads(qkv_similarity.run(out=str(tmp_path / "h5"), sentences=sentences, bins=10, head=5,
-                                        progress=False, quiet=True)["results"].read_text())
+    full = json.loads(
+        qkv_similarity.run(out=str(tmp_path / "all"), sentences=sentences, bins=10, progress=False, quiet=True)[
+            "results"
+        ].read_text()
+    )
+    one = json.loads(
+        qkv_similarity.run(out=str(tmp_path / "h5"), sentences=sentences, bins=10, head=5, progress=False, quiet=True)[
+            "results"
+        ].read_text()
+    )
     per_head = full["per_head"]
     assert per_head["heads"][5] == f"L{full['params']['layer']}H5"
     for meth in ("cosine", "correlation"):

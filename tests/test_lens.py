@@ -74,8 +74,14 @@ def _tiny_bert_hf(seed=0, head=True):
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
     tok = tiny_tokenizer("wordpiece")
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         hf = (BertForMaskedLM if head else BertModel)(cfg).eval()
@@ -120,12 +126,17 @@ def test_chunked_equals_unchunked(decoder):
     many = logit_lens(batch.cache, targets=TARGETS, top_k=7, logits=logits, vocab_chunk=37)
     assert torch.equal(one.top_ids, many.top_ids)
     assert torch.equal(one.target_ranks, many.target_ranks)
-    for a, b in ((one.top_probs, many.top_probs), (one.target_probs, many.target_probs),
-                 (one.entropy, many.entropy), (one.kl_to_final, many.kl_to_final)):
+    for a, b in (
+        (one.top_probs, many.top_probs),
+        (one.target_probs, many.target_probs),
+        (one.entropy, many.entropy),
+        (one.kl_to_final, many.kl_to_final),
+    ):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for rt in ("logits", "log_probs", "probs"):
-        torch.testing.assert_close(lens_logits(batch.cache, rt, vocab_chunk=50), lens_logits(batch.cache, rt),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            lens_logits(batch.cache, rt, vocab_chunk=50), lens_logits(batch.cache, rt), atol=1e-5, rtol=0
+        )
 
 
 def test_entropy_kl_and_ranks_against_independent_formulas(decoder):
@@ -159,8 +170,9 @@ def test_compatibility_mode_handled_and_recorded(family):
     assert r_c.compatibility_mode and "centred" in r_c.readout
     assert r_c.final_max_abs_error < 1e-5  # the (centred) logits of the compat model itself
     # folding and centring change logits by a constant per position: every depth's distribution is the same
-    torch.testing.assert_close(lens_logits(cbatch.cache, "log_probs"), lens_logits(batch.cache, "log_probs"),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        lens_logits(cbatch.cache, "log_probs"), lens_logits(batch.cache, "log_probs"), atol=1e-4, rtol=0
+    )
     torch.testing.assert_close(r_c.entropy, r_raw.entropy, atol=1e-4, rtol=0)
     assert r_c.to_dict()["compatibility_mode"] is True
 
@@ -355,8 +367,9 @@ def test_recipe_minilm_embedding_lens(tmp_path):
 
     sentences = tmp_path / "s.txt"
     sentences.write_text("She gave her the book.\nHe saw her there.\n", encoding="utf-8")
-    paths = recipe.run(model="minilm", sentences=str(sentences), out=str(tmp_path / "out"), device="cpu",
-                       progress=False, quiet=True)
+    paths = recipe.run(
+        model="minilm", sentences=str(sentences), out=str(tmp_path / "out"), device="cpu", progress=False, quiet=True
+    )
     results = json.loads(paths["results"].read_text(encoding="utf-8"))
     assert results["lens"] == "embedding"
     assert "random weights" in results["mlm_lens_refusal"]
@@ -378,8 +391,19 @@ def test_recipe_decoder_logit_lens_is_reproducible(tmp_path):
         hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=len(tok), n_positions=64))
     hf.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    outs = [recipe.run(model=str(tmp_path / "m"), prompt="She gave her the book", targets=[" her"], top_k=3,
-                       out=str(tmp_path / f"o{i}"), device="cpu", progress=False, quiet=True) for i in range(2)]
+    outs = [
+        recipe.run(
+            model=str(tmp_path / "m"),
+            prompt="She gave her the book",
+            targets=[" her"],
+            top_k=3,
+            out=str(tmp_path / f"o{i}"),
+            device="cpu",
+            progress=False,
+            quiet=True,
+        )
+        for i in range(2)
+    ]
     a, b = (p["results"].read_bytes() for p in outs)
     assert a == b
     results = json.loads(a)

@@ -185,9 +185,14 @@ def test_constant_variable_has_zero_entropy_and_mi():
 
 
 @settings(max_examples=30, deadline=None)
-@given(arrays(np.float64, st.tuples(st.integers(2, 40), st.integers(1, 6)),
-              elements=st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)),
-       st.integers(2, 12))
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(2, 40), st.integers(1, 6)),
+        elements=st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+    ),
+    st.integers(2, 12),
+)
 def test_properties_symmetric_nonnegative_bounded(a, bins):
     m = pairwise_mi(torch.from_numpy(a), bins=bins)
     h = m.diagonal()
@@ -198,9 +203,12 @@ def test_properties_symmetric_nonnegative_bounded(a, bins):
 
 
 @settings(max_examples=20, deadline=None)
-@given(arrays(np.float64, st.tuples(st.integers(2, 30), st.integers(1, 4)),
-              elements=st.floats(-100, 100, allow_nan=False)),
-       st.integers(2, 6))
+@given(
+    arrays(
+        np.float64, st.tuples(st.integers(2, 30), st.integers(1, 4)), elements=st.floats(-100, 100, allow_nan=False)
+    ),
+    st.integers(2, 6),
+)
 def test_property_mi_helper_equals_sklearn(a, bins):
     x = torch.from_numpy(a)
     lab = bin_labels(x, bins).numpy()
@@ -216,8 +224,11 @@ def test_chunked_equals_unchunked(chunk):
     x = mixed_data(v=23, seed=10)
     full = pairwise_mi(x, bins=6)
     np.testing.assert_allclose(pairwise_mi(x, bins=6, chunk_size=chunk).numpy(), full.numpy(), atol=1e-12)
-    np.testing.assert_allclose(pairwise_mi(x, bins=6, chunk_size=chunk, correction="miller-madow").numpy(),
-                               pairwise_mi(x, bins=6, correction="miller-madow").numpy(), atol=1e-12)
+    np.testing.assert_allclose(
+        pairwise_mi(x, bins=6, chunk_size=chunk, correction="miller-madow").numpy(),
+        pairwise_mi(x, bins=6, correction="miller-madow").numpy(),
+        atol=1e-12,
+    )
 
 
 def test_tiles_cover_large_matrix(monkeypatch):
@@ -319,7 +330,10 @@ def test_gcmi_refuses_constant_variable():
     ("call", "message"),
     [
         (lambda: pairwise_mi(torch.randn(1, 5)), "too few samples.*got 1, need at least 2"),
-        (lambda: pairwise_mi(torch.tensor([[0.0, 1.0], [float("nan"), 2.0], [1.0, 0.0]])), "non-finite.*index \\(1, 0\\)"),
+        (
+            lambda: pairwise_mi(torch.tensor([[0.0, 1.0], [float("nan"), 2.0], [1.0, 0.0]])),
+            "non-finite.*index \\(1, 0\\)",
+        ),
         (lambda: pairwise_mi(torch.randn(10, 3), bins=1), "bins must be >= 2"),
         (lambda: pairwise_mi(torch.randn(10, 3), bins=0), "bins must be >= 2"),
         (lambda: pairwise_mi(torch.randn(10, 3), bins=2.5), "bins must be an integer >= 2 or one of"),

@@ -77,8 +77,7 @@ def tiny_gpt2():
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(WORDS), min_size=1, max_size=8), st.sampled_from([None, 7, 64]),
-       st.integers(1, 5))
+@given(st.lists(st.sampled_from(WORDS), min_size=1, max_size=8), st.sampled_from([None, 7, 64]), st.integers(1, 5))
 def test_logit_lens_bounds_for_any_prompt_and_chunking(tiny_gpt2, words, chunk, k):
     from tlprobe.analyses.lens import logit_lens
 

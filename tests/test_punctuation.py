@@ -282,7 +282,11 @@ def test_recipe_runs_on_a_text_file_and_is_reproducible(tmp_path):
     res = json.loads(paths["results"].read_text())
     assert res["params"]["depths"] == [1, 3]
     assert [(p["depth"], p["class"]) for p in res["panels"]] == [
-        (1, "internal"), (1, "terminal"), (3, "internal"), (3, "terminal")]
+        (1, "internal"),
+        (1, "terminal"),
+        (3, "internal"),
+        (3, "terminal"),
+    ]
     for p in res["panels"]:
         assert len(p["points"]["covariance"]) == 20 * 9
         assert isinstance(p["simpson"]["flag"], bool) and p["simpson"]["explanation"]

@@ -3,9 +3,9 @@
 import pathlib
 
 import pytest
+from conftest import run_recipe_fast
 
 import recipes
-from conftest import run_recipe_fast
 from tlprobe.cli import main
 
 NAMES = sorted(recipes.available())

@@ -119,8 +119,9 @@ def test_views_defuse_only_html_components():
 def test_view_props_rounded_lists_and_none_dropped():
     x = torch.rand(3, 4, dtype=torch.float64)
     a = np.random.default_rng(0).random((2, 3)).astype(np.float32)
-    v = circuitsvis_view("ColoredTokensMulti", tokens=["a"], values=x, extra=a, ints=torch.arange(3),
-                         labels=None, nested={"t": x[0]})
+    v = circuitsvis_view(
+        "ColoredTokensMulti", tokens=["a"], values=x, extra=a, ints=torch.arange(3), labels=None, nested={"t": x[0]}
+    )
     assert v.props["values"] == np.round(x.numpy(), 4).tolist()
     assert v.props["extra"] == np.round(a.astype(np.float64), 4).tolist()
     assert v.props["ints"] == [0, 1, 2]
@@ -181,8 +182,13 @@ def _hostile_report() -> Report:
     r.text("Para " + " ".join(HOSTILE) + "\n\nSecond paragraph")
     r.table([{"token": t, "x": 0.123456789, "n": i} for i, t in enumerate(HOSTILE)], caption=HOSTILE[0])
     r.params({HOSTILE[0]: HOSTILE[1], "seed": 0})
-    r.figure(go.Figure(go.Bar(x=plotly_text(HOSTILE), y=np.arange(len(HOSTILE)) / 3, name=HOSTILE[1]),
-                       layout=dict(title=HOSTILE[1], width=1500, height=300)), caption=HOSTILE[1])
+    r.figure(
+        go.Figure(
+            go.Bar(x=plotly_text(HOSTILE), y=np.arange(len(HOSTILE)) / 3, name=HOSTILE[1]),
+            layout=dict(title=HOSTILE[1], width=1500, height=300),
+        ),
+        caption=HOSTILE[1],
+    )
     r.figure(go.Figure(go.Heatmap(z=np.random.default_rng(0).random((5, 7)))))
     r.view(attention_heads_view(torch.eye(len(HOSTILE)).unsqueeze(0), HOSTILE, 0), caption=HOSTILE[0])
     r.view(circuitsvis_view("ColoredTokens", tokens=HOSTILE, values=torch.linspace(0, 1, len(HOSTILE))))
@@ -197,8 +203,32 @@ def _body(page: str) -> str:
 def test_page_structure_has_no_markup_from_content():
     page = _hostile_report().to_html()
     p = _parse(_body(page))
-    allowed = {"html", "head", "meta", "title", "style", "script", "body", "noscript", "p", "h1", "h2", "h3", "nav",
-               "a", "figure", "div", "figcaption", "table", "caption", "tr", "th", "td", "footer", "b"}
+    allowed = {
+        "html",
+        "head",
+        "meta",
+        "title",
+        "style",
+        "script",
+        "body",
+        "noscript",
+        "p",
+        "h1",
+        "h2",
+        "h3",
+        "nav",
+        "a",
+        "figure",
+        "div",
+        "figcaption",
+        "table",
+        "caption",
+        "tr",
+        "th",
+        "td",
+        "footer",
+        "b",
+    }
     assert set(p.tags) <= allowed
     # every <script> closes where we closed it: 2 bundles + 2 per figure + 1 per view
     assert p.tags.count("script") == p.ends.count("script") == 2 + 2 * 2 + 2
@@ -359,7 +389,7 @@ def test_cli_export(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(png_mod, "export_png", fake_export)
     assert cli.main(["export", str(tmp_path), "--scale", "1"]) == 0
-    (figs, out, kw), = calls
+    ((figs, out, kw),) = calls
     assert [n for n, _ in figs] == ["fig01-one"] and out == tmp_path / "figures" and kw["scale"] == 1
     assert "fig01-one.png" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()

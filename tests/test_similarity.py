@@ -29,7 +29,9 @@ def test_cosine_equals_normalised_numpy_dot():
 
 def test_correlation_and_covariance_equal_numpy():
     x = _data(25, 9)
-    np.testing.assert_allclose(feature_similarity(x, "correlation").numpy(), np.corrcoef(x.numpy(), rowvar=False), atol=1e-12)
+    np.testing.assert_allclose(
+        feature_similarity(x, "correlation").numpy(), np.corrcoef(x.numpy(), rowvar=False), atol=1e-12
+    )
     np.testing.assert_allclose(feature_similarity(x, "covariance").numpy(), np.cov(x.numpy(), rowvar=False), atol=1e-12)
 
 

@@ -22,8 +22,9 @@ def _decoded(tok, ids, pos):
 
 def test_bpe_leading_space_and_start_of_text(bpe_tokenizer):
     tok = bpe_tokenizer
-    ids, mask = _batch(tok, ["She gave her the book.", "her book was red.", "Herself and other hers, then her."],
-                       bos=tok.bos_token_id)
+    ids, mask = _batch(
+        tok, ["She gave her the book.", "her book was red.", "Herself and other hers, then her."], bos=tok.bos_token_id
+    )
     pos = find_token_positions(tok, ids, "her", mask).pos
     got = _decoded(tok, ids, pos)
     assert got[0].strip() == "her" and got[1].strip() == "her" and got[2].strip() == "her"

@@ -58,7 +58,8 @@ def cmd_run(args, rest: list[str]) -> int:
 def run_recipe(mod, rest: list[str], prog: str | None = None) -> int:
     """Parse a recipe's options from ``rest`` and run it."""
     parser = argparse.ArgumentParser(
-        prog=prog, description=mod.DESCRIPTION,
+        prog=prog,
+        description=mod.DESCRIPTION,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     mod.add_arguments(parser)
@@ -89,7 +90,8 @@ def cmd_export(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tlprobe", description="Measure what happens inside a transformer's layers (TransformerLens).",
+        prog="tlprobe",
+        description="Measure what happens inside a transformer's layers (TransformerLens).",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_cp.add_argument("name")
     p_cp.add_argument("path")
     p_cp.add_argument("--force", action="store_true", help="overwrite an existing file")
-    p_ex = sub.add_parser("export", help="save a report's figures as PNG (needs kaleido and Chromium/Chrome)",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p_ex = sub.add_parser(
+        "export",
+        help="save a report's figures as PNG (needs kaleido and Chromium/Chrome)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p_ex.add_argument("report", help="a report.html written by tlprobe, or the folder holding it")
     p_ex.add_argument("--out", default=None, help="output folder (default: figures/ next to the report)")
     p_ex.add_argument("--scale", type=float, default=2, help="pixels per CSS pixel")

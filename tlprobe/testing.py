@@ -14,7 +14,7 @@ bundled all-MiniLM-L6-v2 (real weights), see :func:`tlprobe.load_model`.
 from __future__ import annotations
 
 import tempfile
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 import torch
@@ -35,7 +35,7 @@ def _corpus() -> list[str]:
     return lines + extra
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tokenizer_dir(kind: str) -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -115,17 +115,36 @@ def tiny_model(
     tok = tiny_tokenizer(tokenizer)
     vocab = len(tok)
     if family == "gpt2":
-        cfg = GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, vocab_size=vocab, n_positions=256,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        cfg = GPT2Config(
+            n_layer=n_layers,
+            n_embd=d_model,
+            n_head=n_heads,
+            vocab_size=vocab,
+            n_positions=256,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
         cls = GPT2LMHeadModel
     elif family == "neox":
-        cfg = GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
-                            intermediate_size=4 * d_model, vocab_size=vocab, max_position_embeddings=256)
+        cfg = GPTNeoXConfig(
+            num_hidden_layers=n_layers,
+            hidden_size=d_model,
+            num_attention_heads=n_heads,
+            intermediate_size=4 * d_model,
+            vocab_size=vocab,
+            max_position_embeddings=256,
+        )
         cls = GPTNeoXForCausalLM
     elif family == "llama":
-        cfg = LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
-                          num_key_value_heads=n_kv_heads, intermediate_size=2 * d_model, vocab_size=vocab,
-                          max_position_embeddings=256)
+        cfg = LlamaConfig(
+            num_hidden_layers=n_layers,
+            hidden_size=d_model,
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_kv_heads,
+            intermediate_size=2 * d_model,
+            vocab_size=vocab,
+            max_position_embeddings=256,
+        )
         cls = LlamaForCausalLM
     else:
         raise TlprobeError(f"unknown family {family!r}; choose one of {FAMILIES}")

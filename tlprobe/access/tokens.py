@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Int
 
-from tlprobe._checks import check_choice
+from tlprobe.checks import check_choice
 from tlprobe.errors import TlprobeError, TokenNotFoundError
 
 

@@ -333,8 +333,7 @@ def mlm_head_check(model) -> HeadCheck:
     cfg = getattr(hf, "config", None)
     archs = tuple(getattr(cfg, "architectures", None) or ())
     if "mlm_head" not in names or "unembed" not in names:
-        return HeadCheck("no-head", "the bridge maps no MLM head (mlm_head/unembed components)",
-                         architectures=archs)
+        return HeadCheck("no-head", "the bridge maps no MLM head (mlm_head/unembed components)", architectures=archs)
     source = _checkpoint_source(model)
     path = _find_checkpoint(source) if source else None
     if path is None:
@@ -357,13 +356,16 @@ def mlm_head_check(model) -> HeadCheck:
             "missing",
             f"the checkpoint {path.name} has no weights for {', '.join(missing)}{arch_note}: the "
             "loader filled the MLM head with random weights, so its predictions mean nothing",
-            checkpoint=str(path), missing=missing, architectures=archs,
+            checkpoint=str(path),
+            missing=missing,
+            architectures=archs,
         )
     return HeadCheck(
         "trained",
         f"the checkpoint {path.name} stores weights for every MLM head module ({', '.join(required)})"
         + (" and the decoder is tied to the input embedding" if tied else ""),
-        checkpoint=str(path), architectures=archs,
+        checkpoint=str(path),
+        architectures=archs,
     )
 
 

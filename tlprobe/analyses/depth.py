@@ -22,12 +22,19 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
-from tlprobe._checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
 from tlprobe.analyses.similarity import BlockStats, unit_columns
+from tlprobe.checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
 from tlprobe.errors import TlprobeError
 
 #: Part pairs ``(i, j)`` of each block, in ``tlprobe.analyses.similarity.BLOCKS`` order (Q=0, K=1, V=2).
-_PAIRS: dict[str, tuple[int, int]] = {"QQ": (0, 0), "QK": (0, 1), "QV": (0, 2), "KK": (1, 1), "KV": (1, 2), "VV": (2, 2)}
+_PAIRS: dict[str, tuple[int, int]] = {
+    "QQ": (0, 0),
+    "QK": (0, 1),
+    "QV": (0, 2),
+    "KK": (1, 1),
+    "KV": (1, 2),
+    "VV": (2, 2),
+}
 
 #: Cells of one work tile: a tile of similarity rows (with its scratch copies, 12 MiB in float32)
 #: stays in cache while it is summarised, and bounds the working memory (3 such buffers).
@@ -97,8 +104,11 @@ class Moments:
 
     def to_dict(self) -> dict:
         """JSON-ready: every number as nested lists."""
-        return {"n_samples": self.n_samples, "n_features": self.n_features,
-                **{k: getattr(self, k).tolist() for k in self.STATS}}
+        return {
+            "n_samples": self.n_samples,
+            "n_features": self.n_features,
+            **{k: getattr(self, k).tolist() for k in self.STATS},
+        }
 
 
 def sample_moments(x: Float[torch.Tensor, "... samples features"]) -> Moments:
@@ -127,8 +137,11 @@ def sample_moments(x: Float[torch.Tensor, "... samples features"]) -> Moments:
     if bool((total == 0).any()):
         raise TlprobeError("some leading index has all-zero activations; rel_var is undefined there")
     return Moments(
-        n_samples=int(x.shape[-2]), n_features=int(x.shape[-1]),
-        var=var.mean(-1).cpu(), mean=mean.mean(-1).cpu(), mean_abs=mean.abs().mean(-1).cpu(),
+        n_samples=int(x.shape[-2]),
+        n_features=int(x.shape[-1]),
+        var=var.mean(-1).cpu(),
+        mean=mean.mean(-1).cpu(),
+        mean_abs=mean.abs().mean(-1).cpu(),
         rel_var=(var.sum(-1) / total).cpu(),
     )
 
@@ -153,9 +166,7 @@ class DepthBlockStats(BlockStats):
         """Index the leading dimensions (not the block dimension)."""
         if self.prob.ndim < 3:
             raise TlprobeError("this result has no leading dimensions to index")
-        return dataclasses.replace(
-            self, prob=self.prob[index], **{k: getattr(self, k)[index] for k in self.SUMMARIES}
-        )
+        return dataclasses.replace(self, prob=self.prob[index], **{k: getattr(self, k)[index] for k in self.SUMMARIES})
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "mean_abs": self.mean_abs.tolist()}
@@ -229,8 +240,12 @@ def depth_block_similarity(
     lo, hi = float(range[0]), float(range[1])
     if not hi > lo:
         raise TlprobeError(f"range must be (low, high) with high > low, got {range}")
-    check_min_samples(x.shape[-2], 3 if method == "correlation" else 2, f"{method} similarity",
-                      "collect more samples (sentences) for the target")
+    check_min_samples(
+        x.shape[-2],
+        3 if method == "correlation" else 2,
+        f"{method} similarity",
+        "collect more samples (sentences) for the target",
+    )
     check_finite(x, "x")
     lead, s, n = x.shape[:-2], x.shape[-2], x.shape[-1] // 3
     if n < 2:
@@ -261,8 +276,13 @@ def depth_block_similarity(
     # value beyond them is merged into an edge bin by the range).
     k_lo, k_hi = (-extreme - lo) * scale, (extreme - lo) * scale
     first = 1 if needs_clamp else 0
-    aligned = (extreme >= 0 and first <= k_lo <= bins - first and first <= k_hi <= bins - first
-               and abs(k_lo - round(k_lo)) < 1e-9 and abs(k_hi - round(k_hi)) < 1e-9)
+    aligned = (
+        extreme >= 0
+        and first <= k_lo <= bins - first
+        and first <= k_hi <= bins - first
+        and abs(k_lo - round(k_lo)) < 1e-9
+        and abs(k_hi - round(k_hi)) < 1e-9
+    )
     k_lo, k_hi = round(k_lo), round(k_hi)
 
     hist = torch.zeros(n_items, nb, bins + 1, dtype=torch.long, device=device)
@@ -399,13 +419,22 @@ class HeadMaps:
         k = max(0, min(int(k), v.numel()))
         idx = v.topk(k, largest=largest).indices.tolist()
         n_heads = self.values.shape[-1]
-        return [{"head": f"L{self.layers[i // n_heads]}H{i % n_heads}", "layer": self.layers[i // n_heads],
-                 name: float(v[i])} for i in idx]
+        return [
+            {
+                "head": f"L{self.layers[i // n_heads]}H{i % n_heads}",
+                "layer": self.layers[i // n_heads],
+                name: float(v[i]),
+            }
+            for i in idx
+        ]
 
     def to_dict(self) -> dict:
         """JSON-ready: ``{name: [layer][head] values}`` plus the layers and labels."""
-        return {"layers": list(self.layers), "labels": self.labels,
-                "maps": {n: self.values[i].tolist() for i, n in enumerate(self.names)}}
+        return {
+            "layers": list(self.layers),
+            "labels": self.labels,
+            "maps": {n: self.values[i].tolist() for i, n in enumerate(self.names)},
+        }
 
 
 def head_maps(
@@ -438,7 +467,9 @@ def head_maps(
     shape = None
     if stats is not None:
         if stats.mean.ndim != 3:
-            raise TlprobeError(f"stats must have leading dimensions [layer, head]; got summaries {tuple(stats.mean.shape)}")
+            raise TlprobeError(
+                f"stats must have leading dimensions [layer, head]; got summaries {tuple(stats.mean.shape)}"
+            )
         for key in summaries:
             check_choice(key, DepthBlockStats.SUMMARIES, "summary")
             val = getattr(stats, key)

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Bool, Float, Int
 
-from tlprobe._checks import check_choice
 from tlprobe.access.hooks import resid_stack
 from tlprobe.access.models import model_info
 from tlprobe.access.unembed import (
@@ -47,6 +46,7 @@ from tlprobe.access.unembed import (
     target_token_ids,
     unembedding,
 )
+from tlprobe.checks import check_choice
 from tlprobe.errors import TlprobeError, UnsupportedModelError
 
 #: Names of the lenses, as they appear in results and reports.
@@ -148,13 +148,20 @@ class LensResult:
     def to_dict(self) -> dict:
         """JSON-ready: every number as nested lists."""
         return {
-            "kind": self.kind, "labels": list(self.labels), "model": self.model_name,
-            "compatibility_mode": self.compatibility_mode, "readout": self.readout,
+            "kind": self.kind,
+            "labels": list(self.labels),
+            "model": self.model_name,
+            "compatibility_mode": self.compatibility_mode,
+            "readout": self.readout,
             "final_max_abs_error": self.final_max_abs_error,
-            "top_ids": self.top_ids.tolist(), "top_probs": self.top_probs.tolist(),
-            "entropy": self.entropy.tolist(), "kl_to_final": self.kl_to_final.tolist(),
-            "target_ids": self.target_ids.tolist(), "target_ranks": self.target_ranks.tolist(),
-            "target_probs": self.target_probs.tolist(), "mask": self.mask.int().tolist(),
+            "top_ids": self.top_ids.tolist(),
+            "top_probs": self.top_probs.tolist(),
+            "entropy": self.entropy.tolist(),
+            "kl_to_final": self.kl_to_final.tolist(),
+            "target_ids": self.target_ids.tolist(),
+            "target_ranks": self.target_ranks.tolist(),
+            "target_probs": self.target_probs.tolist(),
+            "mask": self.mask.int().tolist(),
         }
 
 
@@ -201,18 +208,28 @@ class EmbeddingLensResult:
         r1, r5 = self.recovery(1), self.recovery(5)
         cos = _masked_mean(self.token_cosines, self.mask)
         return [
-            {"depth": i, "label": lab, "top1_recovery": float(r1[i]), "top5_recovery": float(r5[i]),
-             "mean_cosine_with_input_token": float(cos[i])}
+            {
+                "depth": i,
+                "label": lab,
+                "top1_recovery": float(r1[i]),
+                "top5_recovery": float(r5[i]),
+                "mean_cosine_with_input_token": float(cos[i]),
+            }
             for i, lab in enumerate(self.labels)
         ]
 
     def to_dict(self) -> dict:
         """JSON-ready: every number as nested lists."""
         return {
-            "kind": self.kind, "labels": list(self.labels), "model": self.model_name,
-            "top_ids": self.top_ids.tolist(), "top_cosines": self.top_cosines.tolist(),
-            "token_ids": self.token_ids.tolist(), "token_ranks": self.token_ranks.tolist(),
-            "token_cosines": self.token_cosines.tolist(), "mask": self.mask.int().tolist(),
+            "kind": self.kind,
+            "labels": list(self.labels),
+            "model": self.model_name,
+            "top_ids": self.top_ids.tolist(),
+            "top_cosines": self.top_cosines.tolist(),
+            "token_ids": self.token_ids.tolist(),
+            "token_ranks": self.token_ranks.tolist(),
+            "token_cosines": self.token_cosines.tolist(),
+            "mask": self.mask.int().tolist(),
             "top1_recovery": self.recovery(1).tolist(),
         }
 
@@ -377,8 +394,9 @@ def _readout(cache, model, lens: str, trust_head: bool) -> _Readout:
                 )
             check = mlm_head_check(model)
             if check.status in ("missing", "no-head") or (check.status == "unknown" and not trust_head):
-                extra = (" Pass trust_head=True only if you know the head was trained."
-                         if check.status == "unknown" else "")
+                extra = (
+                    " Pass trust_head=True only if you know the head was trained." if check.status == "unknown" else ""
+                )
                 raise UnsupportedModelError(
                     f"refusing the MLM lens on {info.name or 'this model'}: {check.reason}.{extra} "
                     "Use embedding_lens instead: it reads token identity (cosine with W_E), not predictions"
@@ -434,8 +452,7 @@ def _lens(cache, lens, targets, top_k, vocab_chunk, logits, attention_mask, mode
         reference = logits.detach().reshape(n_rows, d_vocab)
     with torch.no_grad():
         tscores = scores(tids) if tids.numel() else None
-    st = _stream(scores, d_vocab, depth, n_rows, top_k, tids.expand(n_rows, -1), tscores, vocab_chunk, True,
-                 reference)
+    st = _stream(scores, d_vocab, depth, n_rows, top_k, tids.expand(n_rows, -1), tscores, vocab_chunk, True, reference)
     err = None
     if reference is not None:
         err = float(st["reference_error"])
@@ -454,16 +471,24 @@ def _lens(cache, lens, targets, top_k, vocab_chunk, logits, attention_mask, mode
     lse = st["lse"].unsqueeze(-1)
     readout = "logits"
     if info.compatibility_mode:
-        readout = ("centred logits (compatibility mode: W_U is centred, so logits shift by a constant "
-                   "per position, as the model's own do; probabilities are unchanged)")
+        readout = (
+            "centred logits (compatibility mode: W_U is centred, so logits shift by a constant "
+            "per position, as the model's own do; probabilities are unchanged)"
+        )
     return LensResult(
-        kind=r.kind, labels=_labels(depth),
-        top_ids=shape(st["top_ids"]), top_probs=shape((st["top_scores"] - lse).exp()),
-        entropy=shape(st["entropy"]), kl_to_final=shape(st["kl"]),
-        target_ids=tids, target_ranks=shape(st["target_ranks"]),
+        kind=r.kind,
+        labels=_labels(depth),
+        top_ids=shape(st["top_ids"]),
+        top_probs=shape((st["top_scores"] - lse).exp()),
+        entropy=shape(st["entropy"]),
+        kl_to_final=shape(st["kl"]),
+        target_ids=tids,
+        target_ranks=shape(st["target_ranks"]),
         target_probs=shape((st["target_scores"] - lse).exp()),
         mask=_mask(attention_mask, batch, pos, r.W.device),
-        compatibility_mode=info.compatibility_mode, readout=readout, final_max_abs_error=err,
+        compatibility_mode=info.compatibility_mode,
+        readout=readout,
+        final_max_abs_error=err,
         model_name=info.name,
     )
 
@@ -666,11 +691,15 @@ def embedding_lens(
         return x.reshape(depth, batch, pos, *x.shape[2:])
 
     return EmbeddingLensResult(
-        kind=EMBEDDING_LENS, labels=_labels(depth),
-        top_ids=shape(st["top_ids"]), top_cosines=shape(st["top_scores"]),
+        kind=EMBEDDING_LENS,
+        labels=_labels(depth),
+        top_ids=shape(st["top_ids"]),
+        top_cosines=shape(st["top_scores"]),
         token_ids=tokens.detach().to(E.device).long(),
-        token_ranks=shape(st["target_ranks"])[..., 0], token_cosines=shape(st["target_scores"])[..., 0],
-        mask=_mask(mask, batch, pos, E.device), model_name=info.name,
+        token_ranks=shape(st["target_ranks"])[..., 0],
+        token_cosines=shape(st["target_scores"])[..., 0],
+        mask=_mask(mask, batch, pos, E.device),
+        model_name=info.name,
     )
 
 

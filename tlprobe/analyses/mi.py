@@ -38,8 +38,8 @@ from functools import lru_cache
 import torch
 from jaxtyping import Float, Int
 
-from tlprobe._checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
 from tlprobe.analyses.similarity import feature_similarity, shuffle_values
+from tlprobe.checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
 from tlprobe.errors import TlprobeError
 
 #: Bin-count rules (numpy's definitions of the bin width; one count per call, see :func:`resolve_bins`).
@@ -58,8 +58,12 @@ def _is_int(v) -> bool:
 def _prepare(x, name: str, shape_doc: str, min_samples: int = 2) -> torch.Tensor:
     x = upcast(as_tensor(x, name))
     check_ndim(x, name, 2, shape_doc)
-    check_min_samples(x.shape[-2], min_samples, "mutual information",
-                      f"{name} is [..., samples, variables]: give at least {min_samples} samples")
+    check_min_samples(
+        x.shape[-2],
+        min_samples,
+        "mutual information",
+        f"{name} is [..., samples, variables]: give at least {min_samples} samples",
+    )
     if x.shape[-1] < 1:
         raise TlprobeError(f"{name} has no variables (shape {tuple(x.shape)})")
     check_finite(x, name)
@@ -416,7 +420,7 @@ def mi(
     bins: int | str = 10,
     correction: str | None = None,
     dtype: torch.dtype | None = None,
-) -> Float[torch.Tensor, "..."]:
+) -> Float[torch.Tensor, ...]:
     """MI (nats) between two variables (leading dimensions batched), as :func:`cross_mi`.
 
     Import it from this module: ``tlprobe.analyses`` does not re-export it, because a package
@@ -471,8 +475,12 @@ class MIResult:
 
     def summary(self) -> dict:
         """Mean of raw, null and corrected MI over all pairs (strict upper triangle)."""
-        out = {"bins": self.bins, "method": self.method, "n_samples": self.n_samples,
-               "raw_mean": float(self.upper("raw").mean())}
+        out = {
+            "bins": self.bins,
+            "method": self.method,
+            "n_samples": self.n_samples,
+            "raw_mean": float(self.upper("raw").mean()),
+        }
         if self.null_mean is not None:
             out["null_mean"] = float(self.upper("null_mean").mean())
         out["corrected_mean"] = float(self.upper("corrected").mean())
@@ -480,11 +488,18 @@ class MIResult:
 
     def to_dict(self) -> dict:
         """JSON-ready: the matrices as nested lists plus the settings."""
-        opt = (lambda t: None if t is None else t.tolist())
-        return {"method": self.method, "bins": self.bins, "n_samples": self.n_samples,
-                "n_shuffles": self.n_shuffles, "seed": self.seed, "raw": self.raw.tolist(),
-                "corrected": self.corrected.tolist(), "null_mean": opt(self.null_mean),
-                "null_std": opt(self.null_std)}
+        opt = lambda t: None if t is None else t.tolist()
+        return {
+            "method": self.method,
+            "bins": self.bins,
+            "n_samples": self.n_samples,
+            "n_shuffles": self.n_shuffles,
+            "seed": self.seed,
+            "raw": self.raw.tolist(),
+            "corrected": self.corrected.tolist(),
+            "null_mean": opt(self.null_mean),
+            "null_std": opt(self.null_std),
+        }
 
 
 def mi_null(
@@ -532,9 +547,15 @@ def mi_null(
     std = (total_sq / n_shuffles - mean * mean).clamp_min(0).sqrt()
     shape = (*lead, V, V)
     return MIResult(
-        raw=raw.reshape(shape), corrected=(raw - mean).to(dtype).reshape(shape),
-        null_mean=mean.to(dtype).reshape(shape), null_std=std.to(dtype).reshape(shape),
-        bins=k, method="shuffle", n_samples=n, n_shuffles=int(n_shuffles), seed=int(seed),
+        raw=raw.reshape(shape),
+        corrected=(raw - mean).to(dtype).reshape(shape),
+        null_mean=mean.to(dtype).reshape(shape),
+        null_std=std.to(dtype).reshape(shape),
+        bins=k,
+        method="shuffle",
+        n_samples=n,
+        n_shuffles=int(n_shuffles),
+        seed=int(seed),
     )
 
 
@@ -557,8 +578,7 @@ def miller_madow(
     lab = _labels(x, k).reshape(-1, n, V)
     raw = _mi_labels(lab, None, k, None, dtype, chunk_size).reshape(*lead, V, V)
     cor = _mi_labels(lab, None, k, "miller-madow", dtype, chunk_size).reshape(*lead, V, V)
-    return MIResult(raw=raw, corrected=cor, null_mean=None, null_std=None, bins=k,
-                    method="miller-madow", n_samples=n)
+    return MIResult(raw=raw, corrected=cor, null_mean=None, null_std=None, bins=k, method="miller-madow", n_samples=n)
 
 
 def copnorm(x: Float[torch.Tensor, "... samples variables"]) -> Float[torch.Tensor, "... samples variables"]:
@@ -587,7 +607,7 @@ def copnorm(x: Float[torch.Tensor, "... samples variables"]) -> Float[torch.Tens
 
 
 def _check_not_constant(x: torch.Tensor, name: str) -> None:
-    const = (x.amax(-2) == x.amin(-2))
+    const = x.amax(-2) == x.amin(-2)
     if bool(const.any()):
         bad = const.flatten().nonzero().flatten()[:5].remainder(x.shape[-1]).tolist()
         raise TlprobeError(
@@ -632,12 +652,15 @@ def gcmi(
     if y is None:
         r = feature_similarity(copnorm(x), "correlation")
         out = -0.5 * torch.log1p(-r * r)
-        return out.diagonal_scatter(torch.full(out.shape[:-1], math.inf, dtype=out.dtype, device=out.device),
-                                    dim1=-2, dim2=-1)
+        return out.diagonal_scatter(
+            torch.full(out.shape[:-1], math.inf, dtype=out.dtype, device=out.device), dim1=-2, dim2=-1
+        )
     y = _prepare(y, "y", "[..., samples, variables]", min_samples=3)
     _check_not_constant(y, "y")
     if x.shape[:-1] != y.shape[:-1]:
-        raise TlprobeError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same leading and sample dimensions")
+        raise TlprobeError(
+            f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same leading and sample dimensions"
+        )
     vx = x.shape[-1]
     r = feature_similarity(copnorm(torch.cat([x.double(), y.double().to(x.device)], -1)), "correlation")
     r = r[..., :vx, vx:]
@@ -678,15 +701,29 @@ class MIHistograms:
 
     def table(self) -> list[dict]:
         """Rows ``{series, n_pairs, mean, median, std}``."""
-        return [{"series": nm, "n_pairs": self.n_pairs, "mean": float(self.mean[i]),
-                 "median": float(self.median[i]), "std": float(self.std[i])}
-                for i, nm in enumerate(self.names)]
+        return [
+            {
+                "series": nm,
+                "n_pairs": self.n_pairs,
+                "mean": float(self.mean[i]),
+                "median": float(self.median[i]),
+                "std": float(self.std[i]),
+            }
+            for i, nm in enumerate(self.names)
+        ]
 
     def to_dict(self) -> dict:
         """JSON-ready: every number as lists."""
-        return {"names": list(self.names), "quantity": self.quantity, "edges": self.edges.tolist(),
-                "prob": self.prob.tolist(), "mean": self.mean.tolist(), "median": self.median.tolist(),
-                "std": self.std.tolist(), "n_pairs": self.n_pairs}
+        return {
+            "names": list(self.names),
+            "quantity": self.quantity,
+            "edges": self.edges.tolist(),
+            "prob": self.prob.tolist(),
+            "mean": self.mean.tolist(),
+            "median": self.median.tolist(),
+            "std": self.std.tolist(),
+            "n_pairs": self.n_pairs,
+        }
 
 
 def mi_histograms(
@@ -740,9 +777,14 @@ def mi_histograms(
     flat = torch.arange(s, device=vals.device)[:, None] * bins + idx
     counts = torch.bincount(flat.flatten(), minlength=s * bins).reshape(s, bins).double()
     return MIHistograms(
-        names=tuple(names), edges=torch.linspace(lo, hi, bins + 1, dtype=torch.float64),
-        prob=(counts / vals.shape[1]).cpu(), mean=vals.mean(1).cpu(), median=vals.median(1).values.cpu(),
-        std=vals.std(1, correction=0).cpu(), n_pairs=int(vals.shape[1]), quantity=quantity,
+        names=tuple(names),
+        edges=torch.linspace(lo, hi, bins + 1, dtype=torch.float64),
+        prob=(counts / vals.shape[1]).cpu(),
+        mean=vals.mean(1).cpu(),
+        median=vals.median(1).values.cpu(),
+        std=vals.std(1, correction=0).cpu(),
+        n_pairs=int(vals.shape[1]),
+        quantity=quantity,
     )
 
 
@@ -777,8 +819,16 @@ class Dependence:
     n_shuffles: int
     seed: int
 
-    _FIELDS = ("covariance", "correlation", "mi_raw", "mi_miller_madow", "mi_null_mean",
-               "mi_null_q95", "mi_corrected", "gcmi")
+    _FIELDS = (
+        "covariance",
+        "correlation",
+        "mi_raw",
+        "mi_miller_madow",
+        "mi_null_mean",
+        "mi_null_q95",
+        "mi_corrected",
+        "gcmi",
+    )
 
     def to_dict(self) -> dict:
         """JSON-ready."""
@@ -839,8 +889,16 @@ def dependence(
     null = _mi_labels(torch.stack([lx, ly], -1).reshape(-1, n, 2), None, k, None, torch.float64, None)
     null = null[:, 0, 1].reshape(int(n_shuffles), -1)
     return Dependence(
-        covariance=cov, correlation=cor, mi_raw=raw.reshape(lead), mi_miller_madow=mm.reshape(lead),
-        mi_null_mean=null.mean(0).reshape(lead), mi_null_q95=null.quantile(0.95, dim=0).reshape(lead),
-        mi_corrected=(raw - null.mean(0)).reshape(lead), gcmi=gcmi(xy)[..., 0, 1],
-        bins=k, n_samples=n, n_shuffles=int(n_shuffles), seed=int(seed),
+        covariance=cov,
+        correlation=cor,
+        mi_raw=raw.reshape(lead),
+        mi_miller_madow=mm.reshape(lead),
+        mi_null_mean=null.mean(0).reshape(lead),
+        mi_null_q95=null.quantile(0.95, dim=0).reshape(lead),
+        mi_corrected=(raw - null.mean(0)).reshape(lead),
+        gcmi=gcmi(xy)[..., 0, 1],
+        bins=k,
+        n_samples=n,
+        n_shuffles=int(n_shuffles),
+        seed=int(seed),
     )

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from tlprobe._checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
+from tlprobe.checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
 from tlprobe.errors import TlprobeError
 
 #: Class ids and names.
@@ -200,8 +200,11 @@ class Occurrences:
         return int(self.pos.numel())
 
     def to_dict(self) -> dict:
-        return {"cls": self.cls.tolist(), "pos": self.pos.tolist(),
-                "available": {CLASS_NAMES.get(k, str(k)): v for k, v in self.available.items()}}
+        return {
+            "cls": self.cls.tolist(),
+            "pos": self.pos.tolist(),
+            "available": {CLASS_NAMES.get(k, str(k)): v for k, v in self.available.items()},
+        }
 
 
 def sample_occurrences(
@@ -260,7 +263,8 @@ def sample_occurrences(
         if cand.numel() < n:
             warnings.warn(
                 f"only {cand.numel()} {CLASS_NAMES.get(int(c), c)} punctuation marks available, fewer than "
-                f"n={n}: using all of them", stacklevel=2,
+                f"n={n}: using all of them",
+                stacklevel=2,
             )
         pick = cand[torch.randperm(cand.numel(), generator=gen)[:n]].sort().values
         cls_out.append(torch.full_like(pick, int(c)))
@@ -321,10 +325,12 @@ def window_dependence(
 
         bins = resolve_bins(hidden.mT, bins)
     flat = hidden.reshape(-1, *hidden.shape[-2:])  # [windows, tokens, dims]
-    mi = torch.cat([
-        cross_mi(part[:, centre : centre + 1].mT, part.mT, bins=bins, correction=correction)[:, 0]
-        for part in flat.split(chunk)
-    ])
+    mi = torch.cat(
+        [
+            cross_mi(part[:, centre : centre + 1].mT, part.mT, bins=bins, correction=correction)[:, 0]
+            for part in flat.split(chunk)
+        ]
+    )
     return cov, mi.reshape(cov.shape).to(cov.dtype)
 
 
@@ -411,9 +417,15 @@ def punctuation_dependence(
     slots = occurrences.pos[:, None] + rel
     windows = windows.cpu()
     return PunctuationDependence(
-        depth=tuple(int(d) for d in depth), cls=occurrences.cls, pos=occurrences.pos, rel=rel,
-        cov=cov.cpu(), mi=mi.cpu(), same_token=windows == windows[:, before : before + 1],
-        slot_class=torch.as_tensor(classes).cpu()[slots], bins=bins,
+        depth=tuple(int(d) for d in depth),
+        cls=occurrences.cls,
+        pos=occurrences.pos,
+        rel=rel,
+        cov=cov.cpu(),
+        mi=mi.cpu(),
+        same_token=windows == windows[:, before : before + 1],
+        slot_class=torch.as_tensor(classes).cpu()[slots],
+        bins=bins,
     )
 
 
@@ -473,8 +485,13 @@ class Clustering:
     min_silhouette: float
 
     def to_dict(self) -> dict:
-        return {"k": self.k, "method": self.method, "scores": {str(k): v for k, v in self.scores.items()},
-                "min_silhouette": self.min_silhouette, "labels": self.labels.tolist()}
+        return {
+            "k": self.k,
+            "method": self.method,
+            "scores": {str(k): v for k, v in self.scores.items()},
+            "min_silhouette": self.min_silhouette,
+            "labels": self.labels.tolist(),
+        }
 
 
 def cluster_points(
@@ -589,9 +606,14 @@ class SimpsonCheck:
     explanation: str
 
     def to_dict(self) -> dict:
-        return {"pooled_r": _num(self.pooled_r), "within_r": [_num(r) for r in self.within_r],
-                "sizes": list(self.sizes), "considered": list(self.considered), "flag": self.flag,
-                "explanation": self.explanation}
+        return {
+            "pooled_r": _num(self.pooled_r),
+            "within_r": [_num(r) for r in self.within_r],
+            "sizes": list(self.sizes),
+            "considered": list(self.considered),
+            "flag": self.flag,
+            "explanation": self.explanation,
+        }
 
 
 def _num(v: float) -> float | None:
@@ -641,28 +663,41 @@ def simpson_check(
     if pooled != pooled:
         text = f"The pooled r of {xname} and {yname} is undefined (a constant measure), so there is nothing to check."
     elif k < 2:
-        text = (f"One cluster: no subgroups to pool, so no Simpson's paradox ({xname} and {yname} "
-                f"r = {_fmt_r(pooled)} over {n} points).")
+        text = (
+            f"One cluster: no subgroups to pool, so no Simpson's paradox ({xname} and {yname} "
+            f"r = {_fmt_r(pooled)} over {n} points)."
+        )
     elif int(ok.sum()) < 2:
-        text = (f"Fewer than two clusters have at least {min_size} points and a defined r (within r = {rs}), "
-                f"so the pooled r = {_fmt_r(pooled)} cannot be checked against subgroups.")
+        text = (
+            f"Fewer than two clusters have at least {min_size} points and a defined r (within r = {rs}), "
+            f"so the pooled r = {_fmt_r(pooled)} cannot be checked against subgroups."
+        )
     elif sign(pooled) == 0:
-        text = (f"The pooled r = {_fmt_r(pooled)} is too close to 0 to have a sign (within r = {rs}), "
-                "so there is no reversal to flag; read each cluster separately.")
+        text = (
+            f"The pooled r = {_fmt_r(pooled)} is too close to 0 to have a sign (within r = {rs}), "
+            "so there is no reversal to flag; read each cluster separately."
+        )
     elif len(signs) == 1 and 0 not in signs and signs != {sign(pooled)}:
         flag = True
         (s,) = signs
-        text = (f"Simpson's paradox: over all {n} points {xname} and {yname} correlate {word[sign(pooled)]} "
-                f"(r = {_fmt_r(pooled)}), but {word[s]} within each of the {int(ok.sum())} clusters (r = {rs}), "
-                "because the clusters sit at different levels and pooling them reverses the trend.")
+        text = (
+            f"Simpson's paradox: over all {n} points {xname} and {yname} correlate {word[sign(pooled)]} "
+            f"(r = {_fmt_r(pooled)}), but {word[s]} within each of the {int(ok.sum())} clusters (r = {rs}), "
+            "because the clusters sit at different levels and pooling them reverses the trend."
+        )
     elif signs == {sign(pooled)}:
-        text = (f"No Simpson's paradox: the pooled r = {_fmt_r(pooled)} has the same sign as the r within "
-                f"every cluster ({rs}).")
+        text = (
+            f"No Simpson's paradox: the pooled r = {_fmt_r(pooled)} has the same sign as the r within "
+            f"every cluster ({rs})."
+        )
     else:
-        text = (f"No consistent sign within clusters (r = {rs}; pooled {_fmt_r(pooled)}), so no Simpson's "
-                "paradox is flagged, but the clusters behave differently: read them separately.")
-    return SimpsonCheck(pooled, tuple(float(r) for r in within), tuple(int(s) for s in sizes),
-                        tuple(bool(b) for b in ok), flag, text)
+        text = (
+            f"No consistent sign within clusters (r = {rs}; pooled {_fmt_r(pooled)}), so no Simpson's "
+            "paradox is flagged, but the clusters behave differently: read them separately."
+        )
+    return SimpsonCheck(
+        pooled, tuple(float(r) for r in within), tuple(int(s) for s in sizes), tuple(bool(b) for b in ok), flag, text
+    )
 
 
 @dataclass(frozen=True)
@@ -695,14 +730,25 @@ class PanelResult:
 
     def table(self) -> list[dict]:
         """One row per cluster, for a report table."""
-        return [{"layer (depth)": self.depth, "class": CLASS_NAMES.get(self.cls, self.cls), **{
-            k: v for k, v in c.items() if k != "rel_counts"}} for c in self.clusters]
+        return [
+            {
+                "layer (depth)": self.depth,
+                "class": CLASS_NAMES.get(self.cls, self.cls),
+                **{k: v for k, v in c.items() if k != "rel_counts"},
+            }
+            for c in self.clusters
+        ]
 
     def to_dict(self) -> dict:
-        return {"depth": self.depth, "class": CLASS_NAMES.get(self.cls, str(self.cls)),
-                "n_points": int(self.x.numel()), "clustering": self.clustering.to_dict(),
-                "simpson": self.simpson.to_dict(), "clusters": list(self.clusters),
-                "points": {"covariance": self.x.tolist(), "mi": self.y.tolist(), "rel": self.rel.tolist()}}
+        return {
+            "depth": self.depth,
+            "class": CLASS_NAMES.get(self.cls, str(self.cls)),
+            "n_points": int(self.x.numel()),
+            "clustering": self.clustering.to_dict(),
+            "simpson": self.simpson.to_dict(),
+            "clusters": list(self.clusters),
+            "points": {"covariance": self.x.tolist(), "mi": self.y.tolist(), "rel": self.rel.tolist()},
+        }
 
 
 def cluster_panels(
@@ -739,16 +785,25 @@ def cluster_panels(
 
             rel_idx = torch.searchsorted(rel_all, p["rel"])
             rel_counts = torch.zeros(k, rel_all.numel(), dtype=torch.long).index_put_(
-                (lab, rel_idx), torch.ones_like(lab), accumulate=True)
+                (lab, rel_idx), torch.ones_like(lab), accumulate=True
+            )
             abs_rel = p["rel"].abs()
             clusters = []
-            for j, (mx, my, fs, fp) in enumerate(zip(mean(p["x"]), mean(p["y"]), mean(p["same_token"]),
-                                                     mean(p["slot_class"] > 0))):
-                clusters.append({
-                    "cluster": j, "size": int(n[j]), "mean_covariance": mx, "mean_mi": my,
-                    "r": _num(sc.within_r[j]), "frac_same_token": fs, "frac_punctuation": fp,
-                    "median_abs_rel": float(abs_rel[lab == j].double().median()),
-                    "rel_counts": dict(zip(rel_all.tolist(), rel_counts[j].tolist())),
-                })
+            for j, (mx, my, fs, fp) in enumerate(
+                zip(mean(p["x"]), mean(p["y"]), mean(p["same_token"]), mean(p["slot_class"] > 0))
+            ):
+                clusters.append(
+                    {
+                        "cluster": j,
+                        "size": int(n[j]),
+                        "mean_covariance": mx,
+                        "mean_mi": my,
+                        "r": _num(sc.within_r[j]),
+                        "frac_same_token": fs,
+                        "frac_punctuation": fp,
+                        "median_abs_rel": float(abs_rel[lab == j].double().median()),
+                        "rel_counts": dict(zip(rel_all.tolist(), rel_counts[j].tolist())),
+                    }
+                )
             out.append(PanelResult(d, int(c), p["x"], p["y"], p["rel"], cl, sc, tuple(clusters)))
     return out

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 
-from tlprobe._checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
+from tlprobe.checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
 from tlprobe.errors import TlprobeError
 
 METHODS = ("cosine", "correlation", "covariance")
@@ -51,8 +51,12 @@ def feature_similarity(
     check_choice(method, METHODS, "method")
     x = upcast(as_tensor(x, "x"))
     check_ndim(x, "x", 2, "[..., samples, features]")
-    check_min_samples(x.shape[-2], 3 if method == "correlation" else 2, f"{method} similarity",
-                      "collect more samples (sentences) for the target")
+    check_min_samples(
+        x.shape[-2],
+        3 if method == "correlation" else 2,
+        f"{method} similarity",
+        "collect more samples (sentences) for the target",
+    )
     check_finite(x, "x")
     if method == "covariance":
         x = x - x.mean(dim=-2, keepdim=True)
@@ -200,19 +204,29 @@ class BlockStats:
         rows = []
         for i, name in enumerate(names):
             for j, blk in enumerate(self.blocks):
-                rows.append({
-                    "index": name, "block": blk, "n_pairs": int(self.count[j]),
-                    "mean": float(mean[i, j]), "std": float(std[i, j]),
-                    f"frac_abs_gt_{self.extreme:g}": float(ext[i, j]),
-                })
+                rows.append(
+                    {
+                        "index": name,
+                        "block": blk,
+                        "n_pairs": int(self.count[j]),
+                        "mean": float(mean[i, j]),
+                        "std": float(std[i, j]),
+                        f"frac_abs_gt_{self.extreme:g}": float(ext[i, j]),
+                    }
+                )
         return rows
 
     def to_dict(self) -> dict:
         """JSON-ready: every number as nested lists."""
         return {
-            "method": self.method, "blocks": list(self.blocks), "edges": self.edges.tolist(),
-            "prob": self.prob.tolist(), "mean": self.mean.tolist(), "std": self.std.tolist(),
-            "frac_extreme": self.frac_extreme.tolist(), "extreme": self.extreme,
+            "method": self.method,
+            "blocks": list(self.blocks),
+            "edges": self.edges.tolist(),
+            "prob": self.prob.tolist(),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "frac_extreme": self.frac_extreme.tolist(),
+            "extreme": self.extreme,
             "count": self.count.tolist(),
         }
 

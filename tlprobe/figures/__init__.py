@@ -34,14 +34,14 @@ from tlprobe.figures.similarity import (
 )
 from tlprobe.figures.views import (
     CANVAS_TOKEN_COMPONENTS,
-    circuitsvis_view,
-    CircuitsVisView,
     COMPONENTS,
-    defuse_html,
     HTML_TOKEN_COMPONENTS,
+    TOKEN_PROPS,
+    CircuitsVisView,
+    circuitsvis_view,
+    defuse_html,
     plotly_text,
     to_lists,
-    TOKEN_PROPS,
 )
 
 __all__ = [

@@ -43,7 +43,9 @@ def attention_heads_view(
         raise TlprobeError(f"pattern has shape {tuple(pattern.shape)}; expected [head, q_pos, k_pos] for one prompt")
     if mask is not None:
         if mask.ndim != 1 or mask.shape[0] != pattern.shape[-1]:
-            raise TlprobeError(f"mask has shape {tuple(mask.shape)}; expected [{pattern.shape[-1]}] (the prompt's positions)")
+            raise TlprobeError(
+                f"mask has shape {tuple(mask.shape)}; expected [{pattern.shape[-1]}] (the prompt's positions)"
+            )
         keep = mask.to(pattern.device).bool()
         pattern = pattern[:, keep][:, :, keep]
     if pattern.shape[1] != pattern.shape[2] or pattern.shape[1] != len(tokens):

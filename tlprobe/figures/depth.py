@@ -61,9 +61,14 @@ def depth_histogram_figure(
         raise TlprobeError(f"gamma must be > 0, got {gamma}")
     methods = list(stats)
     blocks = stats[methods[0]].blocks
-    fig = make_subplots(rows=len(blocks), cols=len(methods), shared_xaxes=True,
-                        subplot_titles=[f"{m}: {b}" for b in blocks for m in methods],
-                        horizontal_spacing=0.1, vertical_spacing=0.035)
+    fig = make_subplots(
+        rows=len(blocks),
+        cols=len(methods),
+        shared_xaxes=True,
+        subplot_titles=[f"{m}: {b}" for b in blocks for m in methods],
+        horizontal_spacing=0.1,
+        vertical_spacing=0.035,
+    )
     for c, method in enumerate(methods, start=1):
         st = stats[method]
         if st.prob.ndim != 3:
@@ -74,16 +79,26 @@ def depth_histogram_figure(
         axis = "coloraxis" if c == 1 else f"coloraxis{c}"
         for r, blk in enumerate(st.blocks, start=1):
             fig.add_trace(
-                go.Heatmap(x=x, y=layer_labels, z=dens[:, r - 1].tolist(), coloraxis=axis, name=f"{method} {blk}",
-                           hovertemplate=f"{method} {blk}<br>layer %{{y}}<br>s=%{{x:.2f}}<br>density=%{{z:.3f}}<extra></extra>"),
-                row=r, col=c,
+                go.Heatmap(
+                    x=x,
+                    y=layer_labels,
+                    z=dens[:, r - 1].tolist(),
+                    coloraxis=axis,
+                    name=f"{method} {blk}",
+                    hovertemplate=f"{method} {blk}<br>layer %{{y}}<br>s=%{{x:.2f}}<br>density=%{{z:.3f}}<extra></extra>",
+                ),
+                row=r,
+                col=c,
             )
             fig.update_yaxes(title_text="layer", row=r, col=c, type="category")
         fig.update_xaxes(title_text="similarity", row=len(st.blocks), col=c)
     layout = {}
     for c, method in enumerate(methods, start=1):
         key = "coloraxis" if c == 1 else f"coloraxis{c}"
-        layout[key] = dict(colorscale=_contrast_scale(gamma), colorbar=dict(title=f"{method}<br>density", x=1.0 + 0.08 * (c - 1), len=0.5))
+        layout[key] = dict(
+            colorscale=_contrast_scale(gamma),
+            colorbar=dict(title=f"{method}<br>density", x=1.0 + 0.08 * (c - 1), len=0.5),
+        )
     fig.update_layout(title=title, height=190 * len(blocks) + 120, width=1150, template="plotly_white", **layout)
     return fig
 
@@ -106,29 +121,48 @@ def moment_curves_figure(
         title: figure title.
     """
     sources = list(moments)
-    fig = make_subplots(rows=len(sources), cols=len(stats),
-                        subplot_titles=[f"{src}: {_MOMENT_TITLES.get(s, s)}" for src in sources for s in stats],
-                        horizontal_spacing=0.09, vertical_spacing=0.16)
+    fig = make_subplots(
+        rows=len(sources),
+        cols=len(stats),
+        subplot_titles=[f"{src}: {_MOMENT_TITLES.get(s, s)}" for src in sources for s in stats],
+        horizontal_spacing=0.09,
+        vertical_spacing=0.16,
+    )
     for r, src in enumerate(sources, start=1):
         m = moments[src]
         labels = depth_labels[src]
         for c, stat in enumerate(stats, start=1):
             val = getattr(m, stat)
             if val.ndim != 2 or val.shape[0] != len(populations):
-                raise TlprobeError(f"{src}: expected [population, depth] moments for {len(populations)} populations, "
-                                   f"got {tuple(val.shape)}")
+                raise TlprobeError(
+                    f"{src}: expected [population, depth] moments for {len(populations)} populations, "
+                    f"got {tuple(val.shape)}"
+                )
             _check_layers(val.shape[1], labels, src)
             for i, pop in enumerate(populations):
                 fig.add_trace(
-                    go.Scatter(x=labels, y=val[i].tolist(), mode="lines+markers", name=pop, legendgroup=pop,
-                               showlegend=(r == 1 and c == 1), line=dict(color=_COLORS[i % len(_COLORS)]),
-                               hovertemplate=f"{pop}<br>%{{x}}<br>{stat}=%{{y:.4g}}<extra>{src}</extra>"),
-                    row=r, col=c,
+                    go.Scatter(
+                        x=labels,
+                        y=val[i].tolist(),
+                        mode="lines+markers",
+                        name=pop,
+                        legendgroup=pop,
+                        showlegend=(r == 1 and c == 1),
+                        line=dict(color=_COLORS[i % len(_COLORS)]),
+                        hovertemplate=f"{pop}<br>%{{x}}<br>{stat}=%{{y:.4g}}<extra>{src}</extra>",
+                    ),
+                    row=r,
+                    col=c,
                 )
             fig.update_xaxes(type="category", row=r, col=c)
             fig.update_yaxes(title_text=_MOMENT_AXES.get(stat, stat), row=r, col=c)
-    fig.update_layout(title=title, height=330 * len(sources) + 60, width=380 * len(stats) + 100,
-                      template="plotly_white", legend=dict(orientation="h", y=-0.12))
+    fig.update_layout(
+        title=title,
+        height=330 * len(sources) + 60,
+        width=380 * len(stats) + 100,
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.12),
+    )
     return fig
 
 
@@ -154,8 +188,13 @@ def block_summary_curves_figure(
     first = stats[methods[0]]
     thr = first.extreme
     names = {"frac_extreme": f"fraction |s| > {thr:g}", "std": "std", "mean": "mean", "mean_abs": "mean |s|"}
-    fig = make_subplots(rows=len(methods), cols=len(summaries), horizontal_spacing=0.06, vertical_spacing=0.14,
-                        subplot_titles=[f"{m}: {names.get(s, s)}" for m in methods for s in summaries])
+    fig = make_subplots(
+        rows=len(methods),
+        cols=len(summaries),
+        horizontal_spacing=0.06,
+        vertical_spacing=0.14,
+        subplot_titles=[f"{m}: {names.get(s, s)}" for m in methods for s in summaries],
+    )
     for r, method in enumerate(methods, start=1):
         st = stats[method]
         for c, key in enumerate(summaries, start=1):
@@ -166,16 +205,23 @@ def block_summary_curves_figure(
             for p, pop in enumerate(populations):
                 for b, blk in enumerate(st.blocks):
                     fig.add_trace(
-                        go.Scatter(x=layer_labels, y=val[p, :, b].tolist(), mode="lines+markers",
-                                   name=f"{blk} ({pop})", legendgroup=f"{blk}{pop}",
-                                   showlegend=(r == 1 and c == 1),
-                                   line=dict(color=_COLORS[b % len(_COLORS)], dash=_DASHES[p % len(_DASHES)]),
-                                   hovertemplate=f"{blk}, {pop}<br>%{{x}}<br>{key}=%{{y:.4f}}<extra>{method}</extra>"),
-                        row=r, col=c,
+                        go.Scatter(
+                            x=layer_labels,
+                            y=val[p, :, b].tolist(),
+                            mode="lines+markers",
+                            name=f"{blk} ({pop})",
+                            legendgroup=f"{blk}{pop}",
+                            showlegend=(r == 1 and c == 1),
+                            line=dict(color=_COLORS[b % len(_COLORS)], dash=_DASHES[p % len(_DASHES)]),
+                            hovertemplate=f"{blk}, {pop}<br>%{{x}}<br>{key}=%{{y:.4f}}<extra>{method}</extra>",
+                        ),
+                        row=r,
+                        col=c,
                     )
             fig.update_xaxes(type="category", row=r, col=c)
-    fig.update_layout(title=title, height=330 * len(methods) + 80, width=420 * len(summaries) + 200,
-                      template="plotly_white")
+    fig.update_layout(
+        title=title, height=330 * len(methods) + 80, width=420 * len(summaries) + 200, template="plotly_white"
+    )
     return fig
 
 
@@ -194,8 +240,13 @@ def head_heatmap_figure(
     if not names:
         raise TlprobeError("give at least one map name")
     rows = (len(names) + cols - 1) // cols
-    fig = make_subplots(rows=rows, cols=min(cols, len(names)), subplot_titles=list(names),
-                        horizontal_spacing=0.07, vertical_spacing=0.14 if rows > 1 else 0.1)
+    fig = make_subplots(
+        rows=rows,
+        cols=min(cols, len(names)),
+        subplot_titles=list(names),
+        horizontal_spacing=0.07,
+        vertical_spacing=0.14 if rows > 1 else 0.1,
+    )
     labels = maps.labels
     layers = [str(i) for i in maps.layers]
     heads = list(range(maps.values.shape[-1]))
@@ -204,15 +255,24 @@ def head_heatmap_figure(
         r, c = k // cols + 1, k % cols + 1
         kwargs = dict(coloraxis="coloraxis") if shared_scale else dict(colorscale="Viridis", showscale=False)
         fig.add_trace(
-            go.Heatmap(z=z.tolist(), x=heads, y=layers, text=labels, name=name,
-                       hovertemplate=f"%{{text}}<br>{name}=%{{z:.4f}}<extra></extra>", **kwargs),
-            row=r, col=c,
+            go.Heatmap(
+                z=z.tolist(),
+                x=heads,
+                y=layers,
+                text=labels,
+                name=name,
+                hovertemplate=f"%{{text}}<br>{name}=%{{z:.4f}}<extra></extra>",
+                **kwargs,
+            ),
+            row=r,
+            col=c,
         )
         fig.update_xaxes(title_text="head", row=r, col=c, dtick=1 if len(heads) <= 16 else None)
         fig.update_yaxes(title_text="layer", row=r, col=c, type="category")
     extra = dict(coloraxis=dict(colorscale="Viridis")) if shared_scale else {}
-    fig.update_layout(title=title, height=300 * rows + 100, width=min(cols, len(names)) * 400 + 120,
-                      template="plotly_white", **extra)
+    fig.update_layout(
+        title=title, height=300 * rows + 100, width=min(cols, len(names)) * 400 + 120, template="plotly_white", **extra
+    )
     return fig
 
 
@@ -237,18 +297,30 @@ def head_block_figure(
         st = stats[method]
         val = getattr(st, summary)
         if val.ndim != 2 or val.shape[0] != len(head_names):
-            raise TlprobeError(f"{method}: expected [head, block] summaries for {len(head_names)} heads, "
-                               f"got {tuple(val.shape)}")
+            raise TlprobeError(
+                f"{method}: expected [head, block] summaries for {len(head_names)} heads, got {tuple(val.shape)}"
+            )
         text = [[f"{h} {b}" for b in st.blocks] for h in head_names]
         fig.add_trace(
-            go.Heatmap(z=val.tolist(), x=list(st.blocks), y=head_names, text=text, coloraxis="coloraxis",
-                       hovertemplate=f"%{{text}}<br>{summary}=%{{z:.4f}}<extra>{method}</extra>"),
-            row=1, col=c,
+            go.Heatmap(
+                z=val.tolist(),
+                x=list(st.blocks),
+                y=head_names,
+                text=text,
+                coloraxis="coloraxis",
+                hovertemplate=f"%{{text}}<br>{summary}=%{{z:.4f}}<extra>{method}</extra>",
+            ),
+            row=1,
+            col=c,
         )
         fig.update_yaxes(type="category", autorange="reversed", row=1, col=c)
     thr = stats[methods[0]].extreme
     name = f"fraction |s| > {thr:g}" if summary == "frac_extreme" else summary
-    fig.update_layout(title=title or f"Per head: {name}", template="plotly_white",
-                      height=max(320, 22 * len(head_names) + 150), width=420 * len(methods) + 150,
-                      coloraxis=dict(colorscale="Viridis", colorbar=dict(title=name)))
+    fig.update_layout(
+        title=title or f"Per head: {name}",
+        template="plotly_white",
+        height=max(320, 22 * len(head_names) + 150),
+        width=420 * len(methods) + 150,
+        coloraxis=dict(colorscale="Viridis", colorbar=dict(title=name)),
+    )
     return fig

@@ -81,19 +81,39 @@ def lens_grid_figure(
         cell_text.append(row_t)
         hover.append(row_h)
     xt = [f"{i}: {plotly_text(input_tokens[p])}" for i, p in enumerate(pos)]
-    fig = go.Figure(go.Heatmap(
-        z=vals[..., 0].tolist(), x=list(range(len(pos))), y=list(range(len(result.labels))),
-        text=cell_text, texttemplate="%{text}", textfont=dict(size=10),
-        customdata=hover, colorscale="Blues", zmin=0, zmax=1,
-        colorbar=dict(title=dict(text=value_name)),
-        hovertemplate=("depth %{y}, position %{x}<br>" + f"top {k} ({value_name}):<br>" + "%{customdata}<extra></extra>"),
-    ))
+    fig = go.Figure(
+        go.Heatmap(
+            z=vals[..., 0].tolist(),
+            x=list(range(len(pos))),
+            y=list(range(len(result.labels))),
+            text=cell_text,
+            texttemplate="%{text}",
+            textfont=dict(size=10),
+            customdata=hover,
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            colorbar=dict(title=dict(text=value_name)),
+            hovertemplate=(
+                "depth %{y}, position %{x}<br>" + f"top {k} ({value_name}):<br>" + "%{customdata}<extra></extra>"
+            ),
+        )
+    )
     fig.update_xaxes(tickmode="array", tickvals=list(range(len(pos))), ticktext=xt, title="input position")
-    fig.update_yaxes(tickmode="array", tickvals=list(range(len(result.labels))), ticktext=list(result.labels),
-                     title="residual stream after", autorange="reversed")
+    fig.update_yaxes(
+        tickmode="array",
+        tickvals=list(range(len(result.labels))),
+        ticktext=list(result.labels),
+        title="residual stream after",
+        autorange="reversed",
+    )
     default = f"{result.kind}: {what} per depth and position"
-    fig.update_layout(title=title or default, template="plotly_white",
-                      height=max(320, 48 * len(result.labels) + 160), width=max(700, 90 * len(pos) + 260))
+    fig.update_layout(
+        title=title or default,
+        template="plotly_white",
+        height=max(320, 48 * len(result.labels) + 160),
+        width=max(700, 90 * len(pos) + 260),
+    )
     return fig
 
 
@@ -128,19 +148,43 @@ def target_trajectory_figure(
     for t in range(n_t):
         name = plotly_text(target_names[t])
         color = _COLORS[t % len(_COLORS)]
-        fig.add_trace(go.Scatter(x=x, y=(ranks[:, t] + 1).tolist(), customdata=ranks[:, t].tolist(),
-                                 mode="lines+markers", name=name, legendgroup=name, line=dict(color=color),
-                                 hovertemplate=f"{name}<br>%{{x}}: rank %{{customdata}}<extra></extra>"),
-                      row=1, col=1)
-        fig.add_trace(go.Scatter(x=x, y=probs[:, t].tolist(), mode="lines+markers", name=name, legendgroup=name,
-                                 showlegend=False, line=dict(color=color),
-                                 hovertemplate=f"{name}<br>%{{x}}: p=%{{y:.4f}}<extra></extra>"),
-                      row=1, col=2)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=(ranks[:, t] + 1).tolist(),
+                customdata=ranks[:, t].tolist(),
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                line=dict(color=color),
+                hovertemplate=f"{name}<br>%{{x}}: rank %{{customdata}}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=probs[:, t].tolist(),
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                showlegend=False,
+                line=dict(color=color),
+                hovertemplate=f"{name}<br>%{{x}}: p=%{{y:.4f}}<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
     fig.update_yaxes(type="log", title="rank + 1 (log)", autorange="reversed", row=1, col=1)
     fig.update_yaxes(title="probability", rangemode="tozero", row=1, col=2)
     fig.update_xaxes(title="residual stream after")
-    fig.update_layout(title=f"{result.kind}: target tokens across depth (prompt {batch}, position {p})",
-                      template="plotly_white", height=420, width=1100)
+    fig.update_layout(
+        title=f"{result.kind}: target tokens across depth (prompt {batch}, position {p})",
+        template="plotly_white",
+        height=420,
+        width=1100,
+    )
     return fig
 
 
@@ -162,17 +206,39 @@ def kl_entropy_figure(result: LensResult, batch: int | None = None) -> go.Figure
                 break
             shown += 1
             for col, series in ((1, result.kl_to_final), (2, result.entropy)):
-                fig.add_trace(go.Scatter(x=x, y=series[:, b, p].cpu().float().tolist(), mode="lines",
-                                         line=dict(color="rgba(120,120,120,0.35)", width=1), showlegend=False,
-                                         hovertemplate=f"prompt {b}, position {p}<br>%{{x}}: %{{y:.3f}}<extra></extra>"),
-                              row=1, col=col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=x,
+                        y=series[:, b, p].cpu().float().tolist(),
+                        mode="lines",
+                        line=dict(color="rgba(120,120,120,0.35)", width=1),
+                        showlegend=False,
+                        hovertemplate=f"prompt {b}, position {p}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
     for col, key in ((1, "mean_kl_to_final"), (2, "mean_entropy")):
-        fig.add_trace(go.Scatter(x=x, y=[r[key] for r in summary], mode="lines+markers", name="mean over positions",
-                                 showlegend=col == 1, line=dict(color=_COLORS[0], width=3)), row=1, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[r[key] for r in summary],
+                mode="lines+markers",
+                name="mean over positions",
+                showlegend=col == 1,
+                line=dict(color=_COLORS[0], width=3),
+            ),
+            row=1,
+            col=col,
+        )
     fig.update_xaxes(title="residual stream after")
     fig.update_yaxes(rangemode="tozero")
-    fig.update_layout(title=f"{result.kind}: distance to the final prediction and uncertainty per depth",
-                      template="plotly_white", height=420, width=1100)
+    fig.update_layout(
+        title=f"{result.kind}: distance to the final prediction and uncertainty per depth",
+        template="plotly_white",
+        height=420,
+        width=1100,
+    )
     return fig
 
 
@@ -181,14 +247,22 @@ def recovery_figure(rows: Sequence[dict], title: str | None = None) -> go.Figure
     ``W_E`` rows, per depth; rows from :meth:`EmbeddingLensResult.layer_summary`."""
     x = [r["label"] for r in rows]
     fig = go.Figure()
-    for key, name, color in (("top1_recovery", "top-1", _COLORS[0]), ("top5_recovery", "top-5", _COLORS[2]),
-                             ("mean_cosine_with_input_token", "mean cosine with own row", _COLORS[4])):
-        fig.add_trace(go.Scatter(x=x, y=[r[key] for r in rows], mode="lines+markers", name=name,
-                                 line=dict(color=color)))
+    for key, name, color in (
+        ("top1_recovery", "top-1", _COLORS[0]),
+        ("top5_recovery", "top-5", _COLORS[2]),
+        ("mean_cosine_with_input_token", "mean cosine with own row", _COLORS[4]),
+    ):
+        fig.add_trace(
+            go.Scatter(x=x, y=[r[key] for r in rows], mode="lines+markers", name=name, line=dict(color=color))
+        )
     fig.update_yaxes(range=[0, 1.05], title="fraction / cosine")
     fig.update_xaxes(title="residual stream after")
-    fig.update_layout(title=title or "Embedding lens: is the input token still recoverable? (token identity, not prediction)",
-                      template="plotly_white", height=420, width=900)
+    fig.update_layout(
+        title=title or "Embedding lens: is the input token still recoverable? (token identity, not prediction)",
+        template="plotly_white",
+        height=420,
+        width=900,
+    )
     return fig
 
 
@@ -227,7 +301,14 @@ def target_topk_view(
         bot_v.append(torch.flip(bv, dims=(1,)).tolist())
         bot_i.append(torch.flip(bi, dims=(1,)).tolist())
     return circuitsvis_view(
-        "TopkTokens", tokens=tokens, topkVals=top_v, topkIdxs=top_i, bottomkVals=bot_v, bottomkIdxs=bot_i,
-        firstDimensionName="Depth", thirdDimensionName="Target",
-        firstDimensionLabels=list(result.labels), sampleLabels=[f"prompt {b}" for b in range(len(tokens))],
+        "TopkTokens",
+        tokens=tokens,
+        topkVals=top_v,
+        topkIdxs=top_i,
+        bottomkVals=bot_v,
+        bottomkIdxs=bot_i,
+        firstDimensionName="Depth",
+        thirdDimensionName="Target",
+        firstDimensionLabels=list(result.labels),
+        sampleLabels=[f"prompt {b}" for b in range(len(tokens))],
     )

@@ -60,13 +60,24 @@ def mi_histogram_figure(
     fig = go.Figure()
     for i, name in enumerate(hist.names):
         thick = highlight is not None and i == highlight
-        fig.add_trace(go.Scatter(
-            x=x, y=y[i].tolist(), mode="lines", name=name,
-            line=dict(color=colors[i], width=3.5 if thick else 1.6),
-            hovertemplate=f"{name}<br>{hist.quantity}=%{{x:.3f}}<br>%{{y:.3f}}<extra></extra>",
-        ))
-    fig.update_layout(title=title, template="plotly_white", height=420, width=900,
-                      xaxis_title=hist.quantity, yaxis_title="density" if density else "fraction of pairs")
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y[i].tolist(),
+                mode="lines",
+                name=name,
+                line=dict(color=colors[i], width=3.5 if thick else 1.6),
+                hovertemplate=f"{name}<br>{hist.quantity}=%{{x:.3f}}<br>%{{y:.3f}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        height=420,
+        width=900,
+        xaxis_title=hist.quantity,
+        yaxis_title="density" if density else "fraction of pairs",
+    )
     return fig
 
 
@@ -92,13 +103,20 @@ def mi_means_figure(
     fig = go.Figure()
     for i, (label, h) in enumerate(hists.items()):
         err = dict(type="data", array=h.std.tolist(), visible=True, thickness=1) if statistic == "mean" else None
-        fig.add_trace(go.Scatter(
-            x=list(h.names), y=getattr(h, statistic).tolist(), mode="lines+markers", name=label,
-            error_y=err, line=dict(color=_COLORS[i % len(_COLORS)]),
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=list(h.names),
+                y=getattr(h, statistic).tolist(),
+                mode="lines+markers",
+                name=label,
+                error_y=err,
+                line=dict(color=_COLORS[i % len(_COLORS)]),
+            )
+        )
     q = next(iter(hists.values())).quantity if hists else "MI (nats)"
-    fig.update_layout(title=title, template="plotly_white", height=400, width=900,
-                      yaxis_title=f"{statistic} {q} over pairs")
+    fig.update_layout(
+        title=title, template="plotly_white", height=400, width=900, yaxis_title=f"{statistic} {q} over pairs"
+    )
     return fig
 
 
@@ -114,13 +132,20 @@ def mi_heatmap_figure(mat: torch.Tensor, title: str = "Pairwise MI", max_size: i
     m = mat[:max_size, :max_size].double().cpu()
     fig = go.Figure(go.Heatmap(z=m.tolist(), colorscale="Viridis", colorbar=dict(title="nats")))
     shown = "" if mat.shape[0] <= max_size else f" (first {max_size} of {mat.shape[0]})"
-    fig.update_layout(title=title + shown, template="plotly_white", height=560, width=620,
-                      yaxis=dict(autorange="reversed", scaleanchor="x"))
+    fig.update_layout(
+        title=title + shown,
+        template="plotly_white",
+        height=560,
+        width=620,
+        yaxis=dict(autorange="reversed", scaleanchor="x"),
+    )
     return fig
 
 
 def dependence_sweep_figure(
-    dep: Dependence, x: torch.Tensor, x_label: str = "true correlation",
+    dep: Dependence,
+    x: torch.Tensor,
+    x_label: str = "true correlation",
     title: str = "Covariance vs mutual information",
 ) -> go.Figure:
     """L10: covariance (a line), MI (a U) and squared covariance (a U) against a sweep parameter.
@@ -142,12 +167,23 @@ def dependence_sweep_figure(
     xs = torch.as_tensor(x).flatten().tolist()
     if len(xs) != dep.covariance.numel():
         raise TlprobeError(f"{len(xs)} sweep values for {dep.covariance.numel()} pairs")
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("covariance (signed, linear)",
-                                                        "mutual information (unsigned)",
-                                                        "squared covariance"))
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=("covariance (signed, linear)", "mutual information (unsigned)", "squared covariance"),
+    )
     line = lambda name, y, color, dash=None, col=1, show=True: fig.add_trace(  # noqa: E731
-        go.Scatter(x=xs, y=y.flatten().tolist(), name=name, mode="lines+markers", showlegend=show,
-                   line=dict(color=color, dash=dash)), row=1, col=col)
+        go.Scatter(
+            x=xs,
+            y=y.flatten().tolist(),
+            name=name,
+            mode="lines+markers",
+            showlegend=show,
+            line=dict(color=color, dash=dash),
+        ),
+        row=1,
+        col=col,
+    )
     line("covariance", dep.covariance, _COLORS[0], col=1)
     line("MI raw", dep.mi_raw, _COLORS[1], col=2)
     line("MI - shuffle null", dep.mi_corrected, _COLORS[3], col=2)
@@ -157,13 +193,20 @@ def dependence_sweep_figure(
     for c in (1, 2, 3):
         fig.update_xaxes(title_text=x_label, row=1, col=c)
     fig.update_yaxes(title_text="nats", row=1, col=2)
-    fig.update_layout(title=f"{title} ({dep.n_samples} samples, {dep.bins} bins, {dep.n_shuffles} shuffles)",
-                      template="plotly_white", height=420, width=1350)
+    fig.update_layout(
+        title=f"{title} ({dep.n_samples} samples, {dep.bins} bins, {dep.n_shuffles} shuffles)",
+        template="plotly_white",
+        height=420,
+        width=1350,
+    )
     return fig
 
 
 def dependence_examples_figure(
-    x: torch.Tensor, y: torch.Tensor, dep: Dependence, names: list[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dep: Dependence,
+    names: list[str],
     title: str = "Non-linear dependence: covariance near 0, MI clearly positive",
 ) -> go.Figure:
     """Scatter of each simulated pair ``(x[i], y[i])`` with its covariance and MI in the title.
@@ -181,17 +224,31 @@ def dependence_examples_figure(
         1
     """
     if x.shape != y.shape or x.ndim != 2 or len(names) != x.shape[0]:
-        raise TlprobeError(f"x, y must be [examples, samples] with one name per example; got {tuple(x.shape)}, "
-                           f"{tuple(y.shape)}, {len(names)} names")
-    cov, mi_c, null95, mi_r = (t.flatten().tolist() for t in (dep.covariance, dep.mi_corrected,
-                                                              dep.mi_null_q95, dep.mi_raw))
-    titles = [f"{nm}<br>cov={cov[i]:.3f}, MI raw={mi_r[i]:.3f}, MI-null={mi_c[i]:.3f} "
-              f"(null 95%: {null95[i]:.3f})" for i, nm in enumerate(names)]
+        raise TlprobeError(
+            f"x, y must be [examples, samples] with one name per example; got {tuple(x.shape)}, "
+            f"{tuple(y.shape)}, {len(names)} names"
+        )
+    cov, mi_c, null95, mi_r = (
+        t.flatten().tolist() for t in (dep.covariance, dep.mi_corrected, dep.mi_null_q95, dep.mi_raw)
+    )
+    titles = [
+        f"{nm}<br>cov={cov[i]:.3f}, MI raw={mi_r[i]:.3f}, MI-null={mi_c[i]:.3f} (null 95%: {null95[i]:.3f})"
+        for i, nm in enumerate(names)
+    ]
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles)
     for i in range(len(names)):
-        fig.add_trace(go.Scattergl(x=x[i].tolist(), y=y[i].tolist(), mode="markers", name=names[i],
-                                   marker=dict(size=4, opacity=0.6, color=_COLORS[i % len(_COLORS)]),
-                                   showlegend=False), row=1, col=i + 1)
+        fig.add_trace(
+            go.Scattergl(
+                x=x[i].tolist(),
+                y=y[i].tolist(),
+                mode="markers",
+                name=names[i],
+                marker=dict(size=4, opacity=0.6, color=_COLORS[i % len(_COLORS)]),
+                showlegend=False,
+            ),
+            row=1,
+            col=i + 1,
+        )
         fig.update_xaxes(title_text="x", row=1, col=i + 1)
         fig.update_yaxes(title_text="y", row=1, col=i + 1)
     fig.update_layout(title=title, template="plotly_white", height=430, width=520 * len(names))

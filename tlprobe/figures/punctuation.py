@@ -47,10 +47,12 @@ def punctuation_scatter_figure(
     for d in depths:
         for c in classes:
             p = by_key.get((d, c))
-            titles.append(f"depth {d}, {CLASS_NAMES.get(c, c)}<br><span style='font-size:11px'>{_r_text(p)}</span>"
-                          if p else "")
-    fig = make_subplots(rows=len(depths), cols=len(classes), subplot_titles=titles,
-                        horizontal_spacing=0.08, vertical_spacing=0.16)
+            titles.append(
+                f"depth {d}, {CLASS_NAMES.get(c, c)}<br><span style='font-size:11px'>{_r_text(p)}</span>" if p else ""
+            )
+    fig = make_subplots(
+        rows=len(depths), cols=len(classes), subplot_titles=titles, horizontal_spacing=0.08, vertical_spacing=0.16
+    )
     shown: set[int] = set()
     for (d, c), p in by_key.items():
         row, col = depths.index(d) + 1, classes.index(c) + 1
@@ -58,28 +60,52 @@ def punctuation_scatter_figure(
         for j, summary in enumerate(p.clusters):
             sel = lab == j
             name = f"cluster {j}"
-            fig.add_trace(go.Scatter(
-                x=p.x[sel].tolist(), y=p.y[sel].tolist(), mode="markers", name=name, legendgroup=name,
-                showlegend=j not in shown,
-                marker=dict(size=4, opacity=0.6, symbol=_SYMBOLS[j % len(_SYMBOLS)], color=p.rel[sel].tolist(),
-                            coloraxis="coloraxis"),
-                customdata=p.rel[sel].tolist(),
-                hovertemplate=f"{name}<br>cov=%{{x:.4f}}<br>MI=%{{y:.4f}}<br>rel pos=%{{customdata}}<extra></extra>",
-            ), row=row, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=p.x[sel].tolist(),
+                    y=p.y[sel].tolist(),
+                    mode="markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=j not in shown,
+                    marker=dict(
+                        size=4,
+                        opacity=0.6,
+                        symbol=_SYMBOLS[j % len(_SYMBOLS)],
+                        color=p.rel[sel].tolist(),
+                        coloraxis="coloraxis",
+                    ),
+                    customdata=p.rel[sel].tolist(),
+                    hovertemplate=f"{name}<br>cov=%{{x:.4f}}<br>MI=%{{y:.4f}}<br>rel pos=%{{customdata}}<extra></extra>",
+                ),
+                row=row,
+                col=col,
+            )
             shown.add(j)
-            fig.add_trace(go.Scatter(
-                x=[summary["mean_covariance"]], y=[summary["mean_mi"]], mode="markers+text",
-                text=[f"{j}: r={'n/a' if summary['r'] is None else format(summary['r'], '+.2f')}"],
-                textposition="top right", showlegend=False,
-                marker=dict(symbol="x", size=12, color="black", line=dict(width=1, color="white")),
-                hovertemplate=f"cluster {j} mean ({summary['size']} points)<extra></extra>",
-            ), row=row, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=[summary["mean_covariance"]],
+                    y=[summary["mean_mi"]],
+                    mode="markers+text",
+                    text=[f"{j}: r={'n/a' if summary['r'] is None else format(summary['r'], '+.2f')}"],
+                    textposition="top right",
+                    showlegend=False,
+                    marker=dict(symbol="x", size=12, color="black", line=dict(width=1, color="white")),
+                    hovertemplate=f"cluster {j} mean ({summary['size']} points)<extra></extra>",
+                ),
+                row=row,
+                col=col,
+            )
         fig.update_xaxes(title_text="covariance", row=row, col=col)
         fig.update_yaxes(title_text="MI (nats)", row=row, col=col)
     fig.update_layout(
-        title=title, template="plotly_white", height=430 * len(depths), width=560 * len(classes) + 120,
+        title=title,
+        template="plotly_white",
+        height=430 * len(depths),
+        width=560 * len(classes) + 120,
         coloraxis=dict(colorscale="RdBu", cmin=-span, cmax=span, colorbar=dict(title="relative<br>position")),
-        legend=dict(orientation="h", y=-0.06), margin=dict(t=120),
+        legend=dict(orientation="h", y=-0.06),
+        margin=dict(t=120),
     )
     return fig
 
@@ -95,12 +121,26 @@ def cluster_position_figure(panels: list[PanelResult]) -> go.Figure:
         for j, summary in enumerate(p.clusters):
             counts = summary["rel_counts"]
             name = f"cluster {j}"
-            fig.add_trace(go.Bar(x=list(counts), y=list(counts.values()), name=name, legendgroup=name,
-                                 showlegend=j not in shown, marker_color=_COLORS[j % len(_COLORS)]),
-                          row=row, col=col)
+            fig.add_trace(
+                go.Bar(
+                    x=list(counts),
+                    y=list(counts.values()),
+                    name=name,
+                    legendgroup=name,
+                    showlegend=j not in shown,
+                    marker_color=_COLORS[j % len(_COLORS)],
+                ),
+                row=row,
+                col=col,
+            )
             shown.add(j)
         fig.update_xaxes(title_text="relative position", row=row, col=col)
         fig.update_yaxes(title_text="points", row=row, col=col)
-    fig.update_layout(barmode="stack", template="plotly_white", height=330 * len(depths),
-                      width=520 * len(classes) + 100, title="Cluster membership by relative position")
+    fig.update_layout(
+        barmode="stack",
+        template="plotly_white",
+        height=330 * len(depths),
+        width=520 * len(classes) + 100,
+        title="Cluster membership by relative position",
+    )
     return fig

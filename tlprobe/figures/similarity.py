@@ -24,9 +24,12 @@ def block_histogram_figure(
     methods = list(stats)
     blocks = stats[methods[0]].blocks
     fig = make_subplots(
-        rows=len(methods), cols=len(blocks), shared_yaxes=False,
+        rows=len(methods),
+        cols=len(blocks),
+        shared_yaxes=False,
         subplot_titles=[f"{m}: {b}" for m in methods for b in blocks],
-        horizontal_spacing=0.03, vertical_spacing=0.12,
+        horizontal_spacing=0.03,
+        vertical_spacing=0.12,
     )
     for r, method in enumerate(methods, start=1):
         st = stats[method]
@@ -36,16 +39,27 @@ def block_histogram_figure(
             for i, label in enumerate(labels):
                 fig.add_trace(
                     go.Scatter(
-                        x=x, y=dens[i, c - 1].tolist(), mode="lines", name=label, legendgroup=label,
-                        showlegend=(r == 1 and c == 1), line=dict(color=_COLORS[i % len(_COLORS)], width=1.5),
+                        x=x,
+                        y=dens[i, c - 1].tolist(),
+                        mode="lines",
+                        name=label,
+                        legendgroup=label,
+                        showlegend=(r == 1 and c == 1),
+                        line=dict(color=_COLORS[i % len(_COLORS)], width=1.5),
                         hovertemplate=f"{label}<br>s=%{{x:.2f}}<br>density=%{{y:.3f}}<extra></extra>",
                     ),
-                    row=r, col=c,
+                    row=r,
+                    col=c,
                 )
         fig.update_yaxes(title_text="density", row=r, col=1)
     fig.update_xaxes(range=[-1, 1])
-    fig.update_layout(title=title, height=320 * len(methods), width=1500, template="plotly_white",
-                      legend=dict(orientation="h", y=-0.08))
+    fig.update_layout(
+        title=title,
+        height=320 * len(methods),
+        width=1500,
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.08),
+    )
     return fig
 
 
@@ -58,14 +72,27 @@ def extreme_fraction_figure(stats: dict[str, BlockStats], labels: list[str]) -> 
         ext = st.frac_extreme.reshape(len(labels), len(st.blocks))
         for i, label in enumerate(labels):
             fig.add_trace(
-                go.Bar(x=list(st.blocks), y=ext[i].tolist(), name=label, legendgroup=label,
-                       showlegend=c == 1, marker_color=_COLORS[i % len(_COLORS)],
-                       text=[f"{v:.3f}" for v in ext[i].tolist()], textposition="outside",
-                       textfont=dict(size=9)),
-                row=1, col=c,
+                go.Bar(
+                    x=list(st.blocks),
+                    y=ext[i].tolist(),
+                    name=label,
+                    legendgroup=label,
+                    showlegend=c == 1,
+                    marker_color=_COLORS[i % len(_COLORS)],
+                    text=[f"{v:.3f}" for v in ext[i].tolist()],
+                    textposition="outside",
+                    textfont=dict(size=9),
+                ),
+                row=1,
+                col=c,
             )
     thr = stats[methods[0]].extreme
     fig.update_yaxes(title_text=f"fraction |s| > {thr:g}", row=1, col=1)
-    fig.update_layout(barmode="group", height=380, width=1100, template="plotly_white",
-                      title=f"Fraction of extreme similarities (|s| > {thr:g})")
+    fig.update_layout(
+        barmode="group",
+        height=380,
+        width=1100,
+        template="plotly_white",
+        title=f"Fraction of extreme similarities (|s| > {thr:g})",
+    )
     return fig

@@ -29,15 +29,17 @@ from dataclasses import dataclass, field
 from tlprobe.errors import TlprobeError
 
 #: Components that insert token strings into the page as HTML: their tokens are defused.
-HTML_TOKEN_COMPONENTS = frozenset({
-    "AttentionPatterns",
-    "ColoredTokens",
-    "ColoredTokensMulti",
-    "TextNeuronActivations",
-    "TokenLogProbs",
-    "TopkSamples",
-    "TopkTokens",
-})
+HTML_TOKEN_COMPONENTS = frozenset(
+    {
+        "AttentionPatterns",
+        "ColoredTokens",
+        "ColoredTokensMulti",
+        "TextNeuronActivations",
+        "TokenLogProbs",
+        "TopkSamples",
+        "TopkTokens",
+    }
+)
 #: Components that draw token strings on a canvas: tokens pass unchanged (no ``&lt;``).
 CANVAS_TOKEN_COMPONENTS = frozenset({"AttentionHeads", "AttentionPattern"})
 #: Every component of the circuitsvis bundle that :func:`circuitsvis_view` accepts.

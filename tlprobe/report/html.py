@@ -233,7 +233,8 @@ class Report:
         return (
             "<!DOCTYPE html><html lang='en'><head>" + "".join(head) + "</head><body>"
             "<noscript><p class='err'>This report draws its figures with JavaScript; enable it to see them.</p></noscript>"
-            f"<h1>{html.escape(self.title)}</h1>{sub}{nav}\n" + "\n".join(body)
+            f"<h1>{html.escape(self.title)}</h1>{sub}{nav}\n"
+            + "\n".join(body)
             + f"\n<footer>Made by tlprobe on {stamp}. Self-contained: opens offline, no network requests.</footer>"
             "</body></html>\n"
         )

@@ -1,4 +1,4 @@
-"""Input validation shared by the public entry points (never ``assert``)."""
+"""Input validation shared by the public entry points and recipes (never ``assert``)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,7 @@ def as_tensor(x, name: str) -> torch.Tensor:
 def check_ndim(x: torch.Tensor, name: str, min_ndim: int, shape_doc: str) -> None:
     """Raise unless ``x`` has at least ``min_ndim`` dimensions."""
     if x.ndim < min_ndim:
-        raise TlprobeError(
-            f"{name} has shape {tuple(x.shape)}; expected {shape_doc} "
-            f"(at least {min_ndim} dimensions)"
-        )
+        raise TlprobeError(f"{name} has shape {tuple(x.shape)}; expected {shape_doc} (at least {min_ndim} dimensions)")
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
