@@ -1,25 +1,58 @@
-"""tlprobe recipes: one module per lesson, each a thin script over tlprobe's analyses.
+"""tlprobe recipes (``tlprobe.recipes``): one module per lesson, each a thin script over tlprobe's analyses.
 
-A recipe module defines ``NAME`` (the CLI name), ``DESCRIPTION`` (one line),
-``add_arguments(parser)`` and ``run(**options) -> dict`` (the paths it wrote). ``tlprobe ls``
-lists them, ``tlprobe run NAME`` runs one, ``tlprobe cp NAME PATH`` copies one to edit.
+A recipe module defines ``NAME`` (the CLI name), ``DESCRIPTION`` (one line), an ``Options``
+dataclass and ``run(options=None, **overrides) -> RecipeResult`` (see
+:mod:`tlprobe.recipes.common`). ``tlprobe ls`` lists them from :data:`RECIPES` without importing
+any (so without importing torch), ``tlprobe run NAME`` runs one, ``tlprobe cp NAME PATH`` copies one.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from types import ModuleType
+
+from tlprobe.errors import TlprobeError
+
+#: Recipe name -> (module in this package, one-line description). A test checks it against the modules.
+RECIPES: dict[str, tuple[str, str]] = {
+    "layer-similarity": (
+        "layer_similarity",
+        "L03: Q/K/V similarity and across-context variance of a target word through all layers, per head too",
+    ),
+    "logit-lens": (
+        "logit_lens",
+        "L15-L17: logit lens (decoders), MLM lens or embedding lens (encoders), layer by layer",
+    ),
+    "mi-vs-covariance": (
+        "mi_vs_covariance",
+        "L10: mutual information vs covariance on simulated pairs (x^2, cos, correlation sweep; no model)",
+    ),
+    "pairwise-mi": (
+        "pairwise_mi",
+        "L09: pairwise mutual information between hidden dimensions, layer by layer, with its bias",
+    ),
+    "punctuation-clusters": (
+        "punctuation_clusters",
+        "L13: covariance vs MI around internal and terminal punctuation, clusters and a Simpson's-paradox check",
+    ),
+    "qkv-similarity": (
+        "qkv_similarity",
+        "L02: similarity within and across Q, K, V for a target word (cosine vs correlation)",
+    ),
+}
+
+
+def get(name: str) -> ModuleType:
+    """The module of recipe ``name``.
+
+    Raises:
+        TlprobeError: no recipe of that name (the message lists them).
+    """
+    if name not in RECIPES:
+        raise TlprobeError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)} (see 'tlprobe ls')")
+    return importlib.import_module(f"{__name__}.{RECIPES[name][0]}")
 
 
 def available() -> dict[str, ModuleType]:
-    """Recipe name -> module, for every module in this package that defines ``NAME``."""
-    found: dict[str, ModuleType] = {}
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_"):
-            continue
-        mod = importlib.import_module(f"{__name__}.{info.name}")
-        name = getattr(mod, "NAME", None)
-        if name:
-            found[name] = mod
-    return dict(sorted(found.items()))
+    """Recipe name -> module, for every recipe (imports them all)."""
+    return {name: get(name) for name in RECIPES}

@@ -36,35 +36,18 @@ def wordpiece_tokenizer():
     return tiny_tokenizer("wordpiece")
 
 
-#: Small, fast options per recipe for the tests (recipes not listed run with their defaults).
-FAST_OPTIONS: dict[str, dict] = {
-    "qkv-similarity": {"bins": 40},
-    "punctuation-clusters": {"n": 60, "k_max": 3},
-    "layer-similarity": {"bins": 30},
-    "pairwise-mi": {"shuffles": 3},
-    "mi-vs-covariance": {"samples": 400, "shuffles": 20},
-}
-
-
-def run_recipe_fast(mod, out, **extra) -> dict:
-    """Run a recipe module with its fast test options into ``out``; returns the paths written."""
-    import inspect
-
-    accepted = inspect.signature(mod.run).parameters
-    options = {"out": str(out), "progress": False, "quiet": True, **FAST_OPTIONS.get(mod.NAME, {}), **extra}
-    return mod.run(**{k: v for k, v in options.items() if k in accepted})
-
-
 @pytest.fixture(scope="session")
 def recipe_output(tmp_path_factory):
-    """``recipe_output(name)``: that recipe's outputs, run once per test session with fast options."""
-    import recipes
+    """``recipe_output(name)``: that recipe's RecipeResult, run once per test session with fast options
+    (its files under ``.paths``)."""
+    from tests.helpers import run_recipe_fast
+    from tlprobe import recipes
 
-    done: dict[str, dict] = {}
+    done: dict = {}
 
-    def get(name: str) -> dict:
+    def get(name: str):
         if name not in done:
-            done[name] = run_recipe_fast(recipes.available()[name], tmp_path_factory.mktemp(name))
+            done[name] = run_recipe_fast(recipes.get(name), tmp_path_factory.mktemp(name))
         return done[name]
 
     return get

@@ -1,46 +1,31 @@
 """The ``tlprobe`` command: ``ls``, ``run NAME [options]``, ``cp NAME PATH``, ``export REPORT``.
 
 Errors from bad input print one line (``tlprobe: error: ...``) and exit with code 2;
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. ``tlprobe ls`` imports no recipe (and no torch).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import pathlib
 import shutil
 import sys
 
-from tlprobe.errors import TlprobeError
-
-EXIT_BAD_INPUT = 2
-
-
-def _recipes():
-    import recipes
-
-    return recipes.available()
-
-
-def _get_recipe(name: str):
-    found = _recipes()
-    if name not in found:
-        raise TlprobeError(f"unknown recipe {name!r}; available: {', '.join(found)} (see 'tlprobe ls')")
-    return found[name]
+from tlprobe import recipes
+from tlprobe.errors import TlprobeError, guarded
 
 
 def cmd_ls(_args) -> int:
-    found = _recipes()
-    width = max(len(n) for n in found)
-    for name, mod in found.items():
-        print(f"{name:<{width}}  {mod.DESCRIPTION}")
+    width = max(len(n) for n in recipes.RECIPES)
+    for name, (_module, description) in recipes.RECIPES.items():
+        print(f"{name:<{width}}  {description}")
     return 0
 
 
 def cmd_cp(args) -> int:
-    mod = _get_recipe(args.name)
-    src = pathlib.Path(inspect.getfile(mod))
+    src = pathlib.Path(inspect.getfile(recipes.get(args.name)))
     dst = pathlib.Path(args.path)
     if dst.is_dir():
         dst = dst / src.name
@@ -52,29 +37,18 @@ def cmd_cp(args) -> int:
 
 
 def cmd_run(args, rest: list[str]) -> int:
-    return run_recipe(_get_recipe(args.name), rest, prog=f"tlprobe run {args.name}")
-
-
-def run_recipe(mod, rest: list[str], prog: str | None = None) -> int:
-    """Parse a recipe's options from ``rest`` and run it."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=mod.DESCRIPTION,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    mod.add_arguments(parser)
-    opts = parser.parse_args(rest)
-    # --png (from recipes._common.add_common_arguments) is not a run() option: finish() reads it.
-    png = bool(vars(opts).pop("png", False))
-    from recipes._common import png_export
-
-    with png_export(png):
-        mod.main(opts)
+    common = _common()
+    common.main(recipes.get(args.name), rest, prog=f"tlprobe run {args.name}")
     return 0
 
 
+def _common():
+    # The recipe framework imports torch; loaded only by the commands that run something.
+    return importlib.import_module("tlprobe.recipes.common")
+
+
 def cmd_export(args) -> int:
-    from tlprobe.report.html import read_figures
+    from tlprobe.report.html import read_figures  # plotly and kaleido: only for this command
     from tlprobe.report.png import export_png
 
     report = pathlib.Path(args.report)
@@ -111,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_ex.add_argument("--out", default=None, help="output folder (default: figures/ next to the report)")
     p_ex.add_argument("--scale", type=float, default=2, help="pixels per CSS pixel")
     p_ex.add_argument("--width", type=int, default=None, help="width in CSS pixels (default: the figure's, else 1100)")
-    p_ex.add_argument("--height", type=int, default=None, help="height in CSS pixels (default: the figure's, else 450)")
+    p_ex.add_argument(
+        "--height", type=int, default=None, help="height in CSS pixels (default: the figure's, else 450)"
+    )
     return parser
 
 
@@ -127,37 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     rest = [a for a in rest if a != "--debug"]
     commands = {"ls": cmd_ls, "cp": cmd_cp, "export": cmd_export}
     if args.command in commands:
-        return _guarded(lambda: commands[args.command](args), debug)
-    return _guarded(lambda: cmd_run(args, rest), debug)
-
-
-def _guarded(fn, debug: bool) -> int:
-    """Run ``fn``; bad input becomes one line on stderr and exit code 2 (traceback with debug)."""
-    try:
-        return fn()
-    except TlprobeError as exc:
-        if debug:
-            raise
-        print(f"tlprobe: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("tlprobe: interrupted", file=sys.stderr)
-        return 130
-
-
-def script_main(mod, argv: list[str] | None = None) -> int:
-    """Entry point of a recipe file run as a script (``python my_recipe.py --help``).
-
-    Recipes end with::
-
-        if __name__ == "__main__":
-            from tlprobe.cli import script_main
-            raise SystemExit(script_main(sys.modules[__name__]))
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
-    return _guarded(lambda: run_recipe(mod, argv, prog=pathlib.Path(sys.argv[0]).name), debug)
+        return guarded(lambda: commands[args.command](args), debug)
+    return guarded(lambda: cmd_run(args, rest), debug)
 
 
 if __name__ == "__main__":

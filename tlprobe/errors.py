@@ -6,6 +6,12 @@ message names the problem and the fix. The CLI prints it as one line and exits w
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
+#: Exit code of the command line for bad input (the message names the problem and the fix).
+EXIT_BAD_INPUT = 2
+
 
 class TlprobeError(ValueError):
     """Bad input or an unsupported situation; the message says what to do."""
@@ -28,3 +34,18 @@ class ModelLoadError(TlprobeError):
 
 class UnsupportedModelError(TlprobeError):
     """The model lacks something the analysis needs (e.g. an encoder given to a decoder-only lens)."""
+
+
+def guarded(fn: Callable[[], int], debug: bool = False) -> int:
+    """Run ``fn`` for the command line: a :class:`TlprobeError` becomes one line on stderr and
+    exit code 2 (``debug`` re-raises it for the traceback); Ctrl-C exits with 130."""
+    try:
+        return fn()
+    except TlprobeError as exc:
+        if debug:
+            raise
+        print(f"tlprobe: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("tlprobe: interrupted", file=sys.stderr)
+        return 130

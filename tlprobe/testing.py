@@ -25,7 +25,7 @@ FAMILIES = ("gpt2", "neox", "llama")
 
 
 def _corpus() -> list[str]:
-    text = resources.files("recipes").joinpath("data/her_sentences.txt").read_text(encoding="utf-8")
+    text = resources.files("tlprobe.recipes").joinpath("data/her_sentences.txt").read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     extra = [
         "She gave her the book. Herself, other, hers, there, where, here.",

@@ -35,12 +35,15 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from jaxtyping import Float, Int
 
 from tlprobe.analyses.similarity import feature_similarity, shuffle_values
 from tlprobe.checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
 from tlprobe.errors import TlprobeError
+from tlprobe.result import Result
 
 #: Bin-count rules (numpy's definitions of the bin width; one count per call, see :func:`resolve_bins`).
 BIN_RULES = ("sqrt", "scott", "fd")
@@ -556,6 +559,7 @@ def mi_null(
         n_samples=n,
         n_shuffles=int(n_shuffles),
         seed=int(seed),
+        axes=dict(axes or {}),
     )
 
 
@@ -788,8 +792,8 @@ def mi_histograms(
     )
 
 
-@dataclass(frozen=True)
-class Dependence:
+@dataclass(frozen=True, eq=False)
+class Dependence(Result):
     """Linear and information measures of dependence for pairs ``(x, y)`` (L10).
 
     Every field is ``[...]`` (one value per leading index of the input pairs).
@@ -802,47 +806,34 @@ class Dependence:
         mi_null_mean: mean MI over the shuffles.
         mi_null_q95: 95th percentile of the shuffle MI (a significance threshold).
         mi_corrected: ``mi_raw - mi_null_mean``.
+        covariance_squared: ``covariance ** 2`` (unsigned, U-shaped like MI in a correlation sweep).
         gcmi: Gaussian-copula MI (monotonic dependence only).
         bins, n_samples, n_shuffles, seed: settings.
     """
 
-    covariance: torch.Tensor
-    correlation: torch.Tensor
-    mi_raw: torch.Tensor
-    mi_miller_madow: torch.Tensor
-    mi_null_mean: torch.Tensor
-    mi_null_q95: torch.Tensor
-    mi_corrected: torch.Tensor
-    gcmi: torch.Tensor
+    covariance: Float[torch.Tensor, "..."]
+    correlation: Float[torch.Tensor, "..."]
+    mi_raw: Float[torch.Tensor, "..."]
+    mi_miller_madow: Float[torch.Tensor, "..."]
+    mi_null_mean: Float[torch.Tensor, "..."]
+    mi_null_q95: Float[torch.Tensor, "..."]
+    mi_corrected: Float[torch.Tensor, "..."]
+    covariance_squared: Float[torch.Tensor, "..."]
+    gcmi: Float[torch.Tensor, "..."]
     bins: int
     n_samples: int
     n_shuffles: int
     seed: int
 
-    _FIELDS = (
-        "covariance",
-        "correlation",
-        "mi_raw",
-        "mi_miller_madow",
-        "mi_null_mean",
-        "mi_null_q95",
-        "mi_corrected",
-        "gcmi",
-    )
-
-    def to_dict(self) -> dict:
-        """JSON-ready."""
-        out = {f: getattr(self, f).tolist() for f in self._FIELDS}
-        out.update(bins=self.bins, n_samples=self.n_samples, n_shuffles=self.n_shuffles, seed=self.seed)
-        return out
-
 
 def dependence(
     x: Float[torch.Tensor, "... samples"],
     y: Float[torch.Tensor, "... samples"],
+    *,
     bins: int | str = 10,
     n_shuffles: int = 100,
     seed: int = 0,
+    axes: Mapping[str, Sequence[str]] | None = None,
 ) -> Dependence:
     """Covariance, correlation and MI (raw, Miller-Madow, shuffle-corrected, GCMI) of pairs.
 
@@ -856,6 +847,7 @@ def dependence(
         bins: as :func:`pairwise_mi`.
         n_shuffles: shuffles for the null (>= 1).
         seed: seed of the shuffles.
+        axes: labels of the leading axes (axis name -> one label per index), kept in the result.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -896,9 +888,11 @@ def dependence(
         mi_null_mean=null.mean(0).reshape(lead),
         mi_null_q95=null.quantile(0.95, dim=0).reshape(lead),
         mi_corrected=(raw - null.mean(0)).reshape(lead),
+        covariance_squared=cov**2,
         gcmi=gcmi(xy)[..., 0, 1],
         bins=k,
         n_samples=n,
         n_shuffles=int(n_shuffles),
         seed=int(seed),
+        axes=dict(axes or {}),
     )

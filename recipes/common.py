@@ -1,0 +1,402 @@
+"""What every recipe shares: its options, its set-up, and writing its outputs.
+
+A recipe is a module with ``NAME``, ``DESCRIPTION``, an ``Options`` dataclass and
+``run(options=None, **overrides) -> RecipeResult``. The options are declared once, as dataclass
+fields made with :func:`option`; the command line (``tlprobe run NAME --help``), the report's
+parameter table and ``results.json``'s ``params`` are all derived from them, under the same keys.
+
+A recipe's ``run()`` reads top to bottom::
+
+    @dataclass(frozen=True)
+    class Options(ModelOptions):
+        bins: int = option(60, help="histogram bins over [-1, 1]")
+
+    def run(options: Options | None = None, **overrides) -> RecipeResult:
+        o = resolve(Options, options, overrides)
+        r = setup(NAME, o)                       # model, model info, seed, timer, output check
+        ...                                      # data, analyses (r.lap("analysis"))
+        report = Report(...)                     # figures and text
+        return r.finish(report, results={"cosine": stats}, facts={"n_sentences": 48})
+
+``tlprobe cp NAME my_recipe.py`` copies a recipe; the copy imports public names only and runs as
+``python my_recipe.py`` (its default output folder is ``tlprobe-out/my_recipe``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata as md
+import os
+import pathlib
+import sys
+import time
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal, TypeVar
+
+from tlprobe.access import find_token_positions, load_model, model_info, run_batch, sample_positions
+from tlprobe.checks import check_min_samples
+from tlprobe.errors import TlprobeError, guarded
+from tlprobe.report.html import Report, human_size
+from tlprobe.result import Result
+
+OptionsT = TypeVar("OptionsT", bound="CommonOptions")
+
+
+def option(default: Any, help: str, *, cli: bool = True, record: bool = True, flag: str | None = None, **argparse_kw):  # noqa: A002
+    """A recipe option: a dataclass field with its help text.
+
+    Args:
+        default: the default value (shown by ``--help``).
+        help: one line for ``--help``.
+        cli: offered on the command line (``False``: Python callers only, e.g. ``quiet``).
+        record: written to the report's parameter table and ``results.json``'s ``params``
+            (``False`` for options that do not change the numbers: output folder, progress bars).
+        flag: the command-line flag (default ``--name-with-dashes``).
+        argparse_kw: passed to ``add_argument`` (e.g. ``nargs``, ``metavar``); the type, choices
+            and bool flags are derived from the annotation.
+    """
+    meta = {"help": help, "cli": cli, "record": record, "flag": flag, "argparse": argparse_kw}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """Options of every recipe."""
+
+    seed: int = option(0, help="seed for every random draw")
+    out: str | None = option(
+        None, help="output directory (from Python, None writes nothing)", record=False
+    )
+    progress: bool = option(True, help="show progress bars", record=False)
+    png: bool = option(
+        False, help="also save every figure as OUT/figures/*.png (needs kaleido and Chromium/Chrome)", record=False
+    )
+    quiet: bool = option(False, help="print nothing", cli=False, record=False)
+
+    def record(self) -> dict[str, Any]:
+        """The options that shape the results, by name (the ``params`` of ``results.json``)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata.get("record", True)}
+
+
+@dataclass(frozen=True)
+class ModelOptions(CommonOptions):
+    """Options of every recipe that runs a model."""
+
+    model: Any = option(
+        "minilm", help="'minilm' (bundled, offline), a hub id such as gpt2, a local directory, or a loaded model"
+    )
+    device: str | None = option(None, help="cpu, cuda, ... (default: cuda if available)")
+
+    def record(self) -> dict[str, Any]:
+        out = super().record()
+        if not isinstance(self.model, str):  # a loaded model: record its name, not its repr
+            out["model"] = model_info(self.model).name
+        return out
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    return value
+
+
+def resolve(kind: type[OptionsT], options: OptionsT | None, overrides: Mapping[str, Any]) -> OptionsT:
+    """``options`` (default ``kind()``) with ``overrides`` applied; unknown names are refused."""
+    base = kind() if options is None else options
+    if not isinstance(base, kind):
+        raise TlprobeError(f"options must be a {kind.__qualname__}, got {type(base).__name__}")
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TlprobeError(f"unknown option(s) {', '.join(unknown)}; options: {', '.join(sorted(names))}")
+    return dataclasses.replace(base, **overrides)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _int_or_name(text: str) -> int | str:
+    """``"10"`` -> 10, ``"sqrt"`` -> ``"sqrt"`` (for options such as ``--bins 10 | sqrt``)."""
+    return int(text) if text.strip().lstrip("-").isdigit() else text
+
+
+def _argument(f: dataclasses.Field, hint) -> tuple[list[str], dict]:
+    """``add_argument`` args for one option, from its annotation and metadata."""
+    kw: dict[str, Any] = {"dest": f.name, "help": f.metadata["help"], **f.metadata.get("argparse", {})}
+    flag = _flag(f)
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else hint
+        if set(rest) == {int, str}:
+            kw.setdefault("type", _int_or_name)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        # "%(default).0s" prints nothing: "(default: True)" would misread for a --no-... flag.
+        kw["help"] += "%(default).0s"
+        if f.default is True:
+            return ["--no-" + flag[2:]], {**kw, "action": "store_false", "help": "do not " + kw["help"][0].lower() + kw["help"][1:]}
+        return [flag], {**kw, "action": "store_true"}
+    if origin in (list, tuple):
+        kw.setdefault("nargs", "+")
+        kw.setdefault("type", args[0] if args and args[0] in (int, float, str) else str)
+    elif origin is Literal:
+        kw.setdefault("choices", args)
+    elif hint in (int, float, str):
+        kw.setdefault("type", hint)
+    kw["default"] = f.default
+    return [flag], kw
+
+
+def build_parser(kind: type[CommonOptions], prog: str, description: str, default_out: str) -> argparse.ArgumentParser:
+    """The command-line parser of an ``Options`` class: the recipe's own options first."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    hints = typing.get_type_hints(kind)
+    common = {f.name for f in dataclasses.fields(ModelOptions)}
+    fields = [f for f in dataclasses.fields(kind) if f.metadata.get("cli", True)]
+    for f in sorted(fields, key=lambda f: f.name in common):
+        flags, kw = _argument(f, hints[f.name])
+        if f.name == "out":
+            kw["default"] = default_out
+        parser.add_argument(*flags, **kw)
+    return parser
+
+
+def parse_options(kind: type[OptionsT], argv: list[str], prog: str, description: str, default_out: str) -> OptionsT:
+    """Options from a command line (``--help`` prints every option with its default)."""
+    ns = build_parser(kind, prog, description, default_out).parse_args(argv)
+    values = vars(ns)
+    for f in dataclasses.fields(kind):
+        if isinstance(f.default, tuple) and isinstance(values.get(f.name), list):
+            values[f.name] = tuple(values[f.name])
+    return kind(**values)
+
+
+def main(module, argv: list[str], prog: str, default_out: str | None = None) -> RecipeResult:
+    """Parse ``argv`` into ``module.Options`` and run ``module.run``."""
+    out = default_out or f"tlprobe-out/{module.NAME}"
+    return module.run(parse_options(module.Options, argv, prog, module.DESCRIPTION, out))
+
+
+def script_main(module, argv: list[str] | None = None) -> int:
+    """Entry point of a recipe file run as a script (``python my_recipe.py --help``).
+
+    Recipes end with::
+
+        if __name__ == "__main__":
+            raise SystemExit(script_main(sys.modules[__name__]))
+
+    A copy's default output folder is ``tlprobe-out/<file name>``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    script = pathlib.Path(sys.argv[0])
+    def go() -> int:
+        main(module, argv, prog=script.name, default_out=f"tlprobe-out/{script.stem}")
+        return 0
+
+    return guarded(go, debug)
+
+
+# -- set-up and outputs ----------------------------------------------------------------------
+
+
+class Timer:
+    """Named wall-clock timings, for the report (not ``results.json``, which must be reproducible)."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = round(now - self._t, 2)
+        self._t = now
+
+    def as_params(self) -> dict[str, str]:
+        return {f"time: {k}": f"{v:.2f} s" for k, v in self.times.items()}
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a result depends on (and of those that draw the report)."""
+    out = {}
+    for pkg in ("tlprobe", "transformer-lens", "torch", "transformers", "plotly", "circuitsvis"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class RecipeResult(Result):
+    """What a recipe run gives back: its results, options and facts, and the report.
+
+    ``results.json`` is :meth:`~tlprobe.result.Result.save` of this object, so
+    ``tlprobe.load("results.json")`` gives it back (without the report and paths).
+
+    Attributes:
+        recipe: the recipe's name.
+        params: the options that shape the numbers (the same keys as the report's table).
+        facts: what the run found about its inputs (model, sample counts, positions, ...).
+        results: the analyses' results by name.
+        report: the report (not saved in ``results.json``).
+        paths: the files written (``report``, ``results``, ``figures``); empty with ``out=None``.
+    """
+
+    recipe: str
+    params: dict[str, Any]
+    facts: dict[str, Any]
+    results: dict[str, Result]
+    report: Report | None = field(default=None, metadata={"save": False})
+    paths: dict[str, pathlib.Path] = field(default_factory=dict, metadata={"save": False})
+
+    def figures(self) -> list:
+        """The report's plotly figures, in order."""
+        return [fig for _name, fig in self.report.figures()] if self.report is not None else []
+
+    def rows(self) -> list[dict]:
+        return [{"result": k, "type": type(v).__name__} for k, v in self.results.items()]
+
+
+class Run:
+    """One recipe run under way: the loaded model (if any), the options, a timer.
+
+    Made by :func:`setup`; :meth:`finish` writes the outputs and returns the :class:`RecipeResult`.
+    """
+
+    def __init__(self, name: str, options: CommonOptions, model=None, info=None):
+        self.name = name
+        self.options = options
+        self.model = model
+        self.info = info
+        self.timer = Timer()
+
+    def lap(self, name: str) -> None:
+        """Record the time since the previous lap under ``name`` (shown in the report)."""
+        self.timer.lap(name)
+
+    def finish(self, report: Report, results: Mapping[str, Result], facts: Mapping[str, Any] | None = None) -> RecipeResult:
+        """Add the parameter tables to the report, write ``report.html`` and ``results.json``.
+
+        Both files go to the options' ``out`` folder (nothing is written when it is ``None`` and
+        the recipe was called from Python with ``out=None``); with ``png``, every figure is also
+        written to ``out/figures/NAME.png`` in one browser session.
+        """
+        facts = dict(facts or {})
+        if self.info is not None:
+            facts = {"model": self.info.to_dict(), **facts}
+        params = self.options.record()
+        report.params(params, caption="Options (as in results.json's params)")
+        report.params({**_flat_facts(facts), **versions(), **self.timer.as_params()}, caption="Run facts")
+        result = RecipeResult(recipe=self.name, params=params, facts=facts, results=dict(results), report=report)
+        out = self.options.out
+        if out is None:
+            return result
+        out = pathlib.Path(out)
+        paths = {"report": report.write(out / "report.html"), "results": result.save(out / "results.json")}
+        quiet = self.options.quiet
+        if not quiet:
+            print(f"report: {paths['report']} ({human_size(paths['report'].stat().st_size)})")
+            print(f"results: {paths['results']}")
+        if self.options.png:
+            from tlprobe.report.png import export_png  # needs kaleido, an optional dependency
+
+            figures = report.figures()
+            export_png(figures, out / "figures")
+            paths["figures"] = out / "figures"
+            if not quiet:
+                print(f"figures: {len(figures)} PNG in {paths['figures']}")
+        return dataclasses.replace(result, paths=paths)
+
+
+def _flat_facts(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """Facts for the report's table: nested dicts flattened (``model: name``), long lists counted."""
+    out: dict[str, Any] = {}
+    for k, v in facts.items():
+        if isinstance(v, Mapping):
+            out.update({f"{k}: {kk}": vv for kk, vv in _flat_facts(v).items()})
+        elif isinstance(v, (list, tuple)) and len(v) > 12:
+            out[k] = f"{len(v)} values (see results.json)"
+        else:
+            out[k] = v
+    return out
+
+
+def setup(name: str, options: CommonOptions) -> Run:
+    """Start a run: seed torch, load the model (a name, a directory or a loaded model) and its info."""
+    if isinstance(options, ModelOptions):
+        model = options.model if not isinstance(options.model, str) else load_model(options.model, device=options.device)
+        run = Run(name, options, model, model_info(model))
+        run.lap("load model")
+        return run
+    return Run(name, options)
+
+
+# -- data shipped with the recipes -----------------------------------------------------------
+
+
+def data_path(filename: str) -> pathlib.Path:
+    """A data file shipped with the recipes (``recipes/data/``)."""
+    return pathlib.Path(str(resources.files("tlprobe.recipes").joinpath("data", filename)))
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """Non-empty lines of a UTF-8 text file, skipping ``#`` comments."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise TlprobeError(f"file not found: {p}")
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def prose(name: str) -> dict[str, str]:
+    """A recipe's lesson text (``recipes/data/<module>.toml``): what each section shows, what the lesson found.
+
+    Values are templates for ``str.format`` (``{target}``, ``{n_sentences}``, ...).
+    """
+    path = data_path(name.replace("-", "_") + ".toml")
+    if not path.is_file():
+        raise TlprobeError(f"no lesson text for recipe {name!r} ({path})")
+    with path.open("rb") as fh:
+        return {k: str(v).strip() for k, v in tomllib.load(fh).items()}
+
+
+#: Fewest sentences a target-word recipe accepts (similarity across samples needs a spread).
+MIN_SENTENCES = 10
+
+
+def target_sentences(path: str | os.PathLike | None, what: str) -> list[str]:
+    """The sentences of ``--sentences`` (default: the bundled ones), at least :data:`MIN_SENTENCES`."""
+    prompts = read_lines(path or data_path("her_sentences.txt"))
+    check_min_samples(
+        len(prompts), MIN_SENTENCES, what, "give more sentences containing the target (--sentences FILE)"
+    )
+    return prompts
+
+
+def run_targets(model, prompts: list[str], target: str, names, seed: int, progress: bool):
+    """Run the sentences; find the target and draw a random earlier token in each.
+
+    Returns ``(batch, target_positions, non_target_positions)``.
+    """
+    batch = run_batch(model, prompts, names=names, progress=progress)
+    tpos = find_token_positions(model.tokenizer, batch.tokens, target, batch.attention_mask, prompts=prompts)
+    npos = sample_positions(batch.attention_mask, tpos, batch.tokens, model.tokenizer, where="before", seed=seed)
+    return batch, tpos, npos
+

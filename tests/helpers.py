@@ -1,0 +1,93 @@
+"""Builders and checks shared by the tests (import them: ``from tests.helpers import ...``)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pathlib
+
+import numpy as np
+
+FIXTURES = pathlib.Path(__file__).parent / "recipes" / "fixtures"
+
+#: Small, fast options per recipe for the tests (recipes not listed run with their defaults).
+#: The fixtures in tests/recipes/fixtures were recorded with exactly these options (tlprobe 0.1.0).
+FAST_OPTIONS: dict[str, dict] = {
+    "qkv-similarity": {"bins": 40},
+    "punctuation-clusters": {"n": 60, "k_max": 3},
+    "layer-similarity": {"bins": 30},
+    "pairwise-mi": {"shuffles": 3},
+    "mi-vs-covariance": {"samples": 400, "shuffles": 20},
+}
+
+
+def run_recipe_fast(mod, out, **extra):
+    """Run a recipe module with its fast test options into ``out``; returns its RecipeResult."""
+    options = {"out": None if out is None else str(out), "progress": False, "quiet": True}
+    return mod.run(**{**options, **FAST_OPTIONS.get(mod.NAME, {}), **extra})
+
+
+def fixture(name: str) -> dict:
+    """The ``results.json`` that tlprobe 0.1.0 wrote for recipe ``name`` with :data:`FAST_OPTIONS`."""
+    return json.loads(gzip.decompress((FIXTURES / f"{name}.json.gz").read_bytes()))
+
+
+def get_path(data, path: str):
+    """``data["a"]["b"][3]`` for ``"a/b/3"`` (segments that are digits index lists)."""
+    for part in path.split("/") if path else []:
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def numeric_leaves(data, prefix: str = "") -> list[str]:
+    """Paths of every number (or list of numbers) in a JSON document, lists of numbers as one leaf."""
+    if isinstance(data, bool) or data is None or isinstance(data, str):
+        return []
+    if isinstance(data, (int, float)):
+        return [prefix]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in numeric_leaves(v, f"{prefix}/{k}".lstrip("/"))]
+    if isinstance(data, list):
+        if _is_numeric_array(data):
+            return [prefix]
+        return [p for i, v in enumerate(data) for p in numeric_leaves(v, f"{prefix}/{i}".lstrip("/"))]
+    return []
+
+
+def _is_numeric_array(data) -> bool:
+    if isinstance(data, list):
+        return all(_is_numeric_array(v) for v in data) and len(data) > 0
+    return data is None or (isinstance(data, (int, float)) and not isinstance(data, bool))
+
+
+def _array(value) -> np.ndarray:
+    return np.array(value, dtype=np.float64)  # None (NaN in JSON) -> nan
+
+
+def assert_same_numbers(name: str, new: dict, pairs: dict[str, str], ignored: dict[str, str]) -> None:
+    """Every number of the 0.1.0 fixture equals the new ``results.json``'s at the mapped path.
+
+    Args:
+        name: the recipe.
+        new: the new ``results.json`` (parsed).
+        pairs: old path -> new path, for subtrees holding the same numbers (the longest matching
+            old prefix wins, so a field can be mapped apart from its subtree).
+        ignored: old path -> why it is not compared (e.g. the same numbers again, as table rows).
+            Every numeric leaf of the fixture must fall under one of ``pairs`` or ``ignored``.
+    """
+    old = fixture(name)
+    rules = {**{k: ("pair", v) for k, v in pairs.items()}, **{k: ("ignored", v) for k, v in ignored.items()}}
+    compared = 0
+    for leaf in numeric_leaves(old):
+        prefixes = [p for p in rules if leaf == p or leaf.startswith(p + "/") or p == ""]
+        assert prefixes, f"{name}: the 0.1.0 number at {leaf!r} is not compared (map it in pairs or ignored)"
+        best = max(prefixes, key=len)
+        kind, target = rules[best]
+        if kind == "ignored":
+            continue
+        new_path = (target + "/" + leaf[len(best) :].lstrip("/")).strip("/")
+        a, b = _array(get_path(old, leaf)), _array(get_path(new, new_path))
+        assert a.shape == b.shape, f"{name}: {leaf} has shape {a.shape}, new {new_path} has {b.shape}"
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=f"{name}: {leaf} vs {new_path}")
+        compared += a.size
+    assert compared > 0, f"{name}: nothing compared"

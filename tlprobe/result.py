@@ -1,0 +1,445 @@
+"""The Result protocol: every bundle of numbers an analysis returns is a :class:`Result`.
+
+A result is a frozen dataclass whose fields are tensors, plain values (``str``, ``int``,
+``float``, ``bool``, ``None``), tuples, lists and dicts of those, or other results. The base
+class gives every result the same behaviour:
+
+* :meth:`Result.to_dict` / :meth:`Result.from_dict`: a JSON-ready dict (tensors as nested lists on
+  the CPU, NaN as ``None``, with each tensor's dtype and shape under ``"_tensors"``) and back;
+* :meth:`Result.save` / :func:`load`: a JSON file; the round trip is exact (``load(save(r)) == r``);
+* :meth:`Result.rows`: a list of dicts for a table (one name for every result's table);
+* ``axes``: the labels of the leading axes, e.g. ``{"population": ("target", "non-target")}``.
+  Tensor fields whose shape (in the jaxtyping annotation) starts with ``...`` carry them;
+* ``result[i]``, ``result["target"]``, ``result["L3H7"]`` (a ``[layer, head]`` result whose
+  labels join to the key): selection along the leading axes, labels kept;
+* :meth:`Result._repr_html_`: a compact summary in a notebook; :meth:`Result.figure`: the main
+  figure, drawn by :mod:`tlprobe.figures` (which registers one per result type).
+
+Example:
+    >>> import torch
+    >>> from dataclasses import dataclass
+    >>> from jaxtyping import Float
+    >>> @dataclass(frozen=True, eq=False)
+    ... class Spread(Result):
+    ...     std: Float[torch.Tensor, "..."]
+    >>> r = Spread(std=torch.tensor([0.5, 2.0]), axes={"layer": ("L0", "L1")})
+    >>> r.rows()
+    [{'layer': 'L0', 'std': 0.5}, {'layer': 'L1', 'std': 2.0}]
+    >>> float(r["L1"].std), Result.from_dict(r.to_dict()) == r
+    (2.0, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import importlib
+import json
+import math
+import os
+import pathlib
+import tempfile
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import torch
+from jaxtyping import Float  # noqa: F401  (string annotations of result classes defined in doctests resolve here)
+
+from tlprobe.errors import TlprobeError
+
+#: Result type name -> class, filled as result classes are defined (for :func:`load`).
+_TYPES: dict[str, type[Result]] = {}
+#: Result type -> function drawing its main figure (registered by :mod:`tlprobe.figures`).
+_FIGURES: dict[type, Callable[..., Any]] = {}
+#: Rows shown by the notebook summary of a result.
+REPR_ROWS = 12
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """Base of every tlprobe result (see the module docstring for the protocol).
+
+    Attributes:
+        axes: labels of the leading axes, in order: axis name -> one label per index.
+    """
+
+    axes: dict[str, tuple[str, ...]] = field(default_factory=dict, kw_only=True)
+
+    _lead_fields: ClassVar[tuple[str, ...] | None] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        other = _TYPES.get(cls.__name__)
+        if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"two result types named {cls.__name__}: {other.__module__} and {cls.__module__}")
+        _TYPES[cls.__name__] = cls
+        cls._lead_fields = None
+
+    def __post_init__(self):
+        axes = {str(k): tuple(str(v) for v in labels) for k, labels in dict(self.axes).items()}
+        object.__setattr__(self, "axes", axes)
+        sizes = tuple(len(v) for v in axes.values())
+        for name in self._leading_fields():
+            t = getattr(self, name)
+            if isinstance(t, torch.Tensor) and tuple(t.shape[: len(sizes)]) != sizes:
+                raise TlprobeError(
+                    f"{type(self).__name__}.{name} has shape {tuple(t.shape)} but the axes "
+                    f"{list(axes)} have sizes {list(sizes)}; give one label per leading index"
+                )
+
+    # -- fields ----------------------------------------------------------------------------
+    @classmethod
+    def _hints(cls) -> dict[str, Any]:
+        return typing.get_type_hints(cls)
+
+    @classmethod
+    def _leading_fields(cls) -> tuple[str, ...]:
+        """Tensor fields whose annotated shape starts with ``...`` (they carry the leading axes)."""
+        if cls._lead_fields is None:
+            hints = cls._hints()
+            cls._lead_fields = tuple(
+                f.name
+                for f in dataclasses.fields(cls)
+                if str(getattr(hints.get(f.name), "dim_str", "")).startswith("...")
+            )
+        return cls._lead_fields
+
+    def _fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("save", True)}
+
+    # -- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-ready dict: tensors as nested lists (CPU), NaN as ``None``, results nested.
+
+        ``"_type"`` names the class and ``"_tensors"`` records each tensor field's dtype and shape,
+        so :meth:`from_dict` rebuilds the same tensors exactly.
+        """
+        out: dict[str, Any] = {"_type": type(self).__name__}
+        tensors: dict[str, dict] = {}
+        for name, value in self._fields().items():
+            if isinstance(value, torch.Tensor):
+                tensors[name] = {"dtype": str(value.dtype).removeprefix("torch."), "shape": list(value.shape)}
+            elif isinstance(value, Mapping) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+                tensors[name] = {
+                    "dtype": {k: str(v.dtype).removeprefix("torch.") for k, v in value.items()},
+                    "shape": {k: list(v.shape) for k, v in value.items()},
+                }
+            out[name] = _encode(value)
+        if tensors:
+            out["_tensors"] = tensors
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Self:
+        """The result that :meth:`to_dict` described (the class is read from ``"_type"``).
+
+        Raises:
+            TlprobeError: the dict was not written by :meth:`to_dict` of a known result type.
+        """
+        if not isinstance(data, Mapping) or "_type" not in data:
+            raise TlprobeError("not a tlprobe result: the dict has no '_type' (was it written by Result.to_dict?)")
+        kind = _TYPES.get(str(data["_type"]))
+        if kind is None:
+            raise TlprobeError(f"unknown result type {data['_type']!r}; import the module that defines it first")
+        if not issubclass(kind, cls):
+            raise TlprobeError(f"{data['_type']} is not a {cls.__name__}")
+        hints = kind._hints()
+        tensors = data.get("_tensors", {})
+        kwargs = {}
+        for f in dataclasses.fields(kind):
+            if not f.metadata.get("save", True):
+                continue
+            if f.name not in data:
+                raise TlprobeError(f"{data['_type']} dict lacks the field {f.name!r}")
+            value = data[f.name]
+            if f.name in tensors:
+                spec = tensors[f.name]
+                if isinstance(spec["dtype"], Mapping):
+                    value = {k: _tensor(v, spec["dtype"][k], spec["shape"][k]) for k, v in value.items()}
+                else:
+                    value = _tensor(value, spec["dtype"], spec["shape"])
+            else:
+                value = _decode(value, hints.get(f.name, Any))
+            kwargs[f.name] = value
+        return kind(**kwargs)
+
+    def save(self, path: str | os.PathLike) -> pathlib.Path:
+        """Write :meth:`to_dict` as JSON (atomically: a complete file or the previous one)."""
+        return write_json(self.to_dict(), path)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(_equal(a, b) for a, b in zip(self._fields().values(), other._fields().values()))  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]  # results hold tensors: compared by value, not hashed
+
+    # -- selection -------------------------------------------------------------------------
+    def __getitem__(self, key) -> Self:
+        """Select along the leading axes by index, label or slice; a tuple selects several axes.
+
+        A string that is not a label of the first axis may join labels of the first two axes,
+        so ``result["L3H7"]`` is ``result["L3"]["H7"]``.
+        """
+        keys = key if isinstance(key, tuple) else (key,)
+        out = self
+        for k in keys:
+            out = out._select(k)
+        return out
+
+    def _select(self, key) -> Self:
+        if not self.axes:
+            raise TlprobeError(f"{type(self).__name__} has no labelled leading axes to select from")
+        (axis, labels), *rest = self.axes.items()
+        if isinstance(key, str) and key not in labels and rest:
+            inner = rest[0][1]
+            for i, a in enumerate(labels):
+                if key.startswith(a) and key[len(a) :] in inner:
+                    return self._select(i)._select(key[len(a) :])
+        index = _index(key, labels, axis)
+        changes: dict[str, Any] = {
+            name: getattr(self, name)[index]
+            for name in self._leading_fields()
+            if isinstance(getattr(self, name), torch.Tensor)
+        }
+        axes = dict(rest)
+        if isinstance(index, slice):
+            axes = {axis: labels[index], **axes}
+        changes["axes"] = axes
+        return dataclasses.replace(self, **changes)
+
+    # -- tables, display, figures ----------------------------------------------------------
+    def rows(self) -> list[dict]:
+        """Rows for a table: one per leading index, with the axis labels and each per-index number.
+
+        The default covers tensor fields shaped exactly like the leading axes (and scalar
+        fields when there are no axes); result types with richer shapes override it.
+        """
+        sizes = tuple(len(v) for v in self.axes.values())
+        scalars = {
+            name: getattr(self, name)
+            for name in self._leading_fields()
+            if isinstance(getattr(self, name), torch.Tensor) and tuple(getattr(self, name).shape) == sizes
+        }
+        if not sizes:
+            plain = {k: v for k, v in self._fields().items() if isinstance(v, (int, float, str, bool)) and k != "axes"}
+            return [{**plain, **{k: _py(v) for k, v in scalars.items()}}]
+        rows = []
+        for idx in np.ndindex(*sizes):
+            row: dict[str, Any] = {axis: labels[i] for (axis, labels), i in zip(self.axes.items(), idx)}
+            row.update({k: _py(v[idx]) for k, v in scalars.items()})
+            rows.append(row)
+        return rows
+
+    def figure(self, **options):
+        """The main plotly figure of this result (drawn by :mod:`tlprobe.figures`)."""
+        # Imported here on purpose: figures register themselves when tlprobe.figures is imported,
+        # and analyses (below figures in the layering) must not import plotly code at import time.
+        importlib.import_module("tlprobe.figures")
+        for kind in type(self).__mro__:
+            if kind in _FIGURES:
+                return _FIGURES[kind](self, **options)
+        raise TlprobeError(f"{type(self).__name__} has no figure; use rows() for a table")
+
+    def _repr_html_(self) -> str:
+        rows = self.rows()
+        axes = ", ".join(f"{k} ({len(v)})" for k, v in self.axes.items())
+        head = f"<b>{html.escape(type(self).__name__)}</b>" + (f" over {html.escape(axes)}" if axes else "")
+        more = f"<p>{len(rows) - REPR_ROWS} more rows: .rows()</p>" if len(rows) > REPR_ROWS else ""
+        return f"<div class='tlprobe-result'><p>{head}</p>{rows_html(rows[:REPR_ROWS])}{more}</div>"
+
+
+def register_figure(kind: type[Result]) -> Callable:
+    """Decorator: ``fn(result, **options) -> Figure`` is the main figure of ``kind`` results."""
+
+    def wrap(fn):
+        _FIGURES[kind] = fn
+        return fn
+
+    return wrap
+
+
+def load(path: str | os.PathLike) -> Result:
+    """Read a result written by :meth:`Result.save` (or a recipe's ``results.json``).
+
+    Raises:
+        TlprobeError: the file is missing, not JSON, or not a tlprobe result.
+    """
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise TlprobeError(f"file not found: {p}")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TlprobeError(f"{p} is not a JSON file written by tlprobe: {exc}") from exc
+    _import_result_modules()
+    return Result.from_dict(data)
+
+
+def _import_result_modules() -> None:
+    """Define every built-in result type (so :func:`load` knows them)."""
+    # Imported by name at call time: result types register when their modules are imported, and
+    # this base module sits below all of them in the layering.
+    importlib.import_module("tlprobe.analyses")
+    importlib.import_module("tlprobe.recipes.common")
+
+
+def write_json(data, path: str | os.PathLike) -> pathlib.Path:
+    """Write JSON atomically (temporary file in the same folder, then rename); no NaN allowed.
+
+    Raises:
+        TlprobeError: the data holds NaN or infinity (a bug upstream, not a number to ship).
+    """
+    p = pathlib.Path(path)
+    try:
+        text = json.dumps(_encode(data), indent=1, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise TlprobeError(f"results contain NaN or infinity, refusing to write {p}: {exc}") from exc
+    write_text_atomic(p, text)
+    return p
+
+
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+    """``path`` holds either its previous content or ``text``, never a part of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rows_html(rows: list[dict], float_fmt: str = "{:.4g}") -> str:
+    """A small escaped HTML table (columns: the union of the rows' keys, in order)."""
+    if not rows:
+        return "<p>(no rows)</p>"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+
+    def cell(v):
+        return html.escape(float_fmt.format(v) if isinstance(v, float) else str(v))
+
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _py(v):
+    """A 0-d tensor or numpy scalar as a Python number (NaN stays NaN)."""
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    elif isinstance(v, np.generic):
+        v = v.item()
+    return v
+
+
+def _encode(value):
+    """JSON-ready copy: tensors and arrays to lists (NaN to None), results to dicts, tuples to lists."""
+    if isinstance(value, Result):
+        return value.to_dict()
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.is_complex():
+            raise TlprobeError("complex tensors cannot be written to JSON")
+        return _nan_to_none(value.tolist()) if value.is_floating_point() else value.tolist()
+    if isinstance(value, np.ndarray):
+        return _nan_to_none(value.tolist())
+    if isinstance(value, np.generic):
+        return _encode(value.item())
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, Mapping):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    return value
+
+
+def _nan_to_none(data):
+    if isinstance(data, list):
+        return [_nan_to_none(v) for v in data]
+    if isinstance(data, float) and math.isnan(data):
+        return None
+    return data
+
+
+def _tensor(data, dtype: str, shape: list[int]) -> torch.Tensor:
+    torch_dtype = getattr(torch, dtype)
+    if torch_dtype.is_floating_point:
+        arr = np.array(data, dtype=np.float64)  # None -> NaN
+    else:
+        arr = np.array(data, dtype=np.int64 if torch_dtype != torch.bool else np.bool_)
+    return torch.from_numpy(arr.reshape(shape)).to(torch_dtype)
+
+
+def _decode(value, hint):
+    """Undo :func:`_encode` for a plain (non-tensor) field, guided by its type annotation."""
+    if isinstance(value, Mapping) and "_type" in value:
+        return Result.from_dict(value)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None:
+        return math.nan if hint is float else None
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        return _decode(value, options[0]) if len(options) == 1 else value
+    if origin is tuple and isinstance(value, list):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(v, args[0]) for v in value)
+        if args and len(args) == len(value):
+            return tuple(_decode(v, a) for v, a in zip(value, args))
+        return tuple(value)
+    if origin is list and isinstance(value, list):
+        return [_decode(v, args[0] if args else Any) for v in value]
+    if origin in (dict, Mapping) and isinstance(value, Mapping):
+        inner = args[1] if len(args) == 2 else Any
+        return {k: _decode(v, inner) for k, v in value.items()}
+    if hint is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        a, b = a.detach().cpu(), b.detach().cpu()
+        if a.is_floating_point():
+            return bool(((a == b) | (a.isnan() & b.isnan())).all())
+        return torch.equal(a, b)
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+def _index(key, labels: tuple[str, ...], axis: str):
+    if isinstance(key, slice):
+        return key
+    if isinstance(key, str):
+        if key not in labels:
+            shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
+            raise TlprobeError(f"no {axis} labelled {key!r}; labels: {shown}")
+        return labels.index(key)
+    try:
+        i = int(key.__index__())
+    except (AttributeError, TypeError):
+        raise TlprobeError(f"select {axis} by an integer, a label or a slice, got {key!r}") from None
+    if not -len(labels) <= i < len(labels):
+        raise TlprobeError(f"{axis} index {i} is out of range (there are {len(labels)})")
+    return i % len(labels)
