@@ -34,7 +34,7 @@ import time
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal, TypeVar
@@ -43,7 +43,7 @@ from tlprobe.access import find_token_positions, load_model, model_info, run_bat
 from tlprobe.checks import check_min_samples
 from tlprobe.errors import TlprobeError, guarded
 from tlprobe.report.html import Report, human_size
-from tlprobe.result import Result
+from tlprobe.result import Result, jsonable
 
 OptionsT = TypeVar("OptionsT", bound="CommonOptions")
 
@@ -298,13 +298,14 @@ class Run:
         the recipe was called from Python with ``out=None``); with ``png``, every figure is also
         written to ``out/figures/NAME.png`` in one browser session.
         """
-        facts = dict(facts or {})
+        found: dict[str, Any] = dict(facts or {})
         if self.info is not None:
-            facts = {"model": self.info.to_dict(), **facts}
+            found = {"model": self.info.to_dict(), **found}
+        found = jsonable(found)  # plain data, so the loaded results.json equals this result
         params = self.options.record()
         report.params(params, caption="Options (as in results.json's params)")
-        report.params({**_flat_facts(facts), **versions(), **self.timer.as_params()}, caption="Run facts")
-        result = RecipeResult(recipe=self.name, params=params, facts=facts, results=dict(results), report=report)
+        report.params({**_flat_facts(found), **versions(), **self.timer.as_params()}, caption="Run facts")
+        result = RecipeResult(recipe=self.name, params=params, facts=found, results=dict(results), report=report)
         out = self.options.out
         if out is None:
             return result

@@ -14,6 +14,7 @@ import shutil
 import sys
 
 from tlprobe import recipes
+from tlprobe.errors import EXIT_BAD_INPUT as EXIT_BAD_INPUT  # re-exported: the exit code for bad input
 from tlprobe.errors import TlprobeError, guarded
 
 

@@ -128,7 +128,7 @@ class Result:
                     "dtype": {k: str(v.dtype).removeprefix("torch.") for k, v in value.items()},
                     "shape": {k: list(v.shape) for k, v in value.items()},
                 }
-            out[name] = _encode(value)
+            out[name] = jsonable(value)
         if tensors:
             out["_tensors"] = tensors
         return out
@@ -296,7 +296,7 @@ def write_json(data, path: str | os.PathLike) -> pathlib.Path:
     """
     p = pathlib.Path(path)
     try:
-        text = json.dumps(_encode(data), indent=1, allow_nan=False) + "\n"
+        text = json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n"
     except ValueError as exc:
         raise TlprobeError(f"results contain NaN or infinity, refusing to write {p}: {exc}") from exc
     write_text_atomic(p, text)
@@ -342,8 +342,13 @@ def _py(v):
     return v
 
 
-def _encode(value):
-    """JSON-ready copy: tensors and arrays to lists (NaN to None), results to dicts, tuples to lists."""
+def jsonable(value) -> Any:
+    """JSON-ready copy: tensors and arrays to lists (NaN to None), results to dicts, tuples to lists.
+
+    Example:
+        >>> jsonable({"t": torch.tensor([1.5, float("nan")]), "k": (1, 2)})
+        {'t': [1.5, None], 'k': [1, 2]}
+    """
     if isinstance(value, Result):
         return value.to_dict()
     if isinstance(value, torch.Tensor):
@@ -354,13 +359,13 @@ def _encode(value):
     if isinstance(value, np.ndarray):
         return _nan_to_none(value.tolist())
     if isinstance(value, np.generic):
-        return _encode(value.item())
+        return jsonable(value.item())
     if isinstance(value, float):
         return None if math.isnan(value) else value
     if isinstance(value, Mapping):
-        return {str(k): _encode(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, pathlib.PurePath):
         return str(value)
     return value
@@ -384,7 +389,7 @@ def _tensor(data, dtype: str, shape: list[int]) -> torch.Tensor:
 
 
 def _decode(value, hint):
-    """Undo :func:`_encode` for a plain (non-tensor) field, guided by its type annotation."""
+    """Undo :func:`jsonable` for a plain (non-tensor) field, guided by its type annotation."""
     if isinstance(value, Mapping) and "_type" in value:
         return Result.from_dict(value)
     origin, args = typing.get_origin(hint), typing.get_args(hint)

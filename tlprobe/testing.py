@@ -19,6 +19,7 @@ from importlib import resources
 
 import torch
 
+from tlprobe.access.models import bridge_class, minilm_dir
 from tlprobe.errors import TlprobeError
 
 FAMILIES = ("gpt2", "neox", "llama")
@@ -37,6 +38,7 @@ def _corpus() -> list[str]:
 
 @cache
 def _tokenizer_dir(kind: str) -> str:
+    # transformers/tokenizers take ~1 s to import: only when a test model is built
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -65,11 +67,9 @@ def _tokenizer_dir(kind: str) -> str:
 def tiny_tokenizer(kind: str = "bpe"):
     """A tokenizer that needs no hub: ``"bpe"`` (byte-level BPE, GPT-2 style, ~600 tokens) or
     ``"wordpiece"`` (the bundled MiniLM BERT tokenizer, 30522 tokens)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # ~1 s to import: only when a test model is built
 
     if kind == "wordpiece":
-        from tlprobe.access.models import minilm_dir
-
         return AutoTokenizer.from_pretrained(str(minilm_dir()))
     return AutoTokenizer.from_pretrained(_tokenizer_dir(kind))
 
@@ -101,6 +101,7 @@ def tiny_model(
         >>> model.cfg.n_layers, model.cfg.parallel_attn_mlp
         (3, True)
     """
+    # ~1 s to import: only when a test model is built
     from transformers import (
         GPT2Config,
         GPT2LMHeadModel,
@@ -109,8 +110,6 @@ def tiny_model(
         LlamaConfig,
         LlamaForCausalLM,
     )
-
-    from tlprobe.access.models import _bridge_class
 
     tok = tiny_tokenizer(tokenizer)
     vocab = len(tok)
@@ -150,5 +149,5 @@ def tiny_model(
         raise TlprobeError(f"unknown family {family!r}; choose one of {FAMILIES}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        hf = cls(cfg).eval()
-    return _bridge_class().boot_transformers(f"tiny-{family}", hf_model=hf, tokenizer=tok, device=device)
+        hf = cls(cfg).eval()  # pyright: ignore[reportArgumentType]  (cls matches cfg by family)
+    return bridge_class().boot_transformers(f"tiny-{family}", hf_model=hf, tokenizer=tok, device=device)

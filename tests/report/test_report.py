@@ -5,12 +5,10 @@
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import pathlib
 import re
-import sys
 import types
 from html.parser import HTMLParser
 
@@ -33,7 +31,8 @@ from tlprobe.figures.views import (
     defuse_html,
     plotly_text,
 )
-from tlprobe.report.html import Report, circuitsvis_js, human_size, plotly_js, read_figures, write_results
+from tlprobe.report.html import Report, circuitsvis_js, human_size, plotly_js, read_figures
+from tlprobe.result import write_json
 
 HOSTILE = ['<img/src="x"/onerror="window.__pwned=1">', "</script>", "<s>", "<!--", "&amp;", "<b>b</b>"]
 
@@ -299,13 +298,18 @@ def test_human_size():
     assert [human_size(n) for n in (0, 1000, 6_278_395, 2_500_000_000)] == ["0 B", "1.0 kB", "6.3 MB", "2.5 GB"]
 
 
-def test_write_results_same_bytes_and_refuses_nan(tmp_path):
+def test_write_json_same_bytes_nan_as_null_refuses_infinity(tmp_path):
     res = {"a": torch.tensor([0.1, 0.2]), "b": np.arange(3), "c": {"d": (1, 2.5)}}
-    p1 = write_results(res, tmp_path / "1.json").read_bytes()
-    p2 = write_results(res, tmp_path / "2.json").read_bytes()
+    p1 = write_json(res, tmp_path / "1.json").read_bytes()
+    p2 = write_json(res, tmp_path / "2.json").read_bytes()
     assert p1 == p2 and json.loads(p1) == {"a": torch.tensor([0.1, 0.2]).tolist(), "b": [0, 1, 2], "c": {"d": [1, 2.5]}}
-    with pytest.raises(TlprobeError, match="NaN"):
-        write_results({"x": float("nan")}, tmp_path / "3.json")
+    assert json.loads(write_json({"x": float("nan"), "t": torch.tensor([1.0, float("nan")])}, tmp_path / "n.json").read_text()) == {
+        "x": None,
+        "t": [1.0, None],
+    }
+    with pytest.raises(TlprobeError, match="infinity"):
+        write_json({"x": float("inf")}, tmp_path / "3.json")
+    assert not (tmp_path / "3.json").exists() and not list(tmp_path.glob(".3.json.*"))
 
 
 # -- PNG plumbing (no browser) ---------------------------------------------------------------
@@ -325,54 +329,49 @@ def test_no_browser_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def _fake_recipe(seen: dict) -> types.ModuleType:
-    """A recipe module shaped like recipes/qkv_similarity.py, with no model."""
-    from recipes._common import add_common_arguments, finish
+    """A recipe module shaped like the real ones (Options + run), with no model."""
+    from dataclasses import dataclass
+
+    from tlprobe.recipes.common import CommonOptions, option, resolve, setup
 
     mod = types.ModuleType("fake_recipe")
     mod.NAME, mod.DESCRIPTION = "fake", "a fake recipe"
 
-    def add_arguments(parser):
-        parser.add_argument("--k", type=int, default=3)
-        add_common_arguments(parser, mod.NAME, model=False)
+    @dataclass(frozen=True)
+    class Options(CommonOptions):
+        k: int = option(3, help="bars")
 
-    def run(k=3, seed=0, out="x", progress=True, quiet=False):
-        seen["run_kwargs"] = dict(k=k, seed=seed, out=out)
-        r = Report("fake")
-        r.figure(go.Figure(go.Bar(y=list(range(k)))), caption="bars")
-        return finish(r, {"k": k}, out, quiet=quiet)
+    def run(options=None, **overrides):
+        o = resolve(Options, options, overrides)
+        seen["options"] = o
+        r = setup(mod.NAME, o)
+        report = Report("fake")
+        report.figure(go.Figure(go.Bar(y=list(range(o.k)))), caption="bars")
+        return r.finish(report, results={})
 
-    mod.add_arguments, mod.run = add_arguments, run
-    mod.main = lambda args: run(**vars(args))
+    mod.Options, mod.run = Options, run
     return mod
 
 
 @pytest.mark.parametrize("png", [False, True])
-def test_cli_png_flag_reaches_finish_not_run(monkeypatch, tmp_path, capsys, png):
+def test_cli_png_option_reaches_finish(monkeypatch, tmp_path, capsys, png):
+    from tlprobe import recipes
     from tlprobe.report import png as png_mod
 
     seen: dict = {}
-    monkeypatch.setattr(cli, "_recipes", lambda: {"fake": _fake_recipe(seen)})
+    monkeypatch.setattr(recipes, "get", lambda name: _fake_recipe(seen))
     monkeypatch.setattr(png_mod, "export_png", lambda figs, out, **kw: seen.setdefault("export", (figs, out)))
     argv = ["run", "fake", "--k", "2", "--out", str(tmp_path)] + (["--png"] if png else [])
     assert cli.main(argv) == 0
-    assert seen["run_kwargs"] == {"k": 2, "seed": 0, "out": str(tmp_path)}
+    o = seen["options"]
+    assert (o.k, o.seed, o.out, o.png) == (2, 0, str(tmp_path), png)
     assert ("export" in seen) is png
     if png:
         figs, out = seen["export"]
         assert [n for n, _ in figs] == ["fig01-bars"] and out == tmp_path / "figures"
     printed = capsys.readouterr().out
     assert re.search(r"report: .*report\.html \(\d+\.\d MB\)", printed)
-
-
-def test_png_context_is_scoped():
-    from recipes._common import _PNG, png_export
-
-    assert _PNG.get() is False
-    with pytest.raises(RuntimeError):
-        with png_export():
-            assert _PNG.get() is True
-            raise RuntimeError
-    assert _PNG.get() is False
+    assert json.loads((tmp_path / "results.json").read_text())["params"] == {"seed": 0, "k": 2}
 
 
 def test_cli_export(monkeypatch, tmp_path, capsys):
@@ -398,10 +397,9 @@ def test_cli_export(monkeypatch, tmp_path, capsys):
     assert "no tlprobe figures" in capsys.readouterr().err
 
 
-def test_common_arguments_include_png():
-    from recipes._common import add_common_arguments
+def test_common_options_include_png():
+    from tlprobe.recipes.common import CommonOptions, build_parser, versions
 
-    parser = argparse.ArgumentParser()
-    add_common_arguments(parser, "x")
+    parser = build_parser(CommonOptions, "x", "x", "out")
     assert parser.parse_args(["--png"]).png is True and parser.parse_args([]).png is False
-    assert sys.modules["recipes._common"].versions()["plotly"] != "not installed"
+    assert versions()["plotly"] != "not installed"

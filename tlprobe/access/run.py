@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -27,8 +28,8 @@ class Batch:
     prompts: list[str]
     tokens: Int[torch.Tensor, "batch pos"]
     attention_mask: Int[torch.Tensor, "batch pos"]
-    cache: object
-    tokenizer: object
+    cache: Any
+    tokenizer: Any
 
     def str_tokens(self, i: int) -> list[str]:
         """The real (unpadded) tokens of prompt ``i`` as strings."""
@@ -61,8 +62,9 @@ def run_batch(
     Returns:
         A :class:`Batch`.
     """
+    # TransformerLens takes ~3 s to import: loaded on the first run, not with tlprobe
     from transformer_lens import ActivationCache
-    from transformer_lens.utilities import get_attention_mask
+    from transformer_lens.utilities import get_attention_mask  # pyright: ignore[reportPrivateImportUsage]
 
     check_choice(padding_side, ("right", "left"), "padding_side")
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -83,7 +85,7 @@ def run_batch(
     chunks: dict[str, list[torch.Tensor]] = {}
     starts = range(0, len(prompts), batch_size)
     if progress and len(starts) > 1:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only for multi-batch runs with a progress bar
 
         starts = tqdm(starts, desc="forward", unit="batch")
     with torch.inference_mode():

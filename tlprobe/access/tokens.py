@@ -135,10 +135,10 @@ def find_token_positions(
         for b, start in cand.nonzero().tolist():
             end = start + n  # first position after the match
             if start > 0 and mask[b, start - 1] and int(toks[b, start - 1]) not in specials:
-                if _continues_word(tokenizer, var[0], wordpiece) and _ends_word(tokenizer, toks[b, start - 1]):
+                if _continues_word(tokenizer, var[0], wordpiece) and _ends_word(tokenizer, int(toks[b, start - 1])):
                     continue  # "her" inside "other"
             if end < toks.shape[1] and mask[b, end] and int(toks[b, end]) not in specials:
-                if _continues_word(tokenizer, toks[b, end], wordpiece):
+                if _continues_word(tokenizer, int(toks[b, end]), wordpiece):
                     continue  # "her" + "self"
             hits[b, end - 1] = True
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tlprobe.errors import TlprobeError
 
 #: Components that insert token strings into the page as HTML: their tokens are defused.
@@ -112,7 +114,6 @@ def to_lists(value, decimals: int | None = None):
             value = value.double().round(decimals=decimals)
         return value.tolist()
     if hasattr(value, "dtype") and hasattr(value, "tolist"):  # numpy array or scalar
-        import numpy as np
 
         if np.issubdtype(value.dtype, np.floating) and decimals is not None:
             value = np.round(value.astype(np.float64), decimals)

@@ -20,9 +20,13 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import Any
+
+from plotly.offline import get_plotlyjs
 
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.views import COMPONENTS, CircuitsVisView, to_lists
+from tlprobe.result import write_text_atomic
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1400px;margin:1.5em auto;padding:0 1.2em;color:#222;line-height:1.4}
@@ -49,8 +53,6 @@ _FIGURE_BLOCK = re.compile(
 @lru_cache(maxsize=1)
 def plotly_js() -> str:
     """The installed plotly.js bundle, safe to inline in a classic ``<script>``."""
-    from plotly.offline import get_plotlyjs
-
     return _script_safe(get_plotlyjs())
 
 
@@ -103,7 +105,7 @@ def human_size(n_bytes: int) -> str:
 @dataclass
 class _Item:
     kind: str
-    payload: object
+    payload: Any
     caption: str | None = None
 
 
@@ -215,7 +217,7 @@ class Report:
                     f"<tr><th class='s'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                     for k, v in item.payload.items()
                 )
-                body.append(f"<table class='params'><caption>{html.escape(item.caption)}</caption>{rows}</table>")
+                body.append(f"<table class='params'><caption>{html.escape(item.caption or '')}</caption>{rows}</table>")
         head = [
             "<meta charset='utf-8'><meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<meta name='generator' content='tlprobe'><title>{html.escape(self.title)}</title><style>{_CSS}</style>"
@@ -242,8 +244,7 @@ class Report:
     def write(self, path: str | pathlib.Path) -> pathlib.Path:
         """Write the page; returns the path."""
         path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_html(), encoding="utf-8")
+        write_text_atomic(path, self.to_html())
         return path
 
     @staticmethod
@@ -319,19 +320,3 @@ def read_figures(path: str | pathlib.Path) -> list[tuple[str, dict]]:
     if not found:
         raise TlprobeError(f"{path} has no tlprobe figures (is it a report written by tlprobe?)")
     return found
-
-
-def write_results(results: dict, path: str | pathlib.Path) -> pathlib.Path:
-    """Write ``results.json``: tensors/arrays become lists; the same input gives the same bytes.
-
-    Non-finite floats are refused (JSON has no NaN): a result holding one is a bug to fix
-    upstream, not a number to ship.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        text = json.dumps(to_lists(results), indent=1, allow_nan=False)
-    except ValueError as exc:
-        raise TlprobeError(f"results contain NaN or infinity, refusing to write {path}: {exc}") from exc
-    path.write_text(text + "\n", encoding="utf-8")
-    return path

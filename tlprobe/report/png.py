@@ -100,7 +100,7 @@ def export_png(
         return []
     path = browser or find_browser()
     try:
-        import kaleido
+        import kaleido  # optional dependency (pip install tlprobe[png])
     except ImportError as exc:
         raise TlprobeError("PNG export needs kaleido >= 1.0: pip install 'kaleido>=1.5'") from exc
     out_dir = pathlib.Path(out_dir)
