@@ -15,8 +15,8 @@ def _run(code, model, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
 
 
-def test_readme_has_two_examples():
-    assert len(BLOCKS) == 2
+def test_readme_has_three_examples():
+    assert len(BLOCKS) == 3
 
 
 def test_readme_qkv_example_runs(minilm, monkeypatch, capsys):
@@ -25,7 +25,16 @@ def test_readme_qkv_example_runs(minilm, monkeypatch, capsys):
     assert "'block': 'QQ'" in out and "'block': 'VV'" in out
 
 
+def test_readme_recipe_from_python_example_runs(minilm, monkeypatch, capsys):
+    from tlprobe.recipes import common
+
+    monkeypatch.setattr(common, "load_model", lambda name, **kw: minilm)
+    exec(compile(BLOCKS[1].replace("out=None)", "out=None, progress=False)"), "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "'population': 'target'" in out and out.rstrip().endswith(" 3")
+
+
 def test_readme_mi_and_lens_example_runs(tiny_models, monkeypatch, capsys):
-    _run(BLOCKS[1], tiny_models["gpt2"], monkeypatch)
+    _run(BLOCKS[2], tiny_models["gpt2"], monkeypatch)
     out = capsys.readouterr().out
     assert "torch.Size([3," in out  # depth = 2 layers + embeddings

@@ -41,7 +41,7 @@ import pathlib
 import tempfile
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -67,7 +67,7 @@ class Result:
         axes: labels of the leading axes, in order: axis name -> one label per index.
     """
 
-    axes: dict[str, tuple[str, ...]] = field(default_factory=dict, kw_only=True)
+    axes: Mapping[str, Sequence[str]] = field(default_factory=dict, kw_only=True)
 
     _lead_fields: ClassVar[tuple[str, ...] | None] = None
 
@@ -80,8 +80,8 @@ class Result:
         cls._lead_fields = None
 
     def __post_init__(self):
-        axes = {str(k): tuple(str(v) for v in labels) for k, labels in dict(self.axes).items()}
-        object.__setattr__(self, "axes", axes)
+        axes: dict[str, tuple[str, ...]] = {str(k): tuple(str(v) for v in labels) for k, labels in self.axes.items()}
+        object.__setattr__(self, "axes", axes)  # normalised: labels are tuples of strings
         sizes = tuple(len(v) for v in axes.values())
         for name in self._leading_fields():
             t = getattr(self, name)
@@ -101,11 +101,7 @@ class Result:
         """Tensor fields whose annotated shape starts with ``...`` (they carry the leading axes)."""
         if cls._lead_fields is None:
             hints = cls._hints()
-            cls._lead_fields = tuple(
-                f.name
-                for f in dataclasses.fields(cls)
-                if str(getattr(hints.get(f.name), "dim_str", "")).startswith("...")
-            )
+            cls._lead_fields = tuple(f.name for f in dataclasses.fields(cls) if _dims(hints.get(f.name)).startswith("..."))
         return cls._lead_fields
 
     def _fields(self) -> dict[str, Any]:
@@ -333,6 +329,13 @@ def rows_html(rows: list[dict], float_fmt: str = "{:.4g}") -> str:
 # -- helpers -------------------------------------------------------------------------------
 
 
+def _dims(hint) -> str:
+    """The jaxtyping shape string of an annotation (also inside ``X | None``), or ``""``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next((d for d in map(_dims, typing.get_args(hint)) if d), "")
+    return str(getattr(hint, "dim_str", ""))
+
+
 def _py(v):
     """A 0-d tensor or numpy scalar as a Python number (NaN stays NaN)."""
     if isinstance(v, torch.Tensor):
@@ -433,7 +436,7 @@ def _equal(a, b) -> bool:
     return bool(a == b)
 
 
-def _index(key, labels: tuple[str, ...], axis: str):
+def _index(key, labels: Sequence[str], axis: str):
     if isinstance(key, slice):
         return key
     if isinstance(key, str):
