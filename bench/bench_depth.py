@@ -24,9 +24,7 @@ import time
 import numpy as np
 import torch
 
-from tlprobe.analyses.depth import TILE_CELLS, _plan, depth_block_similarity
-
-BLOCKS = {"QQ": 1, "QK": 2, "QV": 3, "KK": 4, "KV": 6, "VV": 9}
+from tlprobe.analyses.similarity import BLOCKS, TILE_CELLS, _plan, qkv_block_similarity
 
 
 def naive_layer(x: np.ndarray, masks: dict[str, np.ndarray], bins: int, extreme: float) -> dict:
@@ -60,7 +58,7 @@ def main() -> None:
         default=None,
         help="time the naive loop on this many layers only and extrapolate to --layers",
     )
-    p.add_argument("--chunk", type=int, default=None, help="tlprobe layers per chunk (default: automatic)")
+    p.add_argument("--chunk-size", type=int, default=None, help="tlprobe layers per chunk (default: automatic)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -87,11 +85,11 @@ def main() -> None:
     for threads in thread_counts:
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
-        st = depth_block_similarity(x, "cosine", bins=args.bins, chunk=args.chunk)
+        st = qkv_block_similarity(x, "cosine", bins=args.bins, chunk_size=args.chunk_size)
         t_tl[threads] = time.perf_counter() - t0
     torch.set_num_threads(default_threads)
     rss1 = max_rss_mb()
-    chunk, rows = _plan(L, n, args.chunk)
+    chunk, rows = _plan(L, n, args.chunk_size)
     work = 3 * chunk * rows * n * 4 + chunk * S * F * (4 + 8)
     print(
         f"tlprobe: chunks of {chunk} layer(s), tiles of {rows} x {n} similarities (TILE_CELLS {TILE_CELLS}); "
@@ -124,7 +122,7 @@ def main() -> None:
     print(f"{'path':<44}{'seconds':>10}{'per layer':>12}{'naive / this':>14}")
     print(f"{'naive numpy per-layer loop':<44}{t_naive:>10.2f}{t_naive / L:>12.3f}{'':>14}{note}")
     for threads, t in t_tl.items():
-        name = f"tlprobe depth_block_similarity ({threads} thr)"
+        name = f"tlprobe qkv_block_similarity ({threads} thr)"
         print(f"{name:<44}{t:>10.2f}{t / L:>12.3f}{t_naive / t:>13.1f}x")
     print(
         f"ratio naive / tlprobe: {t_naive / min(t_tl.values()):.1f}x (best tlprobe run); "

@@ -124,7 +124,7 @@ def main() -> None:
     max_diff64 = float(max(diffs[1::2]))
 
     # scikit-learn kNN estimator per pair (sampled).
-    from sklearn.feature_selection import mutual_info_regression
+    from sklearn.feature_selection import mutual_info_regression  # a baseline only: scikit-learn is optional
 
     xl = data[0].astype(np.float64)
     sel = rng.choice(pairs_per_layer, size=args.sklearn_pairs, replace=False)

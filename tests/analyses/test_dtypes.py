@@ -4,8 +4,9 @@ same (half-rounded) values, and come back in float32."""
 import pytest
 import torch
 
-from tlprobe.analyses.depth import depth_block_similarity, sample_moments
+from tests.analyses.reference import reference_block_similarity
 from tlprobe.analyses.mi import pairwise_mi
+from tlprobe.analyses.moments import sample_moments
 from tlprobe.analyses.similarity import feature_similarity, qkv_block_similarity
 
 
@@ -28,7 +29,7 @@ def test_block_statistics_upcast(half_and_float):
     a, b = qkv_block_similarity(h, "cosine", bins=20), qkv_block_similarity(f, "cosine", bins=20)
     assert a.mean.dtype != torch.float16 and a.mean.dtype != torch.bfloat16
     torch.testing.assert_close(a.prob, b.prob)
-    torch.testing.assert_close(depth_block_similarity(h, bins=20).std, b.std)
+    torch.testing.assert_close(reference_block_similarity(h, bins=20).std, b.std)
 
 
 def test_moments_upcast(half_and_float):

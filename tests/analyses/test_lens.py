@@ -1,28 +1,33 @@
-"""Lenses: logit lens (decoders), MLM lens and embedding lens (encoders), figures and the recipe."""
+"""Lenses: logit lens (decoders), MLM lens and embedding lens (encoders), and their results."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import plotly.graph_objects as go
 import pytest
 import torch
 from sklearn.metrics.pairwise import cosine_similarity
 
 from tlprobe.access.hooks import hook_names, resid_hook_names, resid_stack
-from tlprobe.access.models import _bridge_class, load_model, minilm_dir
+from tlprobe.access.models import bridge_class, load_model, minilm_dir
 from tlprobe.access.run import run_batch
 from tlprobe.access.unembed import (
+    HeadCheck,
+    TokenStrings,
     apply_final_norm,
+    content_mask,
+    decode_tokens,
     mlm_head_check,
     special_token_ids,
     target_token_ids,
+    token_strings,
 )
 from tlprobe.analyses.lens import (
     EMBEDDING_LENS,
     LOGIT_LENS,
     MLM_LENS,
+    EmbeddingLensResult,
+    LensResult,
+    TopK,
     choose_lens,
     embedding_lens,
     lens_logits,
@@ -30,14 +35,7 @@ from tlprobe.analyses.lens import (
     mlm_lens,
 )
 from tlprobe.errors import TlprobeError, UnsupportedModelError
-from tlprobe.figures.lens import (
-    kl_entropy_figure,
-    lens_grid_figure,
-    plotly_text,
-    recovery_figure,
-    target_topk_view,
-    target_trajectory_figure,
-)
+from tlprobe.result import load
 from tlprobe.testing import tiny_model, tiny_tokenizer
 
 FAMILIES = ("gpt2", "neox", "llama")
@@ -97,9 +95,9 @@ def test_last_layer_reproduces_model_logits(decoder):
     full = lens_logits(batch.cache)
     assert full.shape == (model.cfg.n_layers + 1, *logits.shape)
     torch.testing.assert_close(full[-1], logits, atol=1e-5, rtol=0)
-    res = logit_lens(batch.cache, targets=TARGETS, logits=logits, attention_mask=batch.attention_mask)
+    res = logit_lens(batch.cache, TARGETS, logits=logits, attention_mask=batch.attention_mask)
     assert res.kind == LOGIT_LENS and res.final_max_abs_error < 1e-5
-    assert res.labels[0] == "embed" and len(res.labels) == model.cfg.n_layers + 1
+    assert res.axes["depth"] == ("embed", *(f"block {i}" for i in range(model.cfg.n_layers)))
     # top-1 of the last depth is the model's own argmax
     assert torch.equal(res.top_ids[-1, ..., 0], logits.argmax(-1))
 
@@ -123,7 +121,7 @@ def test_agrees_with_transformer_lens(decoder):
 def test_chunked_equals_unchunked(decoder):
     _, batch, logits = decoder
     one = logit_lens(batch.cache, targets=TARGETS, top_k=7, logits=logits)
-    many = logit_lens(batch.cache, targets=TARGETS, top_k=7, logits=logits, vocab_chunk=37)
+    many = logit_lens(batch.cache, targets=TARGETS, top_k=7, logits=logits, chunk_size=37)
     assert torch.equal(one.top_ids, many.top_ids)
     assert torch.equal(one.target_ranks, many.target_ranks)
     for a, b in (
@@ -135,13 +133,13 @@ def test_chunked_equals_unchunked(decoder):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for rt in ("logits", "log_probs", "probs"):
         torch.testing.assert_close(
-            lens_logits(batch.cache, rt, vocab_chunk=50), lens_logits(batch.cache, rt), atol=1e-5, rtol=0
+            lens_logits(batch.cache, rt, chunk_size=50), lens_logits(batch.cache, rt), atol=1e-5, rtol=0
         )
 
 
 def test_entropy_kl_and_ranks_against_independent_formulas(decoder):
     _, batch, _ = decoder
-    res = logit_lens(batch.cache, targets=TARGETS, top_k=3, vocab_chunk=100)
+    res = logit_lens(batch.cache, targets=TARGETS, top_k=3, chunk_size=100)
     logp = lens_logits(batch.cache, "log_probs").double()
     ent = torch.distributions.Categorical(logits=logp).entropy()
     torch.testing.assert_close(res.entropy.double(), ent, atol=1e-4, rtol=1e-5)
@@ -158,7 +156,7 @@ def test_entropy_kl_and_ranks_against_independent_formulas(decoder):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_compatibility_mode_handled_and_recorded(family):
+def test_compatibility_mode_handled_and_recorded(family, tmp_path):
     raw = tiny_model(family, n_layers=2)
     batch, _ = _run(raw)
     compat = tiny_model(family, n_layers=2)
@@ -174,7 +172,7 @@ def test_compatibility_mode_handled_and_recorded(family):
         lens_logits(cbatch.cache, "log_probs"), lens_logits(batch.cache, "log_probs"), atol=1e-4, rtol=0
     )
     torch.testing.assert_close(r_c.entropy, r_raw.entropy, atol=1e-4, rtol=0)
-    assert r_c.to_dict()["compatibility_mode"] is True
+    assert r_c.to_dict()["compatibility_mode"] is True and load(r_c.save(tmp_path / "r.json")) == r_c
 
 
 def test_final_norm_uses_fresh_statistics():
@@ -206,8 +204,8 @@ def test_bad_inputs(decoder):
         logit_lens(batch.cache, targets=["herself and other things"])
     with pytest.raises(TlprobeError, match="top_k"):
         logit_lens(batch.cache, top_k=0)
-    with pytest.raises(TlprobeError, match="vocab_chunk"):
-        logit_lens(batch.cache, vocab_chunk=0)
+    with pytest.raises(TlprobeError, match="chunk_size must be a positive integer"):
+        logit_lens(batch.cache, chunk_size=0)
     with pytest.raises(TlprobeError, match="logits has shape"):
         logit_lens(batch.cache, logits=logits[:, :-1])
     with pytest.raises(UnsupportedModelError, match="does not reproduce"):
@@ -253,7 +251,7 @@ def test_head_check_on_saved_and_in_memory_models(tmp_path):
     bare, _ = _tiny_bert_hf(head=False)
     bare.save_pretrained(tmp_path / "no_head")
     tok.save_pretrained(tmp_path / "no_head")
-    boot = _bridge_class().boot_transformers
+    boot = bridge_class().boot_transformers
     assert mlm_head_check(boot(str(tmp_path / "with_head"), device="cpu")).status == "trained"
     assert mlm_head_check(boot(str(tmp_path / "no_head"), device="cpu")).status == "missing"
     mem = boot("tiny-bert", hf_model=_tiny_bert_hf(seed=1)[0], tokenizer=tok, device="cpu")
@@ -264,7 +262,7 @@ def test_mlm_lens_with_trained_head(tmp_path):
     hf, tok = _tiny_bert_hf(head=True)
     hf.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    model = _bridge_class().boot_transformers(str(tmp_path), device="cpu")
+    model = bridge_class().boot_transformers(str(tmp_path), device="cpu")
     assert choose_lens(model)[0] == "mlm"
     batch = run_batch(model, ["the cat sat on the [MASK] .", "paris is a city"], names=resid_hook_names(2))
     with torch.inference_mode():
@@ -277,12 +275,12 @@ def test_mlm_lens_with_trained_head(tmp_path):
         hs = ref(batch.tokens, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
         hf_logits = torch.stack([ref.cls(h) for h in hs])
     torch.testing.assert_close(lens_logits(batch.cache, lens="mlm"), hf_logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(lens_logits(batch.cache, lens="mlm", vocab_chunk=999), hf_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lens_logits(batch.cache, lens="mlm", chunk_size=999), hf_logits, atol=1e-4, rtol=1e-4)
 
 
 def test_mlm_lens_unverifiable_head_needs_trust():
     hf, tok = _tiny_bert_hf(head=True)
-    model = _bridge_class().boot_transformers("tiny-bert", hf_model=hf, tokenizer=tok, device="cpu")
+    model = bridge_class().boot_transformers("tiny-bert", hf_model=hf, tokenizer=tok, device="cpu")
     logits, cache = model.run_with_cache("the cat sat on the [MASK] .")
     with pytest.raises(UnsupportedModelError, match="trust_head=True"):
         mlm_lens(cache)
@@ -308,106 +306,129 @@ def test_embedding_lens_recovers_input_tokens_on_minilm(minilm):
         np.testing.assert_allclose(res.token_cosines[d].reshape(-1).numpy(), own, atol=1e-5)
         ranks = (sims > own[:, None]).sum(-1)
         np.testing.assert_array_equal(res.token_ranks[d].reshape(-1).numpy(), ranks)
-    chunked = embedding_lens(batch.cache, batch.tokens, top_k=5, mask=mask, vocab_chunk=4000)
+    chunked = embedding_lens(batch.cache, batch.tokens, top_k=5, mask=mask, chunk_size=4000)
     assert torch.equal(chunked.top_ids, res.top_ids) and torch.equal(chunked.token_ranks, res.token_ranks)
     assert res.to_dict()["kind"] == EMBEDDING_LENS
+    # the recovery fields are what recovery(k) gives; the table shows them per depth label
+    assert torch.equal(res.top1_recovery, res.recovery(1)) and torch.equal(res.top5_recovery, res.recovery(5))
+    row = res.rows()[0]
+    assert list(row) == ["depth", "top1_recovery", "top5_recovery", "mean_cosine_with_input_token"]
+    assert row["depth"] == "embed" and row["top1_recovery"] == 1.0
 
 
 # ------------------------------------------------------------------------------------------
-# Figures
+# Results: labels, tables, selection, round trips
 
 
-def test_plotly_text_escapes_tokens():
-    assert plotly_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"
-    assert plotly_text("$x$") == "&#36;x&#36;"
-    assert plotly_text("a\nb") == "a\\nb"
-
-
-def test_figures_build_and_escape(decoder):
+def test_lens_result_round_trips_and_selects_by_depth_label(decoder, tmp_path):
     model, batch, logits = decoder
-    res = logit_lens(batch.cache, targets=TARGETS, top_k=5, attention_mask=batch.attention_mask)
-    toks = [model.tokenizer.decode([t]) for t in batch.tokens[0].tolist()]
-    toks[1] = "<b>bold</b>"
-    grid = lens_grid_figure(res, toks, model.tokenizer)
-    assert isinstance(grid, go.Figure)
-    heat = grid.data[0]
-    n_real = int(batch.attention_mask[0].sum())
-    assert len(heat.z) == len(res.labels) and len(heat.z[0]) == n_real
-    torch.testing.assert_close(torch.tensor(heat.z), res.top_probs[:, 0, :n_real, 0].float(), atol=1e-6, rtol=0)
-    assert "&lt;b&gt;bold&lt;/b&gt;" in grid.layout.xaxis.ticktext[1]
-    traj = target_trajectory_figure(res, TARGETS)
-    assert len(traj.data) == 2 * len(TARGETS)
-    assert list(traj.data[0].customdata) == res.target_ranks[:, 0, n_real - 1, 0].tolist()
-    assert isinstance(kl_entropy_figure(res), go.Figure)
-    view = target_topk_view(res, [toks, toks])
-    assert view.component == "TopkTokens"
-    # TopkTokens inserts tokens as HTML: they are defused (inert, same text), see figures.views
-    from tlprobe.figures.views import defuse_html
-
-    assert defuse_html("<b>bold</b>") in view.props["tokens"][0] and "<b>bold</b>" not in view.props["tokens"][0]
-    with pytest.raises(TlprobeError, match="no targets"):
-        target_trajectory_figure(logit_lens(batch.cache), [])
-
-
-def test_embedding_figures_are_labelled(minilm):
-    model, batch = minilm
-    res = embedding_lens(batch.cache, batch.tokens)
-    toks = [model.tokenizer.decode([t]) for t in batch.tokens[0].tolist()]
-    fig = lens_grid_figure(res, toks, model.tokenizer)
-    assert "token identity, not prediction" in fig.layout.title.text
-    assert "token identity, not prediction" in recovery_figure(res.layer_summary()).layout.title.text
-
-
-# ------------------------------------------------------------------------------------------
-# Recipe
-
-
-def test_recipe_minilm_embedding_lens(tmp_path):
-    from recipes import logit_lens as recipe
-
-    sentences = tmp_path / "s.txt"
-    sentences.write_text("She gave her the book.\nHe saw her there.\n", encoding="utf-8")
-    paths = recipe.run(
-        model="minilm", sentences=str(sentences), out=str(tmp_path / "out"), device="cpu", progress=False, quiet=True
+    res = logit_lens(
+        batch.cache, TARGETS, top_k=4, logits=logits, attention_mask=batch.attention_mask, tokens=batch.tokens
     )
-    results = json.loads(paths["results"].read_text(encoding="utf-8"))
-    assert results["lens"] == "embedding"
-    assert "random weights" in results["mlm_lens_refusal"]
-    assert results["result"]["kind"] == EMBEDDING_LENS
-    assert results["recovery"]["layers"][0]["top1_recovery"] == 1.0
-    page = paths["report"].read_text(encoding="utf-8")
-    assert page.count("token identity, not prediction") >= 5
-    assert "<h1>Lens: all-MiniLM-L6-v2, embedding lens (token identity, not prediction)</h1>" in page
+    assert isinstance(res, LensResult) and load(res.save(tmp_path / "lens.json")) == res
+    top = res.top(2)
+    assert isinstance(top, TopK) and top.axes == res.axes and load(top.save(tmp_path / "top.json")) == top
+    last = res[res.axes["depth"][-1]]
+    assert last.axes == {} and tuple(last.top_ids.shape) == tuple(res.top_ids.shape[1:])
+    assert torch.equal(last.kl_to_final, res.kl_to_final[-1]) and float(last.mean_kl_to_final) == 0.0
+    assert torch.equal(res[1:].top_ids, res.top_ids[1:]) and res[1:].axes["depth"] == res.axes["depth"][1:]
+    # the strings the figures show travel with the result
+    assert res.target_names == tuple(TARGETS)
+    assert res.vocab.decode(res.token_ids[0]) == decode_tokens(model, batch.tokens[0].tolist())
+    assert res.vocab.decode(res.top_ids[0, 0, 0]) == decode_tokens(model, res.top_ids[0, 0, 0].tolist())
+    rows = top.rows()
+    assert len(rows) == top.ids.numel() and rows[1]["rank"] == 1
+    assert rows[0] == {
+        "depth": "embed",
+        "batch": 0,
+        "pos": 0,
+        "rank": 0,
+        "id": int(top.ids[0, 0, 0, 0]),
+        "token": res.vocab.decode(top.ids[0, 0, 0, 0]),
+        "value": float(top.values[0, 0, 0, 0]),
+    }
 
 
-def test_recipe_decoder_logit_lens_is_reproducible(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from recipes import logit_lens as recipe
-
-    tok = tiny_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=len(tok), n_positions=64))
-    hf.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    outs = [
-        recipe.run(
-            model=str(tmp_path / "m"),
-            prompt="She gave her the book",
-            targets=[" her"],
-            top_k=3,
-            out=str(tmp_path / f"o{i}"),
-            device="cpu",
-            progress=False,
-            quiet=True,
+def test_rows_are_means_and_medians_over_real_positions(decoder):
+    _, batch, _ = decoder
+    mask = batch.attention_mask.bool()
+    assert not bool(mask.all())  # the prompts have different lengths: padding must not count
+    res = logit_lens(batch.cache, TARGETS, top_k=3, attention_mask=batch.attention_mask)
+    rows = res.rows()
+    assert [r["depth"] for r in rows] == list(res.axes["depth"])
+    sel = mask.numpy()
+    for d, row in enumerate(rows):
+        assert row["mean_entropy"] == pytest.approx(float(res.entropy[d].numpy()[sel].mean()), rel=1e-5)
+        assert row["mean_kl_to_final"] == pytest.approx(
+            float(res.kl_to_final[d].numpy()[sel].mean()), rel=1e-5, abs=1e-7
         )
-        for i in range(2)
-    ]
-    a, b = (p["results"].read_bytes() for p in outs)
-    assert a == b
-    results = json.loads(a)
-    assert results["lens"] == "logit" and results["result"]["final_max_abs_error"] < 1e-5
-    assert results["result"]["kind"] == LOGIT_LENS
-    page = outs[0]["report"].read_text(encoding="utf-8")
-    assert "TopkTokens" in page and "token identity" not in page
+        for t, name in enumerate(TARGETS):
+            probs = res.target_probs[d, ..., t].numpy()[sel]
+            ranks = np.sort(res.target_ranks[d, ..., t].numpy()[sel])
+            assert row[f"{name!r} mean prob"] == pytest.approx(float(probs.mean()), rel=1e-5)
+            assert row[f"{name!r} median rank"] == int(ranks[(len(ranks) - 1) // 2])  # the lower median
+    assert set(rows[0]) == {"depth", "mean_entropy", "mean_kl_to_final"} | {
+        f"{n!r} {what}" for n in TARGETS for what in ("mean prob", "median rank")
+    }
+
+
+def test_target_ids_are_named_by_their_token(decoder):
+    model, batch, _ = decoder
+    tid = target_token_ids(model, [" her"])[0]
+    res = logit_lens(batch.cache, [tid, " the"], top_k=2)
+    assert res.target_names == (" her", " the") and res.target_ids.tolist() == target_token_ids(model, [" her", " the"])
+
+
+def test_depth_labels_can_be_given_and_must_fit(decoder):
+    model, batch, _ = decoder
+    labels = tuple(f"resid {i}" for i in range(model.cfg.n_layers + 1))
+    res = logit_lens(batch.cache, top_k=2, axes={"depth": labels})
+    assert res.axes == {"depth": labels} and res.rows()[0]["depth"] == "resid 0"
+    with pytest.raises(TlprobeError, match="one label per leading index"):
+        logit_lens(batch.cache, top_k=2, axes={"depth": labels[:-1]})
+    with pytest.raises(TlprobeError, match="tokens has shape"):
+        logit_lens(batch.cache, top_k=2, tokens=batch.tokens[:, :-1])
+    with pytest.raises(TlprobeError, match="attention_mask has shape"):
+        logit_lens(batch.cache, top_k=2, attention_mask=batch.attention_mask[:1])
+
+
+def test_embedding_lens_result_round_trips(minilm, tmp_path):
+    model, batch = minilm
+    res = embedding_lens(
+        batch.cache, batch.tokens, top_k=3, mask=content_mask(model, batch.tokens, batch.attention_mask)
+    )
+    assert isinstance(res, EmbeddingLensResult) and load(res.save(tmp_path / "emb.json")) == res
+    sub = res["block 0"]
+    assert float(sub.top1_recovery) == float(res.top1_recovery[1]) and float(sub.recovery(1)) == float(
+        res.recovery(1)[1]
+    )
+    with pytest.raises(TlprobeError, match="mask has shape"):
+        embedding_lens(batch.cache, batch.tokens, mask=batch.attention_mask[:, :-1])
+
+
+def test_content_mask_drops_padding_and_special_tokens(minilm):
+    model, batch = minilm
+    mask = content_mask(model, batch.tokens, batch.attention_mask)
+    special = set(special_token_ids(model))
+    for b in range(batch.tokens.shape[0]):
+        for p, t in enumerate(batch.tokens[b].tolist()):
+            assert bool(mask[b, p]) == (bool(batch.attention_mask[b, p]) and t not in special)
+
+
+def test_token_strings_decode_and_round_trip(tmp_path):
+    model = tiny_model("gpt2", n_layers=1)
+    ids = model.to_tokens("She gave her the book", prepend_bos=False)
+    table = token_strings(model, ids, [5, 5, 7])
+    assert table.ids.tolist() == sorted(set(ids.flatten().tolist()) | {5, 7})
+    assert table.decode(ids) == [decode_tokens(model, ids[0].tolist())]
+    assert table.decode(torch.zeros(2, 0, dtype=torch.long)) == [[], []]
+    with pytest.raises(TlprobeError, match="not in this table"):
+        table.decode([int(table.ids.max()) + 1])
+    assert isinstance(table, TokenStrings) and load(table.save(tmp_path / "t.json")) == table
+
+
+def test_head_check_round_trips(minilm, tmp_path):
+    model, _ = minilm
+    check = mlm_head_check(model)
+    assert isinstance(check, HeadCheck) and load(check.save(tmp_path / "h.json")) == check
+    assert check.to_dict()["missing"] == list(check.missing)

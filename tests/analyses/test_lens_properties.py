@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 # -- lenses -----------------------------------------------------------------------------------
 WORDS = ["the", "her", "book", "tea", "river", "gave", "she", "a", "of", "storm", "quiet", "pilot"]
@@ -22,7 +21,7 @@ def test_logit_lens_bounds_for_any_prompt_and_chunking(tiny_gpt2, words, chunk, 
     from tlprobe.analyses.lens import logit_lens
 
     _, cache = tiny_gpt2.run_with_cache(" ".join(words))
-    res = logit_lens(cache, targets=[" her"], top_k=k, vocab_chunk=chunk)
+    res = logit_lens(cache, targets=[" her"], top_k=k, chunk_size=chunk)
     log_v = float(np.log(tiny_gpt2.cfg.d_vocab))
     assert bool((res.entropy >= -1e-5).all() and (res.entropy <= log_v + 1e-4).all())
     assert bool((res.kl_to_final >= -1e-5).all())

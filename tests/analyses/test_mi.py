@@ -5,18 +5,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import plotly.graph_objects as go
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.special import ndtri
-from scipy.stats import entropy as scipy_entropy
-from scipy.stats import rankdata
+from scipy.stats import entropy as scipy_entropy, rankdata
 from sklearn.metrics import mutual_info_score
 
 from tlprobe.analyses.mi import (
+    MIHistograms,
+    MIResult,
     bin_labels,
     copnorm,
     cross_mi,
@@ -32,13 +31,7 @@ from tlprobe.analyses.mi import (
     token_mi,
 )
 from tlprobe.errors import TlprobeError
-from tlprobe.figures.mi import (
-    dependence_examples_figure,
-    dependence_sweep_figure,
-    mi_heatmap_figure,
-    mi_histogram_figure,
-    mi_means_figure,
-)
+from tlprobe.result import load
 
 
 def gen(seed: int) -> torch.Generator:
@@ -71,7 +64,7 @@ def loop_mi(x: np.ndarray, i: int, j: int, bins: int) -> float:
 def test_pairwise_equals_sklearn_on_same_labels(bins):
     x = mixed_data()
     m = pairwise_mi(x, bins=bins)
-    lab = bin_labels(x, bins).numpy()
+    lab = bin_labels(x, bins=bins).numpy()
     v = x.shape[1]
     ref = np.array([[mutual_info_score(lab[:, i], lab[:, j]) for j in range(v)] for i in range(v)])
     assert m.dtype == torch.float64
@@ -94,7 +87,7 @@ def test_pairwise_equals_histogram2d_loop(bins):
 
 def test_labels_match_numpy_histogram():
     x = mixed_data(n=300, v=6, seed=2)
-    lab = bin_labels(x, 9).numpy()
+    lab = bin_labels(x, bins=9).numpy()
     for j in range(x.shape[1]):
         counts, _ = np.histogram(x[:, j].numpy(), bins=9)
         np.testing.assert_array_equal(np.bincount(lab[:, j], minlength=9), counts)
@@ -113,24 +106,24 @@ def test_bin_rules_follow_numpy(rule):
 def test_diagonal_is_entropy():
     x = mixed_data()
     m = pairwise_mi(x, bins=10)
-    lab = bin_labels(x, 10).numpy()
+    lab = bin_labels(x, bins=10).numpy()
     ref = np.array([scipy_entropy(np.bincount(lab[:, j])) for j in range(x.shape[1])])
     np.testing.assert_allclose(m.diagonal().numpy(), ref, atol=1e-12)
-    np.testing.assert_allclose(entropy(x, 10).numpy(), ref, atol=1e-12)
+    np.testing.assert_allclose(entropy(x, bins=10).numpy(), ref, atol=1e-12)
 
 
 def test_miller_madow_matches_formula():
     x = mixed_data(seed=4)
     n, v = x.shape
-    lab = bin_labels(x, 8).numpy()
+    lab = bin_labels(x, bins=8).numpy()
     occ = [len(np.unique(lab[:, j])) for j in range(v)]
     ref = np.empty((v, v))
     for i in range(v):
         for j in range(v):
             joint = len(np.unique(lab[:, i] * 8 + lab[:, j]))
             ref[i, j] = mutual_info_score(lab[:, i], lab[:, j]) + (occ[i] + occ[j] - joint - 1) / (2 * n)
-    np.testing.assert_allclose(pairwise_mi(x, 8, correction="miller-madow").numpy(), ref, atol=1e-9)
-    h_mm = entropy(x, 8, correction="miller-madow").numpy()
+    np.testing.assert_allclose(pairwise_mi(x, bins=8, correction="miller-madow").numpy(), ref, atol=1e-9)
+    h_mm = entropy(x, bins=8, correction="miller-madow").numpy()
     np.testing.assert_allclose(np.diag(ref), h_mm, atol=1e-9)
 
 
@@ -153,11 +146,11 @@ def test_positive_affine_invariance():
 def test_independent_biased_raw_and_corrections_near_zero():
     x = torch.randn(94, 60, generator=gen(7), dtype=torch.float64)  # independent Gaussians
     iu = torch.triu_indices(60, 60, 1)
-    raw10 = pairwise_mi(x, 10)[iu[0], iu[1]].mean()
-    raw20 = pairwise_mi(x, 20)[iu[0], iu[1]].mean()
+    raw10 = pairwise_mi(x, bins=10)[iu[0], iu[1]].mean()
+    raw20 = pairwise_mi(x, bins=20)[iu[0], iu[1]].mean()
     assert 0.35 < raw10 < 0.45  # the L09 offset: about 0.40 nats at 10 bins
     assert 1.0 < raw20 < 1.17  # and about 1.08 at 20
-    mm = miller_madow(x, 10)
+    mm = miller_madow(x, bins=10)
     assert 0.1 < mm.upper("corrected").mean() < 0.75 * raw10  # helps, but under-corrects this sparse case
     assert float(gcmi(x)[iu[0], iu[1]].mean()) < 0.02  # GCMI: bias about 1 / (2 n)
     null = mi_null(x, n_shuffles=8, seed=0)
@@ -211,9 +204,9 @@ def test_properties_symmetric_nonnegative_bounded(a, bins):
 )
 def test_property_mi_helper_equals_sklearn(a, bins):
     x = torch.from_numpy(a)
-    lab = bin_labels(x, bins).numpy()
+    lab = bin_labels(x, bins=bins).numpy()
     ref = mutual_info_score(lab[:, 0], lab[:, -1])
-    assert float(mi(x[:, 0], x[:, -1], bins)) == pytest.approx(ref, abs=1e-9)
+    assert float(mi(x[:, 0], x[:, -1], bins=bins)) == pytest.approx(ref, abs=1e-9)
 
 
 # --- chunking, batching, other forms --------------------------------------------------------
@@ -260,7 +253,7 @@ def test_cross_and_token_forms():
     tm = token_mi(h, bins=6)
     assert tm.shape == (3, 7, 7)
     np.testing.assert_allclose(tm.numpy(), pairwise_mi(h.mT, bins=6).numpy(), atol=0)
-    lab = bin_labels(h[1].mT, 6).numpy()
+    lab = bin_labels(h[1].mT, bins=6).numpy()
     assert float(tm[1, 2, 5]) == pytest.approx(mutual_info_score(lab[:, 2], lab[:, 5]), abs=1e-9)
     # broadcasting leading dims
     y = torch.randn(94, 2, generator=gen(15), dtype=torch.float64)
@@ -279,7 +272,28 @@ def test_mi_null_seeded_and_diagonal():
     np.testing.assert_allclose(a.corrected.numpy(), (a.raw - a.null_mean).numpy(), atol=1e-12)
     d = a.to_dict()
     assert d["method"] == "shuffle" and d["n_shuffles"] == 4 and len(d["raw"]) == 6
-    assert a.summary()["null_mean"] > 0
+    (row,) = a.rows()
+    assert row["null_mean"] > 0 and row["raw_mean"] == pytest.approx(float(a.upper("raw").mean()))
+
+
+def test_mi_results_keep_labels_select_and_round_trip(tmp_path):
+    x = torch.randn(2, 3, 60, 5, generator=gen(23), dtype=torch.float64)
+    axes = {"layer": ["L0", "L1"], "head": ["H0", "H1", "H2"]}
+    null = mi_null(x, n_shuffles=3, seed=1, axes=axes)
+    assert isinstance(null, MIResult) and null.axes["head"] == ("H0", "H1", "H2")
+    one = null["L1H2"]
+    assert one.axes == {} and torch.equal(one.raw, null.raw[1, 2]) and torch.equal(one.null_std, null.null_std[1, 2])
+    rows = null.rows()
+    assert [(r["layer"], r["head"]) for r in rows][:2] == [("L0", "H0"), ("L0", "H1")] and len(rows) == 6
+    assert rows[5]["corrected_mean"] == pytest.approx(float(one.upper("corrected").mean()))
+    assert load(null.save(tmp_path / "null.json")) == null
+    mm = miller_madow(x, bins=5, axes=axes)
+    assert mm.null_mean is None and set(mm.rows()[0]) == {"layer", "head", "raw_mean", "corrected_mean"}
+    assert torch.equal(mm["L0"].corrected, mm.corrected[0]) and load(mm.save(tmp_path / "mm.json")) == mm
+    with pytest.raises(TlprobeError, match="no null_mean"):
+        mm.upper("null_mean")
+    with pytest.raises(TlprobeError, match="one label per leading index"):
+        mi_null(x, n_shuffles=1, axes={"layer": ["L0", "L1", "L2"]})
 
 
 # --- GCMI --------------------------------------------------------------------------------------
@@ -359,47 +373,66 @@ def test_bad_input_raises_clear_error(call, message):
 
 def test_mi_histograms_match_numpy():
     m = pairwise_mi(torch.randn(3, 94, 30, generator=gen(19), dtype=torch.float64))
-    h = mi_histograms(m, ["emb", "L1", "L2"], bins=25)
+    h = mi_histograms(m, bins=25, axes={"layer": ["emb", "L1", "L2"]})
     iu = np.triu_indices(30, 1)
     vals = m.numpy()[:, iu[0], iu[1]]
     for i in range(3):
         counts, edges = np.histogram(vals[i], bins=25, range=(vals.min(), vals.max()))
         np.testing.assert_allclose(h.prob[i].numpy(), counts / counts.sum(), atol=1e-12)
+        dens, _ = np.histogram(vals[i], bins=25, range=(vals.min(), vals.max()), density=True)
+        np.testing.assert_allclose(h.density[i].numpy(), dens, atol=1e-9)
         assert float(h.mean[i]) == pytest.approx(vals[i].mean())
+        assert float(h.median[i]) == pytest.approx(np.sort(vals[i])[(vals.shape[1] - 1) // 2])  # lower median
     np.testing.assert_allclose(h.edges.numpy(), edges, atol=1e-12)
-    assert h.n_pairs == 435 and h.to_dict()["names"] == ["emb", "L1", "L2"]
+    assert h.n_pairs == 435 and h.to_dict()["axes"] == {"layer": ["emb", "L1", "L2"]}
 
 
-def test_dependence_parabola_and_sweep():
+def test_mi_histograms_keep_leading_axes_and_round_trip(tmp_path):
+    m = pairwise_mi(torch.randn(2, 3, 50, 8, generator=gen(24), dtype=torch.float64))
+    h = mi_histograms(m, bins=7, value_range=(0.0, 2.0), axes={"estimate": ["a", "b"]})
+    assert (
+        isinstance(h, MIHistograms)
+        and h.prob.shape == (2, 3, 7)
+        and h.mean.shape == (2, 3)
+        and h.edges.tolist()[::7] == [0.0, 2.0]
+    )
+    assert h.series == ("a 0", "a 1", "a 2", "b 0", "b 1", "b 2")
+    flat = mi_histograms(m.reshape(6, 8, 8), bins=7, value_range=(0.0, 2.0))
+    assert torch.equal(flat.prob, h.prob.reshape(6, 7)) and flat.series == tuple("012345")
+    assert h.rows()[4] == {
+        "estimate": "b",
+        "axis 1": "1",
+        "n_pairs": 28,
+        "mean": float(h.mean[1, 1]),
+        "median": float(h.median[1, 1]),
+        "std": float(h.std[1, 1]),
+    }
+    assert torch.equal(h["b"].prob, h.prob[1]) and torch.equal(h["b"].edges, h.edges)
+    assert load(h.save(tmp_path / "h.json")) == h
+    with pytest.raises(TlprobeError, match="value_range must be"):
+        mi_histograms(m, value_range=(1.0, 1.0))
+    with pytest.raises(TlprobeError, match="one label per leading index"):
+        mi_histograms(m, axes={"estimate": ["a"]})
+
+
+def test_dependence_parabola_and_sweep(tmp_path):
     g = gen(20)
     x = torch.rand(3, 400, generator=g, dtype=torch.float64) * 2 - 1
     noise = torch.randn(3, 400, generator=g, dtype=torch.float64)
     rho = torch.tensor([-0.9, 0.0, 0.9], dtype=torch.float64)[:, None]
     lin = rho * x + torch.sqrt(1 - rho**2) * noise * x.std()
-    d = dependence(x, lin, n_shuffles=30, seed=0)
+    d = dependence(x, lin, n_shuffles=30, seed=0, axes={"rho": ["-0.9", "0", "0.9"]})
     ref_cov = [np.cov(x[i].numpy(), lin[i].numpy())[0, 1] for i in range(3)]
     np.testing.assert_allclose(d.covariance.numpy(), ref_cov, atol=1e-12)
+    assert torch.equal(d.covariance_squared, d.covariance**2)
     assert d.covariance[0] < 0 < d.covariance[2]
     assert d.mi_corrected[0] > d.mi_corrected[1] < d.mi_corrected[2]  # the U
+    assert d.x is None and [r["rho"] for r in d.rows()] == ["-0.9", "0", "0.9"]
+    assert d.rows()[2]["gcmi"] == float(d.gcmi[2])
     p = dependence(x[0], x[0] ** 2, n_shuffles=30, seed=0)
     assert abs(float(p.correlation)) < 0.15
     assert float(p.mi_raw) > float(p.mi_null_q95)
     assert float(p.gcmi) < 0.05  # GCMI cannot see the symmetric parabola
-    assert set(d.to_dict()) >= {"covariance", "mi_raw", "mi_corrected", "gcmi", "bins"}
-
-
-def test_figures_build_from_results():
-    m = pairwise_mi(torch.randn(4, 94, 12, generator=gen(21), dtype=torch.float64))
-    h = mi_histograms(m, ["embed", "1", "2", "3"], bins=20)
-    fig = mi_histogram_figure(h, highlight=0)
-    assert isinstance(fig, go.Figure) and len(fig.data) == 4
-    assert fig.data[0].line.width > fig.data[1].line.width
-    assert len(mi_means_figure({"raw": h, "half": mi_histograms(m / 2, list(h.names))}).data) == 2
-    assert len(mi_heatmap_figure(m[0]).data) == 1
-    x = torch.rand(2, 100, generator=gen(22), dtype=torch.float64)
-    d = dependence(x, x**2, n_shuffles=3)
-    assert len(dependence_sweep_figure(d, torch.tensor([0.0, 1.0])).data) == 6
-    ex = dependence_examples_figure(x, x**2, d, ["a", "b"])
-    assert "cov=" in ex.layout.annotations[0].text
-    with pytest.raises(TlprobeError, match="highlight 9"):
-        mi_histogram_figure(h, highlight=9)
+    kept = dependence(x, lin, n_shuffles=30, seed=0, keep_samples=True, axes={"rho": ["-0.9", "0", "0.9"]})
+    assert torch.equal(kept.x, x) and torch.equal(kept["0.9"].y, lin[2]) and torch.equal(kept.gcmi, d.gcmi)
+    assert load(kept.save(tmp_path / "dep.json")) == kept and load(d.save(tmp_path / "d.json")) == d

@@ -2,16 +2,11 @@
 
 import numpy as np
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tlprobe.analyses.similarity import (
-    block_stats,
-    feature_similarity,
-    qkv_block_codes,
-    shuffle_values,
-)
+from tests.analyses.reference import reference_block_similarity
+from tlprobe.analyses.similarity import feature_similarity, qkv_block_similarity, shuffle_values
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -46,19 +41,24 @@ def test_similarity_invariant_to_positive_scaling_and_sample_order(x, scale, see
 
 
 @FAST
-@given(sample_matrices(min_features=3, max_features=9).filter(lambda x: x.shape[1] % 3 == 0), st.integers(1, 30))
-def test_block_stats_probabilities(x, bins):
-    st_ = block_stats(feature_similarity(x), qkv_block_codes(x.shape[1] // 3), bins=bins)
+@given(sample_matrices(min_features=6, max_features=9).filter(lambda x: x.shape[1] % 3 == 0), st.integers(1, 30))
+def test_block_statistics_probabilities_and_reference(x, bins):
+    st_ = qkv_block_similarity(x, bins=bins)
     torch.testing.assert_close(st_.prob.sum(-1), torch.ones(len(st_.blocks), dtype=st_.prob.dtype))
     assert bool((st_.frac_extreme >= 0).all() and (st_.frac_extreme <= 1).all())
-    assert bool((st_.mean.abs() <= 1 + 1e-12).all())
+    assert bool((st_.mean.abs() <= 1 + 1e-12).all() and (st_.mean_abs <= 1 + 1e-12).all())
+    ref = reference_block_similarity(x, bins=bins)
+    torch.testing.assert_close(st_.mean, ref.mean, rtol=0, atol=1e-9)
+    torch.testing.assert_close(st_.std, ref.std, rtol=0, atol=1e-6)
+    # bin counts may differ only for values within rounding of a bin edge
+    assert float(((st_.prob - ref.prob).abs() * st_.count[:, None]).sum()) <= 2
 
 
 @FAST
 @given(sample_matrices(), st.integers(0, 2**31 - 1), st.sampled_from(["all", "within-feature"]))
 def test_shuffle_is_a_permutation_and_deterministic(x, seed, mode):
-    a = shuffle_values(x, mode, seed)
-    assert torch.equal(a, shuffle_values(x, mode, seed))
+    a = shuffle_values(x, mode, seed=seed)
+    assert torch.equal(a, shuffle_values(x, mode, seed=seed))
     assert torch.equal(a.flatten().sort().values, x.flatten().sort().values)
     if mode == "within-feature":
         assert torch.equal(a.sort(0).values, x.sort(0).values)

@@ -1,12 +1,16 @@
-"""Similarity matrices, the Q/K/V block mask, shuffled baselines and block statistics."""
+"""Similarity matrices, the Q/K/V block mask, shuffled baselines, and the tiled block kernel
+(qkv_block_similarity) against an independent torch implementation and numpy."""
 
 import numpy as np
 import pytest
 import torch
 
+from tests.analyses.reference import SUMMARIES, block_stats, numpy_block_similarity, reference_block_similarity
+from tlprobe import load
+from tlprobe.analyses import similarity
 from tlprobe.analyses.similarity import (
     BLOCKS,
-    block_stats,
+    BlockStats,
     feature_similarity,
     qkv_block_codes,
     qkv_block_similarity,
@@ -18,6 +22,16 @@ from tlprobe.errors import TlprobeError
 def _data(*shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=g, dtype=torch.float64) + torch.linspace(-2, 2, shape[-1], dtype=torch.float64)
+
+
+def _qkv(lead=(4,), samples=25, n=8, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    # A per-feature mean offset, as in real activations, so cosine and correlation differ.
+    x = torch.randn(*lead, samples, 3 * n, generator=g, dtype=dtype)
+    return x + 1.5 * torch.randn(*lead, 1, 3 * n, generator=g, dtype=dtype)
+
+
+# -- feature similarity -------------------------------------------------------------------------
 
 
 def test_cosine_equals_normalised_numpy_dot():
@@ -70,32 +84,7 @@ def test_block_codes_counts_and_layout(n):
     assert i < n <= j < 2 * n
 
 
-def test_block_stats_equal_numpy_masks_and_histograms():
-    x = _data(2, 40, 15)
-    sim = feature_similarity(x, "cosine")
-    codes = qkv_block_codes(5)
-    st = block_stats(sim, codes, bins=16, extreme=0.5)
-    edges = np.linspace(-1, 1, 17)
-    for p in range(2):
-        s = sim[p].numpy()
-        for b, name in enumerate(st.blocks):
-            vals = s[codes.numpy() == BLOCKS[name]]
-            hist, _ = np.histogram(vals, bins=edges)
-            np.testing.assert_allclose(st.prob[p, b].numpy(), hist / len(vals), atol=1e-12)
-            assert st.mean[p, b].item() == pytest.approx(vals.mean(), abs=1e-12)
-            assert st.std[p, b].item() == pytest.approx(vals.std(), abs=1e-12)
-            assert st.frac_extreme[p, b].item() == pytest.approx((np.abs(vals) > 0.5).mean(), abs=1e-12)
-    torch.testing.assert_close(st.prob.sum(-1), torch.ones(2, 6, dtype=st.prob.dtype))
-    width = st.edges[1:] - st.edges[:-1]
-    torch.testing.assert_close((st.density * width).sum(-1), torch.ones(2, 6, dtype=st.prob.dtype))
-
-
-def test_qkv_block_similarity_single_equals_batched():
-    x = _data(3, 30, 12)
-    batched = qkv_block_similarity(x, "correlation", bins=10)
-    single = qkv_block_similarity(x[1], "correlation", bins=10)
-    torch.testing.assert_close(batched.prob[1], single.prob)
-    assert len(batched.table(["a", "b", "c"])) == 18
+# -- shuffles ---------------------------------------------------------------------------------------
 
 
 def test_shuffle_all_reproducible_and_keeps_values():
@@ -109,10 +98,10 @@ def test_shuffle_all_reproducible_and_keeps_values():
 
 def test_shuffle_within_feature_keeps_each_column():
     x = _data(2, 20, 10)
-    s = shuffle_values(x, mode="within-feature", seed=0)
+    s = shuffle_values(x, "within-feature", seed=0)
     assert torch.equal(s.sort(dim=-2).values, x.sort(dim=-2).values)
     assert not torch.equal(s, x)
-    assert not torch.equal(s[0], shuffle_values(x[0], mode="within-feature", seed=1))
+    assert not torch.equal(s[0], shuffle_values(x[0], "within-feature", seed=1))
 
 
 def test_shuffled_baseline_correlation_is_centred_gaussian_like():
@@ -120,6 +109,158 @@ def test_shuffled_baseline_correlation_is_centred_gaussian_like():
     st = qkv_block_similarity(shuffle_values(x, seed=0), "correlation", bins=20)
     assert float(st.mean.abs().max()) < 0.02
     assert float(st.frac_extreme.max()) == 0.0
+
+
+# -- the reference implementations agree with numpy ----------------------------------------------
+
+
+def test_reference_block_stats_equal_numpy_masks_and_histograms():
+    x = _data(2, 40, 15)
+    sim = feature_similarity(x, "cosine")
+    codes = qkv_block_codes(5)
+    st = block_stats(sim, codes, bins=16, extreme=0.5)
+    edges = np.linspace(-1, 1, 17)
+    for p in range(2):
+        s = sim[p].numpy()
+        for b, name in enumerate(st.blocks):
+            vals = s[codes.numpy() == BLOCKS[name]]
+            hist, _ = np.histogram(vals, bins=edges)
+            np.testing.assert_allclose(st.prob[p, b].numpy(), hist / len(vals), atol=1e-12)
+            assert st.mean[p, b].item() == pytest.approx(vals.mean(), abs=1e-12)
+            assert st.std[p, b].item() == pytest.approx(vals.std(), abs=1e-12)
+            assert st.mean_abs[p, b].item() == pytest.approx(np.abs(vals).mean(), abs=1e-12)
+            assert st.frac_extreme[p, b].item() == pytest.approx((np.abs(vals) > 0.5).mean(), abs=1e-12)
+
+
+# -- the tiled kernel -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["cosine", "correlation"])
+@pytest.mark.parametrize("bins", [20, 17])  # 20: +-0.9 are bin edges (fast path); 17: they are not
+def test_kernel_equals_numpy_per_leading_index(method, bins):
+    x = _qkv((4,))
+    st = qkv_block_similarity(x, method, bins=bins)
+    assert st.blocks == tuple(BLOCKS)
+    for layer in range(4):
+        ref = numpy_block_similarity(x[layer].numpy(), method, bins, 0.9)
+        np.testing.assert_array_equal(st.prob[layer].numpy(), ref["prob"])
+        for k in SUMMARIES:
+            np.testing.assert_allclose(getattr(st, k)[layer].numpy(), ref[k], atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("method", ["cosine", "correlation"])
+def test_kernel_equals_reference_implementation(method):
+    x = _qkv((5,), seed=3)
+    st = qkv_block_similarity(x, method, bins=40)
+    ref = reference_block_similarity(x, method, bins=40)
+    torch.testing.assert_close(st.prob, ref.prob, rtol=0, atol=0)
+    for k in SUMMARIES:
+        torch.testing.assert_close(getattr(st, k), getattr(ref, k), rtol=0, atol=1e-12)
+    assert torch.equal(st.count, ref.count) and torch.equal(st.edges, ref.edges)
+    # one leading index alone gives the same numbers as inside the batch
+    one = qkv_block_similarity(x[2], method, bins=40)
+    torch.testing.assert_close(one.prob, st.prob[2], rtol=0, atol=0)
+
+
+def test_float32_matches_reference_and_is_float32():
+    x = _qkv((3,), samples=40, n=30, seed=1, dtype=torch.float32)
+    st = qkv_block_similarity(x, "cosine", bins=100)
+    one = reference_block_similarity(x, "cosine", bins=100)
+    assert st.prob.dtype == torch.float32
+    # Bin counts may differ only by values within float32 rounding of a bin edge.
+    assert float(((st.prob - one.prob).abs() * st.count[:, None]).max()) <= 2
+    torch.testing.assert_close(st.mean, one.mean, rtol=0, atol=1e-5)
+    torch.testing.assert_close(st.std, one.std, rtol=0, atol=1e-5)
+    torch.testing.assert_close(st.frac_extreme, one.frac_extreme, rtol=0, atol=2 / 900)
+
+
+def test_histograms_are_densities():
+    st = qkv_block_similarity(_qkv((2, 3)), "correlation", bins=30)
+    assert st.prob.shape == (2, 3, 6, 30)
+    torch.testing.assert_close(st.prob.sum(-1), torch.ones(2, 3, 6, dtype=torch.float64))
+    widths = st.edges[1:] - st.edges[:-1]
+    torch.testing.assert_close((st.density * widths).sum(-1), torch.ones(2, 3, 6, dtype=torch.float64))
+    n = 8
+    assert st.count.tolist() == [n * (n - 1) // 2, n * n, n * n, n * (n - 1) // 2, n * n, n * (n - 1) // 2]
+
+
+@pytest.mark.parametrize("method", ["cosine", "correlation"])
+def test_chunked_and_tiled_equal_unchunked(monkeypatch, method):
+    x = _qkv((7,), n=10, seed=2)
+    full = qkv_block_similarity(x, method, bins=25, chunk_size=7)  # one chunk, one tile per block
+    ref = [numpy_block_similarity(x[layer].numpy(), method, 25, 0.9) for layer in range(7)]
+    # Tiles of a few rows (a partial last one) and chunks of 1 or 3 layers, the bench's code path.
+    monkeypatch.setattr(similarity, "TILE_CELLS", 45)
+    for chunk_size in (1, 3, None):
+        part = qkv_block_similarity(x, method, bins=25, chunk_size=chunk_size)
+        for k in ("prob", "frac_extreme", "mean", "std"):
+            assert torch.equal(getattr(part, k), getattr(full, k)), (chunk_size, k)
+        torch.testing.assert_close(part.mean_abs, full.mean_abs, rtol=1e-14, atol=0)
+        np.testing.assert_allclose(part.mean_abs.numpy(), np.stack([r["mean_abs"] for r in ref]), atol=1e-12)
+
+
+def test_value_range_outside_values_go_to_edge_bins():
+    x = _qkv((2,), seed=4)
+    st = qkv_block_similarity(x, "cosine", bins=10, value_range=(-0.5, 0.5))
+    for layer in range(2):
+        xn = x[layer] / x[layer].norm(dim=0)
+        sim = (xn.T @ xn).numpy()
+        v = sim[:8, 8:16].ravel()  # the QK block
+        idx = np.clip(np.floor((v + 0.5) / 1.0 * 10), 0, 9).astype(int)
+        np.testing.assert_array_equal(st.prob[layer, 1].numpy(), np.bincount(idx, minlength=10) / v.size)
+    ref = reference_block_similarity(x, "cosine", bins=10, value_range=(-0.5, 0.5))
+    torch.testing.assert_close(st.prob, ref.prob, rtol=0, atol=0)
+    # +-0.9 are the range ends here: values beyond them sit in the edge bins, so they must still count.
+    y = x + 3 * x.mean(-2, keepdim=True)  # larger mean offsets: many |cosine| > 0.9
+    clipped = qkv_block_similarity(y, "cosine", bins=18, value_range=(-0.9, 0.9))
+    full = qkv_block_similarity(y, "cosine", bins=20)
+    torch.testing.assert_close(clipped.frac_extreme, full.frac_extreme, rtol=0, atol=0)
+    assert float(full.frac_extreme.min()) > 0
+
+
+def test_rank_one_samples_closed_form():
+    # Every sample is the same vector v (up to a positive scale): cosine(a, b) = sign(v_a v_b).
+    g = torch.Generator().manual_seed(5)
+    v = torch.randn(12, generator=g, dtype=torch.float64)
+    x = torch.rand(9, 1, generator=g, dtype=torch.float64).add(0.5) * v
+    st = qkv_block_similarity(x, "cosine", bins=4)
+    sign = torch.sign(v)
+    expect_qk = float((sign[:4, None] * sign[None, 4:8]).mean())
+    assert float(st.mean[1]) == pytest.approx(expect_qk, abs=1e-12)
+    torch.testing.assert_close(st.frac_extreme, torch.ones(6, dtype=torch.float64))
+    torch.testing.assert_close(st.mean_abs, torch.ones(6, dtype=torch.float64))
+    assert float(st.prob[:, 1:3].sum()) == 0  # nothing in the middle bins
+
+
+# -- the result ----------------------------------------------------------------------------------
+
+
+def test_axes_selection_rows_and_round_trip(tmp_path):
+    x = _qkv((2, 3), n=4)
+    axes = {"population": ("target", "non-target"), "layer": ("L0", "L1", "L2")}
+    st = qkv_block_similarity(x, "correlation", bins=8, axes=axes)
+    sub = st["non-target"]
+    assert isinstance(sub, BlockStats) and sub.prob.shape == (3, 6, 8) and sub.axes == {"layer": axes["layer"]}
+    assert torch.equal(st["non-target", "L2"].mean_abs, st.mean_abs[1, 2])
+    rows = st.rows()
+    assert len(rows) == 2 * 3 * 6
+    first = rows[0]
+    assert first == {
+        "population": "target",
+        "layer": "L0",
+        "block": "QQ",
+        "n_pairs": 6,
+        "mean": float(st.mean[0, 0, 0]),
+        "std": float(st.std[0, 0, 0]),
+        "mean_abs": float(st.mean_abs[0, 0, 0]),
+        "frac_abs_gt_0.9": float(st.frac_extreme[0, 0, 0]),
+    }
+    top = st.rows(block="KV", sort_by="mean_abs", k=3)
+    assert [r["block"] for r in top] == ["KV"] * 3
+    assert [r["mean_abs"] for r in top] == sorted(st.mean_abs[..., 4].flatten().tolist(), reverse=True)[:3]
+    assert load(st.save(tmp_path / "st.json")) == st
+    assert len(qkv_block_similarity(x[0], bins=8).rows()) == 18  # unlabelled leading axis: numbered
+    assert qkv_block_similarity(x[0], bins=8).rows()[6]["dim0"] == 1
 
 
 def test_bad_input_errors():
@@ -134,6 +275,26 @@ def test_bad_input_errors():
     with pytest.raises(TlprobeError, match="expected \\[..., samples, features\\]"):
         feature_similarity(torch.randn(5))
     with pytest.raises(TlprobeError, match="unknown method 'spearman'"):
-        feature_similarity(torch.randn(5, 3), "spearman")
+        feature_similarity(torch.randn(5, 3), "spearman")  # type: ignore[arg-type]
+    x = _qkv((2,))
     with pytest.raises(TlprobeError, match="3 \\* n coordinates"):
         qkv_block_similarity(torch.randn(10, 7))
+    with pytest.raises(TlprobeError, match="chunk_size"):
+        qkv_block_similarity(x, chunk_size=0)
+    with pytest.raises(TlprobeError, match="bins must be"):
+        qkv_block_similarity(x, bins=0)
+    with pytest.raises(TlprobeError, match="value_range"):
+        qkv_block_similarity(x, value_range=(1.0, -1.0))
+    with pytest.raises(TlprobeError, match="too few samples"):
+        qkv_block_similarity(x[:, :2], "correlation")
+    with pytest.raises(TlprobeError, match="all-zero"):
+        qkv_block_similarity(torch.cat([torch.zeros(2, 25, 3, dtype=x.dtype), x[..., 3:]], -1))
+    with pytest.raises(TlprobeError, match="method"):
+        qkv_block_similarity(x, "covariance")  # type: ignore[arg-type]
+    with pytest.raises(TlprobeError, match="one label per leading index"):
+        qkv_block_similarity(x, axes={"layer": ("L0",)})
+    st = qkv_block_similarity(x, bins=4)
+    with pytest.raises(TlprobeError, match="unknown block"):
+        st.rows(block="QQQ")
+    with pytest.raises(TlprobeError, match="unknown summary"):
+        st.rows(sort_by="median")

@@ -1,4 +1,8 @@
-"""Access layer: the only code that knows hook names, model families, padding and positions."""
+"""Access layer: the only code that knows TransformerLens: hook names, model families, padding,
+token positions, labels ("L3H7"), unembeddings and text rules.
+
+This package exports the entry points and types; constants stay in their modules.
+"""
 
 from tlprobe.access.hooks import (
     attention_pattern,
@@ -9,21 +13,13 @@ from tlprobe.access.hooks import (
     hook_names,
     resid_hook_names,
     resid_stack,
+    split_heads,
 )
-from tlprobe.access.models import (
-    BUNDLED_MODELS,
-    MINILM_NAME,
-    ModelInfo,
-    load_model,
-    minilm_dir,
-    model_info,
-)
-from tlprobe.access.run import (
-    Batch,
-    run_batch,
-)
+from tlprobe.access.labels import head_labels, layer_labels, resid_labels
+from tlprobe.access.models import ModelInfo, load_model, minilm_dir, model_info
+from tlprobe.access.punctuation import char_classes, token_classes
+from tlprobe.access.run import Batch, run_batch
 from tlprobe.access.text import (
-    STDLIB_MODULES,
     TokenizedText,
     cut_windows,
     run_windows,
@@ -32,18 +28,14 @@ from tlprobe.access.text import (
     tokenize_text,
     window_starts,
 )
-from tlprobe.access.tokens import (
-    Positions,
-    find_token_positions,
-    sample_positions,
-    target_variants,
-)
+from tlprobe.access.tokens import Positions, find_token_positions, sample_positions, target_variants
 from tlprobe.access.unembed import (
-    MLM_HEAD_COMPONENTS,
     HeadCheck,
+    TokenStrings,
     apply_final_norm,
     check_decoder_readout,
     checkpoint_keys,
+    content_mask,
     decode_tokens,
     embedding_matrix,
     final_norm_kind,
@@ -53,16 +45,23 @@ from tlprobe.access.unembed import (
     output_transform,
     special_token_ids,
     target_token_ids,
+    token_strings,
     unembedding,
 )
 
 __all__ = [
+    "Batch",
+    "HeadCheck",
+    "ModelInfo",
+    "Positions",
+    "TokenStrings",
+    "TokenizedText",
     "apply_final_norm",
     "attention_pattern",
-    "Batch",
-    "BUNDLED_MODELS",
+    "char_classes",
     "check_decoder_readout",
     "checkpoint_keys",
+    "content_mask",
     "cut_windows",
     "decode_tokens",
     "embedding_matrix",
@@ -71,33 +70,32 @@ __all__ = [
     "fused_qkv",
     "get_activation",
     "get_qkv",
-    "HeadCheck",
+    "head_labels",
     "hook_name",
     "hook_names",
     "is_training",
+    "layer_labels",
     "load_model",
     "minilm_dir",
-    "MINILM_NAME",
     "mlm_head_check",
-    "MLM_HEAD_COMPONENTS",
     "mlm_transform",
     "model_info",
-    "ModelInfo",
     "output_transform",
-    "Positions",
     "resid_hook_names",
+    "resid_labels",
     "resid_stack",
     "run_batch",
     "run_windows",
     "sample_positions",
     "special_token_ids",
     "special_wrapping",
+    "split_heads",
     "stdlib_corpus",
-    "STDLIB_MODULES",
     "target_token_ids",
     "target_variants",
+    "token_classes",
+    "token_strings",
     "tokenize_text",
-    "TokenizedText",
     "unembedding",
     "window_starts",
 ]

@@ -6,7 +6,7 @@ model family:
 * per-head ``q``, ``k``, ``v``, ``z``: ``[batch, pos, head, d_head]``, grouped-query K/V
   expanded to ``n_heads`` heads (``repeat_interleave``, the layout attention uses);
 * the fused ``[Q | K | V]`` vector: ``[batch, pos, 3 * n_heads * d_head]``, head-major inside
-  each part (the layout of GPT-2's ``c_attn`` output);
+  each part (the layout of GPT-2's ``c_attn`` output); :func:`split_heads` cuts it per head;
 * the residual stream over depth: ``[n_layers + 1, batch, pos, d_model]``;
 * attention patterns: ``[batch, head, q_pos, k_pos]``.
 
@@ -21,7 +21,7 @@ from collections.abc import Iterable
 import torch
 from jaxtyping import Float
 
-from tlprobe.checks import check_index
+from tlprobe.checks import as_tensor, check_index, check_ndim
 from tlprobe.errors import HookNotFoundError, TlprobeError
 
 _HOOKS = {
@@ -186,6 +186,37 @@ def fused_qkv(cache, layer: int, head: int | None = None) -> Float[torch.Tensor,
         q, k, v = q[:, :, head], k[:, :, head], v[:, :, head]
         return torch.cat([q, k, v], dim=-1)
     return torch.cat([t.flatten(-2) for t in (q, k, v)], dim=-1)
+
+
+def split_heads(
+    qkv: Float[torch.Tensor, "... samples qkv"], n_heads: int
+) -> Float[torch.Tensor, "... head samples head_qkv"]:
+    """Each head's own ``[Q | K | V]`` slice, as a new leading dimension.
+
+    A fused vector (see :func:`fused_qkv`) is ``[Q | K | V]``, each part head-major
+    (``n_heads * d_head``). This reshapes ``[..., samples, 3 * H * d_head]`` into
+    ``[..., H, samples, 3 * d_head]`` (a view-and-copy, no loop over heads); head ``h``'s row equals
+    ``fused_qkv(cache, layer, head=h)``. Label the new axis with
+    :func:`tlprobe.access.labels.head_labels`.
+
+    Raises:
+        TlprobeError: the last dimension is not ``3 * n_heads * d_head``.
+
+    Example:
+        >>> x = torch.arange(12.0).reshape(1, 12)  # one sample, Q|K|V of 2 heads x d_head 2
+        >>> split_heads(x, 2)[1]  # head 1: its Q, K and V slices
+        tensor([[ 2.,  3.,  6.,  7., 10., 11.]])
+    """
+    qkv = as_tensor(qkv, "qkv")
+    check_ndim(qkv, "qkv", 2, "[..., samples, 3 * n_heads * d_head]")
+    if not isinstance(n_heads, int) or n_heads < 1 or qkv.shape[-1] % (3 * n_heads):
+        raise TlprobeError(
+            f"cannot split {qkv.shape[-1]} Q|K|V coordinates into 3 parts of {n_heads} heads; "
+            "pass the model's n_heads (model_info(model).n_heads) and a full fused_qkv vector"
+        )
+    d_head = qkv.shape[-1] // (3 * n_heads)
+    x = qkv.unflatten(-1, (3, n_heads, d_head))  # [..., s, 3, H, dh]
+    return x.movedim(-2, -4).flatten(-2)  # [..., H, s, 3 * dh]
 
 
 def resid_stack(cache, layers: Iterable[int] | None = None) -> Float[torch.Tensor, "depth batch pos d_model"]:

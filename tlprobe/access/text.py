@@ -29,6 +29,9 @@ removed from the returned hidden states so that index ``before`` is always the c
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +39,7 @@ import torch
 from jaxtyping import Float, Int
 
 from tlprobe.access.hooks import resid_hook_names, resid_stack
+from tlprobe.access.models import model_info
 from tlprobe.errors import TlprobeError
 
 
@@ -104,7 +108,7 @@ def tokenize_text(tokenizer, text: str) -> TokenizedText:
 
 
 def window_starts(
-    n_tokens: int, positions: Int[torch.Tensor, " n"], before: int, after: int
+    n_tokens: int, positions: Int[torch.Tensor, " n"], *, before: int, after: int
 ) -> tuple[Int[torch.Tensor, " kept"], Int[torch.Tensor, " kept"]]:
     """Which centre positions leave room for a full window, and where their windows start.
 
@@ -130,7 +134,7 @@ def window_starts(
 
 
 def cut_windows(
-    ids: Int[torch.Tensor, " tokens"], centres: Int[torch.Tensor, " n"], before: int, after: int
+    ids: Int[torch.Tensor, " tokens"], centres: Int[torch.Tensor, " n"], *, before: int, after: int
 ) -> Int[torch.Tensor, "n window"]:
     """Token windows ``ids[c - before : c + after + 1]`` around each centre ``c``.
 
@@ -176,9 +180,12 @@ def special_wrapping(model) -> tuple[list[int], list[int]]:
     Returns:
         ``(prefix, suffix)`` id lists: ``[CLS]``/``[SEP]`` for encoders, ``[BOS]`` (or nothing)
         for decoders.
-    """
-    from tlprobe.access.models import model_info
 
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> special_wrapping(tiny_model("gpt2"))  # GPT-2 prepends BOS (id 0 in the tiny tokenizer)
+        ([0], [])
+    """
     tok = model.tokenizer
     if model_info(model).is_encoder:
         with_sp = list(tok("a")["input_ids"])
@@ -197,6 +204,7 @@ def run_windows(
     model,
     windows: Int[torch.Tensor, "n window"],
     depth: Sequence[int],
+    *,
     batch_size: int = 64,
     progress: bool = False,
 ) -> Float[torch.Tensor, "depth n window d_model"]:
@@ -220,9 +228,12 @@ def run_windows(
 
     Raises:
         TlprobeError: empty windows, a depth out of range, or windows longer than the context.
-    """
-    from tlprobe.access.models import model_info
 
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> run_windows(tiny_model("gpt2"), torch.tensor([[5, 6, 7], [8, 9, 10]]), [0, 2]).shape
+        torch.Size([2, 2, 3, 64])
+    """
     windows = torch.as_tensor(windows, dtype=torch.long)
     if windows.ndim != 2 or windows.shape[0] == 0 or windows.shape[1] == 0:
         raise TlprobeError(f"windows has shape {tuple(windows.shape)}; expected a non-empty [n, window]")
@@ -251,7 +262,7 @@ def run_windows(
     names = resid_hook_names(n_layers, depth)
     starts = range(0, tokens.shape[0], batch_size)
     if progress and len(starts) > 1:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only for multi-batch runs with a progress bar
 
         starts = tqdm(starts, desc="windows", unit="batch")
     # Blocks after the deepest requested one (and the unembedding, 30522 x 384 on MiniLM: most of
@@ -283,7 +294,7 @@ STDLIB_MODULES = (
 ).split()
 
 
-def stdlib_corpus(modules: Sequence[str] = STDLIB_MODULES, drop_doctest_lines: bool = True) -> str:
+def stdlib_corpus(modules: Sequence[str] = STDLIB_MODULES, *, drop_doctest_lines: bool = True) -> str:
     """English prose that ships with every Python: docstrings of standard-library modules.
 
     Deterministic for a given Python installation: modules in sorted order; for each, the
@@ -292,15 +303,15 @@ def stdlib_corpus(modules: Sequence[str] = STDLIB_MODULES, drop_doctest_lines: b
     separated by blank lines. Doctest lines (``>>>`` and ``...``) are dropped: they are code, not
     prose. Modules missing from this installation are skipped.
 
+    Methods that other packages attach to standard-library classes count too (transformers adds
+    ``logging.Logger.warning_advice``), so the text also depends on what has been imported:
+    call it at the same point of a program (e.g. after loading the model) for the same text.
+
     Example:
         >>> text = stdlib_corpus(["textwrap"])
         >>> text.startswith("Text wrapping and filling.")
         True
     """
-    import importlib
-    import inspect
-    import warnings
-
     seen: set[str] = set()
     docs: list[str] = []
 

@@ -13,19 +13,25 @@ BERT-style encoders read through their masked-language-model head: ``dense -> ac
 LayerNorm -> decoder``. :func:`mlm_head_check` says whether that head was *trained* (its weights
 are in the checkpoint) or filled with random weights by Transformers/TransformerLens because the
 checkpoint has none (the bundled all-MiniLM-L6-v2 was saved from a bare ``BertModel``).
+
+Tokenizer conventions live here too: which ids are special (:func:`special_token_ids`,
+:func:`content_mask`), how a lens target becomes one token (:func:`target_token_ids`), and how ids
+are shown as text (:func:`token_strings`, so that results carry the strings their figures show).
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 
 from tlprobe.errors import TlprobeError, UnsupportedModelError
+from tlprobe.result import Result
 
 #: Bridge components that make up an encoder's MLM head, in the order the head applies them.
 MLM_HEAD_COMPONENTS = ("mlm_head", "ln_final", "unembed")
@@ -87,7 +93,13 @@ def embedding_matrix(model) -> Float[torch.Tensor, "d_vocab d_model"]:
 
 
 def final_norm_kind(model) -> str:
-    """``"LN"``, ``"RMS"``, ... as the model's config names it, or ``"none"``."""
+    """``"LN"``, ``"RMS"``, ... as the model's config names it, or ``"none"``.
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> final_norm_kind(tiny_model("gpt2")), final_norm_kind(tiny_model("llama"))
+        ('LN', 'RMS')
+    """
     kind = getattr(model.cfg, "normalization_type", None)
     return "none" if kind is None else str(kind)
 
@@ -115,8 +127,8 @@ def apply_final_norm(model, x: Float[torch.Tensor, "... d_model"]) -> Float[torc
     """
     ln = getattr(model, "ln_final", None)
     if isinstance(ln, torch.nn.Module):
-        flat = x.reshape(1, -1, x.shape[-1])
-        return ln(flat).reshape(x.shape)
+        out: torch.Tensor = ln(x.reshape(1, -1, x.shape[-1]))
+        return out.reshape(x.shape)
     if final_norm_kind(model) == "none":
         return x
     raise UnsupportedModelError(
@@ -132,7 +144,7 @@ def output_transform(model, logits: torch.Tensor) -> torch.Tensor:
     the vocabulary.
     """
     adapter = getattr(model, "adapter", None)
-    fn = getattr(adapter, "apply_output_logits_transform", None)
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = getattr(adapter, "apply_output_logits_transform", None)
     return fn(logits) if callable(fn) else logits
 
 
@@ -145,6 +157,7 @@ def check_decoder_readout(model) -> None:
     :class:`~tlprobe.errors.UnsupportedModelError`.
     """
     try:
+        # imported here: a private helper of TransformerLens 4.3 that may move; only decoders need it
         from transformer_lens.tools.analysis.logit_lens import _require_decoder_unembed
     except ImportError:  # pragma: no cover - a private helper of TL 4.3; keep the basic check
         if getattr(model, "unembed", None) is None:
@@ -157,7 +170,13 @@ def check_decoder_readout(model) -> None:
 
 
 def is_training(model) -> bool:
-    """True if the model is in training mode (dropout on: lens results would be noisy)."""
+    """True if the model is in training mode (dropout on: lens results would be noisy).
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> is_training(tiny_model("gpt2"))
+        False
+    """
     return bool(getattr(model, "training", False))
 
 
@@ -206,8 +225,8 @@ def target_token_ids(model, targets: Iterable[str | int]) -> list[int]:
 # Encoders: is the MLM head real?
 
 
-@dataclass(frozen=True)
-class HeadCheck:
+@dataclass(frozen=True, eq=False)
+class HeadCheck(Result):
     """Whether an encoder's MLM head comes from its checkpoint.
 
     Attributes:
@@ -230,13 +249,8 @@ class HeadCheck:
 
     @property
     def trained(self) -> bool:
+        """The head's weights all come from the checkpoint."""
         return self.status == "trained"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["missing"] = list(self.missing)
-        d["architectures"] = list(self.architectures)
-        return d
 
 
 def _component_names(model) -> dict[str, str]:
@@ -267,7 +281,7 @@ def _find_checkpoint(source: str) -> pathlib.Path | None:
                 return p / name
         return None
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # imported here: only encoder head checks need it
     except ImportError:  # pragma: no cover - transformers depends on it
         return None
     for name in _CHECKPOINT_FILES:
@@ -290,7 +304,7 @@ def checkpoint_keys(path: str | pathlib.Path) -> set[str]:
     if path.name.endswith(".index.json"):
         return set(json.loads(path.read_text(encoding="utf-8")).get("weight_map", {}))
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import safe_open  # imported here: only encoder head checks read checkpoints
 
         with safe_open(str(path), "pt") as f:
             return set(f.keys())
@@ -421,10 +435,90 @@ def mlm_transform(model, x: Float[torch.Tensor, "... d_model"]) -> Float[torch.T
 
 
 def special_token_ids(model) -> list[int]:
-    """Ids of the tokenizer's special tokens (BOS, ``[CLS]``, ``[SEP]``, padding)."""
+    """Ids of the tokenizer's special tokens (BOS, ``[CLS]``, ``[SEP]``, padding).
+
+    Example:
+        >>> from tlprobe.access.models import load_model
+        >>> special_token_ids(load_model("minilm", device="cpu"))
+        [0, 100, 101, 102, 103]
+    """
     return sorted({int(i) for i in getattr(model.tokenizer, "all_special_ids", []) or []})
 
 
+def content_mask(
+    model, tokens: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"]
+) -> Bool[torch.Tensor, "batch pos"]:
+    """Real tokens that are not special tokens (``[CLS]``, ``[SEP]``, BOS and padding do not count).
+
+    Example:
+        >>> from tlprobe.access.models import load_model
+        >>> model = load_model("minilm", device="cpu")
+        >>> enc = model.tokenizer(["her cat"], return_tensors="pt")
+        >>> content_mask(model, enc["input_ids"], enc["attention_mask"]).int().tolist()
+        [[0, 1, 1, 0]]
+    """
+    special = torch.tensor(special_token_ids(model) or [-1], device=tokens.device)
+    return attention_mask.to(tokens.device).bool() & ~torch.isin(tokens, special)
+
+
 def decode_tokens(model, ids: Sequence[int]) -> list[str]:
-    """Each id decoded on its own (``tokenizer.decode([i])``)."""
+    """Each id decoded on its own (``tokenizer.decode([i])``).
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> model = tiny_model("gpt2")
+        >>> decode_tokens(model, model.to_tokens("She gave her", prepend_bos=False)[0].tolist())
+        ['She', ' gave', ' her']
+    """
     return [model.tokenizer.decode([int(i)]) for i in ids]
+
+
+@dataclass(frozen=True, eq=False)
+class TokenStrings(Result):
+    """The text of some token ids of a vocabulary (those a result shows), for figures and tables.
+
+    Attributes:
+        ids: sorted distinct token ids.
+        strings: each id decoded on its own (``tokenizer.decode([id])``), in the order of ``ids``.
+    """
+
+    ids: Int[torch.Tensor, " n_ids"]
+    strings: tuple[str, ...]
+
+    def decode(self, ids) -> list | str:
+        """The strings of ``ids`` (any shape), as nested lists of the same shape.
+
+        Raises:
+            TlprobeError: an id that this table does not hold.
+
+        Example:
+            >>> table = TokenStrings(ids=torch.tensor([3, 7]), strings=("a", " b"))
+            >>> table.decode(torch.tensor([[7, 3]])), table.decode(3)
+            ([[' b', 'a']], 'a')
+        """
+        t = torch.as_tensor(ids).long().cpu()
+        flat = t.reshape(-1)
+        if flat.numel() == 0:
+            return np.empty(tuple(t.shape), dtype=object).tolist()
+        known = self.ids.cpu()
+        pos = torch.searchsorted(known, flat).clamp_max(max(len(known) - 1, 0))
+        if len(known) == 0 or not bool((known[pos] == flat).all()):
+            missing = sorted(set(flat.tolist()) - set(known.tolist()))[:5]
+            raise TlprobeError(f"token id(s) {missing} are not in this table; build it with token_strings(model, ids)")
+        out = np.array([self.strings[i] for i in pos.tolist()], dtype=object).reshape(tuple(t.shape))
+        return out.tolist()
+
+
+def token_strings(model, *ids: torch.Tensor | Sequence[int]) -> TokenStrings:
+    """The :class:`TokenStrings` of every distinct id in ``ids`` (tensors or lists of ids, any shape).
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> model = tiny_model("gpt2")
+        >>> table = token_strings(model, model.to_tokens("her her cat", prepend_bos=False))
+        >>> table.decode(table.ids) == decode_tokens(model, table.ids.tolist())
+        True
+    """
+    parts = [torch.as_tensor(i).long().reshape(-1).cpu() for i in ids]
+    unique = torch.unique(torch.cat(parts)) if parts else torch.zeros(0, dtype=torch.long)
+    return TokenStrings(ids=unique, strings=tuple(decode_tokens(model, unique.tolist())))

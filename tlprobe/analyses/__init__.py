@@ -1,21 +1,19 @@
-"""Analyses: pure functions over tensors or caches, returning small typed results."""
+"""Analyses: one module per concept, pure functions over tensors.
 
-from tlprobe.analyses.depth import (
-    TILE_CELLS,
-    DepthBlockStats,
-    HeadMaps,
-    Moments,
-    depth_block_similarity,
-    head_labels,
-    head_maps,
-    sample_moments,
-    split_heads,
-)
+The rule: a raw estimator (a similarity matrix, a matrix of MI values, an entropy) returns a
+tensor; a bundle of numbers (statistics with their settings and labels) returns a
+:class:`tlprobe.result.Result`. This package exports the entry points and the result types;
+constants, type aliases and helpers stay in their modules.
+
+* :mod:`~tlprobe.analyses.similarity`: feature similarity, the Q/K/V block statistics, null shuffles;
+* :mod:`~tlprobe.analyses.moments`: mean and variance across samples;
+* :mod:`~tlprobe.analyses.mi`: histogram MI (pairwise, between tokens, across), nulls, GCMI;
+* :mod:`~tlprobe.analyses.lens`: logit, MLM and embedding lenses;
+* :mod:`~tlprobe.analyses.stats`: Pearson r, clustering, the Simpson's-paradox check;
+* :mod:`~tlprobe.analyses.punctuation`: dependence around punctuation marks, per cluster.
+"""
+
 from tlprobe.analyses.lens import (
-    DEFAULT_MAX_ELEMENTS,
-    EMBEDDING_LENS,
-    LOGIT_LENS,
-    MLM_LENS,
     EmbeddingLensResult,
     LensResult,
     TopK,
@@ -26,12 +24,9 @@ from tlprobe.analyses.lens import (
     mlm_lens,
 )
 from tlprobe.analyses.mi import (
-    BIN_RULES,
-    CORRECTIONS,
     Dependence,
     MIHistograms,
     MIResult,
-    bin_labels,
     copnorm,
     cross_mi,
     dependence,
@@ -41,105 +36,68 @@ from tlprobe.analyses.mi import (
     mi_null,
     miller_madow,
     pairwise_mi,
-    resolve_bins,
     token_mi,
 )
+from tlprobe.analyses.moments import Moments, sample_moments
 from tlprobe.analyses.punctuation import (
-    ABBREVIATIONS,
-    CLOSERS,
-    INTERNAL,
-    TERMINAL,
-    Clustering,
     Occurrences,
     PanelResult,
+    PunctuationClusters,
     PunctuationDependence,
-    SimpsonCheck,
-    char_classes,
     cluster_panels,
-    cluster_points,
-    pearson_r,
     punctuation_dependence,
     sample_occurrences,
-    simpson_check,
-    token_classes,
     window_dependence,
 )
 from tlprobe.analyses.similarity import (
-    METHODS,
     BlockStats,
-    block_stats,
     feature_similarity,
     qkv_block_codes,
     qkv_block_similarity,
-    qkv_labels,
     shuffle_values,
-    unit_columns,
 )
+from tlprobe.analyses.stats import Clustering, SimpsonCheck, cluster_points, pearson_r, simpson_check
 
 __all__ = [
-    "ABBREVIATIONS",
-    "bin_labels",
-    "BIN_RULES",
-    "block_stats",
     "BlockStats",
-    "char_classes",
+    "Clustering",
+    "Dependence",
+    "EmbeddingLensResult",
+    "LensResult",
+    "MIHistograms",
+    "MIResult",
+    "Moments",
+    "Occurrences",
+    "PanelResult",
+    "PunctuationClusters",
+    "PunctuationDependence",
+    "SimpsonCheck",
+    "TopK",
     "choose_lens",
-    "CLOSERS",
     "cluster_panels",
     "cluster_points",
-    "Clustering",
     "copnorm",
-    "CORRECTIONS",
     "cross_mi",
-    "DEFAULT_MAX_ELEMENTS",
-    "Dependence",
     "dependence",
-    "depth_block_similarity",
-    "DepthBlockStats",
-    "EMBEDDING_LENS",
     "embedding_lens",
-    "EmbeddingLensResult",
     "entropy",
     "feature_similarity",
     "gcmi",
-    "head_labels",
-    "head_maps",
-    "HeadMaps",
-    "INTERNAL",
     "lens_logits",
-    "LensResult",
-    "LOGIT_LENS",
     "logit_lens",
-    "METHODS",
     "mi_histograms",
     "mi_null",
-    "MIHistograms",
     "miller_madow",
-    "MIResult",
-    "MLM_LENS",
     "mlm_lens",
-    "Moments",
-    "Occurrences",
     "pairwise_mi",
-    "PanelResult",
     "pearson_r",
     "punctuation_dependence",
-    "PunctuationDependence",
     "qkv_block_codes",
     "qkv_block_similarity",
-    "qkv_labels",
-    "resolve_bins",
     "sample_moments",
     "sample_occurrences",
     "shuffle_values",
     "simpson_check",
-    "SimpsonCheck",
-    "split_heads",
-    "TERMINAL",
-    "TILE_CELLS",
-    "token_classes",
     "token_mi",
-    "TopK",
-    "unit_columns",
     "window_dependence",
 ]

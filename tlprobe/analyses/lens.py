@@ -27,49 +27,80 @@ encoder lenses (TL's refuses encoders).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
 from tlprobe.access.hooks import resid_stack
+from tlprobe.access.labels import resid_labels
 from tlprobe.access.models import model_info
 from tlprobe.access.unembed import (
+    TokenStrings,
     apply_final_norm,
     check_decoder_readout,
+    decode_tokens,
     embedding_matrix,
     is_training,
     mlm_head_check,
     mlm_transform,
     output_transform,
     target_token_ids,
+    token_strings,
     unembedding,
 )
 from tlprobe.checks import check_choice
 from tlprobe.errors import TlprobeError, UnsupportedModelError
+from tlprobe.result import Result
 
 #: Names of the lenses, as they appear in results and reports.
 LOGIT_LENS = "logit lens"
 MLM_LENS = "MLM lens"
 EMBEDDING_LENS = "embedding lens (token identity, not prediction)"
 
-#: Elements of one ``[depth, rows, vocab-chunk]`` block when ``vocab_chunk`` is automatic.
+#: Elements of one ``[depth, rows, vocab-chunk]`` block when ``chunk_size`` is automatic.
 DEFAULT_MAX_ELEMENTS = 2**24
 
-_RETURN_TYPES = ("logits", "log_probs", "probs")
+#: What :func:`lens_logits` returns.
+ReturnType = Literal["logits", "log_probs", "probs"]
+#: The read-outs of :func:`lens_logits`: the logit lens (decoders) or the MLM lens (encoders).
+PredictionLens = Literal["logit", "mlm"]
+#: What :func:`choose_lens` picks.
+LensName = Literal["logit", "mlm", "embedding"]
 
 
 # --------------------------------------------------------------------------------------------
 # Results
 
 
-@dataclass(frozen=True)
-class TopK:
-    """Top-k tokens: ``ids`` and their ``values`` (probabilities or cosines), ``[..., k]``."""
+@dataclass(frozen=True, eq=False)
+class TopK(Result):
+    """Top-k tokens per depth and position: ``ids`` and their ``values`` (probabilities or cosines).
 
-    ids: Int[torch.Tensor, "... k"]
-    values: Float[torch.Tensor, "... k"]
+    Attributes:
+        ids, values: ``[depth, batch, pos, k]``, best first.
+        vocab: the strings of the ids (for :meth:`rows`).
+    """
+
+    ids: Int[torch.Tensor, "... batch pos k"]
+    values: Float[torch.Tensor, "... batch pos k"]
+    vocab: TokenStrings
+
+    def rows(self) -> list[dict]:
+        """One row per depth label, prompt, position and rank: the token id, its text and value."""
+        ids, values = self.ids.cpu().numpy(), self.values.detach().cpu().double().numpy()
+        text = np.array(self.vocab.decode(self.ids), dtype=object)
+        n = len(self.axes)
+        rows = []
+        for idx in np.ndindex(*ids.shape):
+            row: dict = {axis: labels[i] for (axis, labels), i in zip(self.axes.items(), idx)}
+            row.update(zip(("batch", "pos", "rank"), idx[n:]))
+            row.update(id=int(ids[idx]), token=text[idx], value=float(values[idx]))
+            rows.append(row)
+        return rows
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -81,23 +112,39 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(dim=(1, 2)) / n
 
 
-@dataclass(frozen=True)
-class LensResult:
-    """A logit lens or MLM lens over ``depth`` points of the residual stream.
+def _masked_median(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Lower median over the masked ``[batch, pos]`` dims of ``[depth, batch, pos, T]`` (-1 if none)."""
+    sel = mask.to(x.device)
+    if not bool(sel.any()):
+        return torch.full((x.shape[0], x.shape[-1]), -1, dtype=x.dtype, device=x.device)
+    return x[:, sel].median(dim=1).values
+
+
+@dataclass(frozen=True, eq=False)
+class LensResult(Result):
+    """A logit lens or MLM lens over the depths of the residual stream.
+
+    The ``depth`` axis (``axes["depth"]``) is labelled ``"embed"`` (the input of block 0), then
+    ``"block l"`` (the output of block ``l``; for decoders the input of block ``l + 1``). The last
+    is the model's final hidden state.
 
     Attributes:
         kind: :data:`LOGIT_LENS` or :data:`MLM_LENS`.
-        labels: one per depth: ``"embed"`` (the input of block 0), then ``"block l"`` (the output
-            of block ``l``; for decoders the input of block ``l + 1``). The last is the model's
-            final hidden state.
         top_ids, top_probs: ``[depth, batch, pos, k]`` most probable tokens and their probabilities.
         entropy: ``[depth, batch, pos]`` entropy of each distribution, in nats.
         kl_to_final: ``[depth, batch, pos]`` ``KL(p_final || p_depth)`` in nats (0 at the last depth).
         target_ids: ``[n_targets]`` token ids of the targets (may be empty).
+        target_names: the targets as given (an id given as a number: its token's text).
         target_ranks: ``[depth, batch, pos, n_targets]`` rank in the full vocabulary (0 = top;
             ties count only strictly larger logits, as in TransformerLens).
         target_probs: ``[depth, batch, pos, n_targets]`` probabilities.
-        mask: ``[batch, pos]`` real (non-padding) positions, used by :meth:`layer_summary`.
+        mean_entropy, mean_kl_to_final: ``[depth]`` means over the real positions (``mask``).
+        target_mean_probs: ``[depth, n_targets]`` each target's mean probability over real positions.
+        target_median_ranks: ``[depth, n_targets]`` each target's (lower) median rank over real
+            positions (-1 when there are none).
+        mask: ``[batch, pos]`` real (non-padding) positions.
+        token_ids: ``[batch, pos]`` the input tokens, when given (``None`` otherwise).
+        vocab: the text of every id above (input, top-k and target tokens).
         compatibility_mode: the model had ``enable_compatibility_mode()`` applied. Its unembedding
             is then centred: logits shift by a constant per position (the model's own logits do
             too), probabilities are unchanged.
@@ -108,15 +155,21 @@ class LensResult:
     """
 
     kind: str
-    labels: tuple[str, ...]
-    top_ids: Int[torch.Tensor, "depth batch pos k"]
-    top_probs: Float[torch.Tensor, "depth batch pos k"]
-    entropy: Float[torch.Tensor, "depth batch pos"]
-    kl_to_final: Float[torch.Tensor, "depth batch pos"]
+    top_ids: Int[torch.Tensor, "... batch pos k"]
+    top_probs: Float[torch.Tensor, "... batch pos k"]
+    entropy: Float[torch.Tensor, "... batch pos"]
+    kl_to_final: Float[torch.Tensor, "... batch pos"]
     target_ids: Int[torch.Tensor, " n_targets"]
-    target_ranks: Int[torch.Tensor, "depth batch pos n_targets"]
-    target_probs: Float[torch.Tensor, "depth batch pos n_targets"]
+    target_names: tuple[str, ...]
+    target_ranks: Int[torch.Tensor, "... batch pos n_targets"]
+    target_probs: Float[torch.Tensor, "... batch pos n_targets"]
+    mean_entropy: Float[torch.Tensor, "..."]
+    mean_kl_to_final: Float[torch.Tensor, "..."]
+    target_mean_probs: Float[torch.Tensor, "... n_targets"]
+    target_median_ranks: Int[torch.Tensor, "... n_targets"]
     mask: Bool[torch.Tensor, "batch pos"]
+    token_ids: Int[torch.Tensor, "batch pos"] | None
+    vocab: TokenStrings
     compatibility_mode: bool
     readout: str
     final_max_abs_error: float | None
@@ -124,114 +177,65 @@ class LensResult:
 
     def top(self, k: int | None = None) -> TopK:
         """The ``k`` most probable tokens per depth and position (``k`` <= the computed top-k)."""
-        return TopK(*_top(self.top_ids, self.top_probs, k))
+        return TopK(*_top(self.top_ids, self.top_probs, k), vocab=self.vocab, axes=self.axes)
 
-    def layer_summary(self, target_names: Sequence[str] | None = None) -> list[dict]:
+    def rows(self) -> list[dict]:
         """Per depth: mean entropy and KL to final over real positions, and each target's mean
-        probability and median rank (columns named by ``target_names``, default the token ids)."""
-        names = [str(int(t)) for t in self.target_ids] if target_names is None else [str(n) for n in target_names]
-        if len(names) != self.target_ids.numel():
-            raise TlprobeError(f"{len(names)} target names for {self.target_ids.numel()} targets")
-        ent = _masked_mean(self.entropy, self.mask)
-        kl = _masked_mean(self.kl_to_final, self.mask)
-        prob = _masked_mean(self.target_probs, self.mask)
-        sel = self.mask.to(self.target_ranks.device)
-        rows = []
-        for i, label in enumerate(self.labels):
-            row = {"depth": i, "label": label, "mean_entropy": float(ent[i]), "mean_kl_to_final": float(kl[i])}
-            for t, name in enumerate(names):
-                row[f"{name} mean prob"] = float(prob[i, t])
-                row[f"{name} median rank"] = int(self.target_ranks[i][sel][:, t].median()) if bool(sel.any()) else -1
-            rows.append(row)
+        probability and median rank (columns named by the target's ``repr``, e.g. ``' Paris' mean prob``)."""
+        rows = super().rows()
+        n = len(rows)
+        probs = self.target_mean_probs.reshape(n, -1).tolist()
+        ranks = self.target_median_ranks.reshape(n, -1).tolist()
+        for row, p, r in zip(rows, probs, ranks):
+            for name, pt, rt in zip(self.target_names, p, r):
+                row[f"{name!r} mean prob"] = pt
+                row[f"{name!r} median rank"] = rt
         return rows
 
-    def to_dict(self) -> dict:
-        """JSON-ready: every number as nested lists."""
-        return {
-            "kind": self.kind,
-            "labels": list(self.labels),
-            "model": self.model_name,
-            "compatibility_mode": self.compatibility_mode,
-            "readout": self.readout,
-            "final_max_abs_error": self.final_max_abs_error,
-            "top_ids": self.top_ids.tolist(),
-            "top_probs": self.top_probs.tolist(),
-            "entropy": self.entropy.tolist(),
-            "kl_to_final": self.kl_to_final.tolist(),
-            "target_ids": self.target_ids.tolist(),
-            "target_ranks": self.target_ranks.tolist(),
-            "target_probs": self.target_probs.tolist(),
-            "mask": self.mask.int().tolist(),
-        }
 
-
-@dataclass(frozen=True)
-class EmbeddingLensResult:
+@dataclass(frozen=True, eq=False)
+class EmbeddingLensResult(Result):
     """The embedding lens: cosine of each depth's hidden state with every row of ``W_E``.
 
     A token-identity probe: a high cosine with the input token's own embedding row means the
-    layer still carries *which token this is*. It says nothing about what comes next.
+    layer still carries *which token this is*. It says nothing about what comes next. The
+    ``depth`` axis is labelled as in :class:`LensResult`.
 
     Attributes:
         kind: :data:`EMBEDDING_LENS`.
-        labels: one per depth (see :class:`LensResult`).
         top_ids, top_cosines: ``[depth, batch, pos, k]`` nearest embedding rows and their cosines.
-        token_ids: ``[batch, pos]`` the input tokens.
         token_ranks: ``[depth, batch, pos]`` rank of the input token's row (0 = nearest).
         token_cosines: ``[depth, batch, pos]`` cosine with the input token's row.
-        mask: ``[batch, pos]`` positions counted by :meth:`recovery` (real tokens, usually
-            without special tokens).
+        top1_recovery, top5_recovery: ``[depth]`` fraction of the ``mask`` positions whose input
+            token is the nearest row / among the 5 nearest (:meth:`recovery`).
+        mean_cosine_with_input_token: ``[depth]`` mean of ``token_cosines`` over ``mask``.
+        token_ids: ``[batch, pos]`` the input tokens.
+        mask: ``[batch, pos]`` positions counted (real tokens, usually without special tokens).
+        vocab: the text of the input and top-k tokens.
         model_name: the model's name.
     """
 
     kind: str
-    labels: tuple[str, ...]
-    top_ids: Int[torch.Tensor, "depth batch pos k"]
-    top_cosines: Float[torch.Tensor, "depth batch pos k"]
+    top_ids: Int[torch.Tensor, "... batch pos k"]
+    top_cosines: Float[torch.Tensor, "... batch pos k"]
+    token_ranks: Int[torch.Tensor, "... batch pos"]
+    token_cosines: Float[torch.Tensor, "... batch pos"]
+    top1_recovery: Float[torch.Tensor, "..."]
+    top5_recovery: Float[torch.Tensor, "..."]
+    mean_cosine_with_input_token: Float[torch.Tensor, "..."]
     token_ids: Int[torch.Tensor, "batch pos"]
-    token_ranks: Int[torch.Tensor, "depth batch pos"]
-    token_cosines: Float[torch.Tensor, "depth batch pos"]
     mask: Bool[torch.Tensor, "batch pos"]
+    vocab: TokenStrings
     model_name: str
 
     def top(self, k: int | None = None) -> TopK:
         """The ``k`` nearest embedding rows per depth and position."""
-        return TopK(*_top(self.top_ids, self.top_cosines, k))
+        return TopK(*_top(self.top_ids, self.top_cosines, k), vocab=self.vocab, axes=self.axes)
 
-    def recovery(self, k: int = 1) -> Float[torch.Tensor, " depth"]:
-        """Fraction of masked positions whose input token is among the ``k`` nearest rows."""
+    def recovery(self, k: int = 1) -> Float[torch.Tensor, "..."]:
+        """Fraction of masked positions whose input token is among the ``k`` nearest rows, per depth."""
         hit = (self.token_ranks < k).float()
-        return _masked_mean(hit, self.mask)
-
-    def layer_summary(self) -> list[dict]:
-        """Per depth: top-1 and top-5 recovery of the input token, mean cosine with it."""
-        r1, r5 = self.recovery(1), self.recovery(5)
-        cos = _masked_mean(self.token_cosines, self.mask)
-        return [
-            {
-                "depth": i,
-                "label": lab,
-                "top1_recovery": float(r1[i]),
-                "top5_recovery": float(r5[i]),
-                "mean_cosine_with_input_token": float(cos[i]),
-            }
-            for i, lab in enumerate(self.labels)
-        ]
-
-    def to_dict(self) -> dict:
-        """JSON-ready: every number as nested lists."""
-        return {
-            "kind": self.kind,
-            "labels": list(self.labels),
-            "model": self.model_name,
-            "top_ids": self.top_ids.tolist(),
-            "top_cosines": self.top_cosines.tolist(),
-            "token_ids": self.token_ids.tolist(),
-            "token_ranks": self.token_ranks.tolist(),
-            "token_cosines": self.token_cosines.tolist(),
-            "mask": self.mask.int().tolist(),
-            "top1_recovery": self.recovery(1).tolist(),
-        }
+        return _masked_mean(hit, self.mask) if hit.ndim == 3 else _masked_mean(hit[None], self.mask)[0]
 
 
 def _top(ids: torch.Tensor, values: torch.Tensor, k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,13 +251,13 @@ def _top(ids: torch.Tensor, values: torch.Tensor, k: int | None) -> tuple[torch.
 # The streaming core: one or two passes over vocabulary chunks.
 
 
-def _chunks(d_vocab: int, n_rows: int, vocab_chunk: int | None) -> list[slice]:
-    if vocab_chunk is None:
+def _chunks(d_vocab: int, n_rows: int, chunk_size: int | None) -> list[slice]:
+    if chunk_size is None:
         size = max(256, DEFAULT_MAX_ELEMENTS // max(n_rows, 1))
     else:
-        if not isinstance(vocab_chunk, int) or isinstance(vocab_chunk, bool) or vocab_chunk < 1:
-            raise TlprobeError(f"vocab_chunk must be a positive integer or None (automatic), got {vocab_chunk!r}")
-        size = vocab_chunk
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise TlprobeError(f"chunk_size must be a positive integer or None (automatic), got {chunk_size!r}")
+        size = chunk_size
     size = min(size, d_vocab)
     return [slice(s, min(s + size, d_vocab)) for s in range(0, d_vocab, size)]
 
@@ -266,7 +270,7 @@ def _stream(
     top_k: int,
     targets: torch.Tensor,
     target_scores: torch.Tensor | None,
-    vocab_chunk: int | None,
+    chunk_size: int | None,
     softmax: bool,
     reference: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -284,7 +288,7 @@ def _stream(
         reference: ``[rows, vocab]`` scores the last depth must reproduce (largest difference
             returned as ``reference_error``).
     """
-    slices = _chunks(d_vocab, n_depth * n_rows, vocab_chunk)
+    slices = _chunks(d_vocab, n_depth * n_rows, chunk_size)
     n_t = targets.shape[-1]
     top_v = top_i = tgot = err = None
     ranks = torch.zeros(n_depth, n_rows, n_t, dtype=torch.long, device=targets.device)
@@ -294,13 +298,13 @@ def _stream(
         kk = min(top_k, z.shape[-1])
         v, i = torch.topk(z, kk, dim=-1)
         i = i + vs.start
-        if top_v is None:
+        if top_v is None or top_i is None:
             top_v, top_i = v, i
         else:
             cat_v, cat_i = torch.cat([top_v, v], -1), torch.cat([top_i, i], -1)
             top_v, pick = torch.topk(cat_v, min(top_k, cat_v.shape[-1]), dim=-1)
             top_i = cat_i.gather(-1, pick)
-        if n_t:
+        if n_t and target_scores is not None:
             inside = ((targets >= vs.start) & (targets < vs.stop)).to(z.device)
             local = (targets - vs.start).clamp(0, z.shape[-1] - 1).to(z.device)
             got = z.gather(-1, local.unsqueeze(0).expand(n_depth, -1, -1))
@@ -322,9 +326,12 @@ def _stream(
         if reference is not None:
             diff = (z[-1] - reference[:, vs].to(z.device, z.dtype)).abs().max()
             err = diff if err is None else torch.maximum(err, diff)
+    assert top_v is not None and top_i is not None  # the vocabulary has at least one chunk
     dtype = top_v.dtype
     out = {"top_scores": top_v, "top_ids": top_i, "target_ranks": ranks.to(top_v.device)}
-    out["target_scores"] = tgot if n_t else torch.zeros(n_depth, n_rows, 0, dtype=dtype, device=top_v.device)
+    out["target_scores"] = (
+        tgot if tgot is not None else torch.zeros(n_depth, n_rows, 0, dtype=dtype, device=top_v.device)
+    )
     if softmax:
         lse_c = torch.stack(parts_lse)  # [chunks, depth, rows]
         lse = torch.logsumexp(lse_c, dim=0)
@@ -352,10 +359,6 @@ def _model_of(cache, model):
     if is_training(model):
         raise TlprobeError("the model is in training mode (dropout on): call model.eval() before the lens")
     return model
-
-
-def _labels(depth: int) -> tuple[str, ...]:
-    return ("embed",) + tuple(f"block {i}" for i in range(depth - 1))
 
 
 @dataclass(frozen=True)
@@ -407,7 +410,7 @@ def _readout(cache, model, lens: str, trust_head: bool) -> _Readout:
     return _Readout(kind, hidden, W_U, b_U, transform)
 
 
-def _score_fn(r: _Readout) -> tuple[Callable[[slice], torch.Tensor], int]:
+def _score_fn(r: _Readout) -> tuple[Callable[[slice | torch.Tensor], torch.Tensor], int]:
     dt = _compute_dtype(r.hidden)
     h = r.hidden.to(device=r.W.device, dtype=dt).flatten(1, 2)  # [depth, rows, d]
 
@@ -423,24 +426,46 @@ def _check_top_k(top_k: int, d_vocab: int) -> None:
         raise TlprobeError(f"top_k must be an integer in 1..{d_vocab}, got {top_k!r}")
 
 
-def _mask(attention_mask, batch: int, pos: int, device) -> torch.Tensor:
-    if attention_mask is None:
-        return torch.ones(batch, pos, dtype=torch.bool, device=device)
-    if tuple(attention_mask.shape) != (batch, pos):
-        raise TlprobeError(
-            f"attention_mask has shape {tuple(attention_mask.shape)}; expected [batch, pos] = {(batch, pos)}"
-        )
-    return attention_mask.to(device).bool()
+def _batch_shaped(x, name: str, batch: int, pos: int, device) -> torch.Tensor | None:
+    """``x`` as a ``[batch, pos]`` tensor on ``device`` (``None`` stays ``None``)."""
+    if x is None:
+        return None
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != (batch, pos):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TlprobeError(f"{name} has shape {got}; expected the cached input's [batch, pos] = {(batch, pos)}")
+    return x.detach().to(device)
 
 
-def _lens(cache, lens, targets, top_k, vocab_chunk, logits, attention_mask, model, trust_head) -> LensResult:
+def _mask(x, name: str, batch: int, pos: int, device) -> torch.Tensor:
+    """A ``[batch, pos]`` boolean mask (default: every position)."""
+    m = _batch_shaped(x, name, batch, pos, device)
+    return torch.ones(batch, pos, dtype=torch.bool, device=device) if m is None else m.bool()
+
+
+def _depth_axes(axes: Mapping[str, Sequence[str]] | None, depth: int) -> Mapping[str, Sequence[str]]:
+    """The leading-axis labels: ``axes`` if given, else ``{"depth": ("embed", "block 0", ...)}``."""
+    return {"depth": resid_labels(depth - 1, style="block")} if axes is None else axes
+
+
+def _target_names(model, targets: Sequence[str | int], ids: list[int]) -> tuple[str, ...]:
+    """The targets as given; an id given as a number is named by its token's text."""
+    return tuple(t if isinstance(t, str) else text for t, text in zip(targets, decode_tokens(model, ids)))
+
+
+def _lens(
+    cache, lens: PredictionLens, targets, top_k, chunk_size, logits, attention_mask, tokens, model, trust_head, axes
+) -> LensResult:
     model = _model_of(cache, model)
     info = model_info(model)
     r = _readout(cache, model, lens, trust_head)
     depth, batch, pos, _ = r.hidden.shape
     d_vocab = int(r.W.shape[-1])
     _check_top_k(top_k, d_vocab)
-    tids = torch.tensor(target_token_ids(model, list(targets or [])), dtype=torch.long, device=r.W.device)
+    targets = list(targets or [])
+    tid_list = target_token_ids(model, targets)
+    tids = torch.tensor(tid_list, dtype=torch.long, device=r.W.device)
+    token_ids = _batch_shaped(tokens, "tokens", batch, pos, r.W.device)
+    mask = _mask(attention_mask, "attention_mask", batch, pos, r.W.device)
     scores, n_rows = _score_fn(r)
     reference = None
     if logits is not None:
@@ -452,7 +477,7 @@ def _lens(cache, lens, targets, top_k, vocab_chunk, logits, attention_mask, mode
         reference = logits.detach().reshape(n_rows, d_vocab)
     with torch.no_grad():
         tscores = scores(tids) if tids.numel() else None
-    st = _stream(scores, d_vocab, depth, n_rows, top_k, tids.expand(n_rows, -1), tscores, vocab_chunk, True, reference)
+    st = _stream(scores, d_vocab, depth, n_rows, top_k, tids.expand(n_rows, -1), tscores, chunk_size, True, reference)
     err = None
     if reference is not None:
         err = float(st["reference_error"])
@@ -475,32 +500,45 @@ def _lens(cache, lens, targets, top_k, vocab_chunk, logits, attention_mask, mode
             "centred logits (compatibility mode: W_U is centred, so logits shift by a constant "
             "per position, as the model's own do; probabilities are unchanged)"
         )
+    top_ids, entropy, kl = shape(st["top_ids"]), shape(st["entropy"]), shape(st["kl"])
+    target_ranks, target_probs = shape(st["target_ranks"]), shape((st["target_scores"] - lse).exp())
+    shown = [top_ids, tids] + ([] if token_ids is None else [token_ids])
     return LensResult(
         kind=r.kind,
-        labels=_labels(depth),
-        top_ids=shape(st["top_ids"]),
+        top_ids=top_ids,
         top_probs=shape((st["top_scores"] - lse).exp()),
-        entropy=shape(st["entropy"]),
-        kl_to_final=shape(st["kl"]),
+        entropy=entropy,
+        kl_to_final=kl,
         target_ids=tids,
-        target_ranks=shape(st["target_ranks"]),
-        target_probs=shape((st["target_scores"] - lse).exp()),
-        mask=_mask(attention_mask, batch, pos, r.W.device),
+        target_names=_target_names(model, targets, tid_list),
+        target_ranks=target_ranks,
+        target_probs=target_probs,
+        mean_entropy=_masked_mean(entropy, mask),
+        mean_kl_to_final=_masked_mean(kl, mask),
+        target_mean_probs=_masked_mean(target_probs, mask),
+        target_median_ranks=_masked_median(target_ranks, mask),
+        mask=mask,
+        token_ids=None if token_ids is None else token_ids.long(),
+        vocab=token_strings(model, *shown),
         compatibility_mode=info.compatibility_mode,
         readout=readout,
         final_max_abs_error=err,
         model_name=info.name,
+        axes=_depth_axes(axes, depth),
     )
 
 
 def logit_lens(
     cache,
     targets: Sequence[str | int] | None = None,
+    *,
     top_k: int = 10,
-    vocab_chunk: int | None = None,
+    chunk_size: int | None = None,
     logits: Float[torch.Tensor, "batch pos vocab"] | None = None,
     attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    tokens: Int[torch.Tensor, "batch pos"] | None = None,
     model=None,
+    axes: Mapping[str, Sequence[str]] | None = None,
 ) -> LensResult:
     """The logit lens of a decoder: every depth of the residual stream read as a prediction.
 
@@ -515,13 +553,16 @@ def logit_lens(
         targets: tokens whose rank and probability to follow per depth: single-token strings
             (GPT-2 style BPE: ``" Paris"`` with its space) or ids.
         top_k: tokens kept per depth and position.
-        vocab_chunk: vocabulary columns per matrix product; ``None`` picks a size that keeps one
+        chunk_size: vocabulary columns per matrix product; ``None`` picks a size that keeps one
             ``[depth, rows, chunk]`` block under :data:`DEFAULT_MAX_ELEMENTS`. Several chunks cost
             a second pass; the results are the same.
         logits: the model's own output for the cached input; if given, the last depth is checked
             against it (error recorded in ``final_max_abs_error``; a mismatch raises).
-        attention_mask: ``[batch, pos]`` real positions (for :meth:`LensResult.layer_summary`).
+        attention_mask: ``[batch, pos]`` real positions (the means and medians count only these).
+        tokens: ``[batch, pos]`` the input token ids, kept in the result (figures label positions
+            with them).
         model: the model, if the cache does not carry it.
+        axes: labels of the leading (depth) axis; default ``{"depth": ("embed", "block 0", ...)}``.
 
     Returns:
         :class:`LensResult`.
@@ -529,30 +570,33 @@ def logit_lens(
     Raises:
         UnsupportedModelError: an encoder (use :func:`mlm_lens` or :func:`embedding_lens`), or a
             model whose read-out is not ``ln_final -> unembed``.
-        TlprobeError: a target that is not one token, a bad ``top_k`` / ``vocab_chunk``.
+        TlprobeError: a target that is not one token, a bad ``top_k`` / ``chunk_size``.
 
     Example:
         >>> from tlprobe.testing import tiny_model
         >>> model = tiny_model("gpt2")
         >>> logits, cache = model.run_with_cache("She gave her the book")
-        >>> res = logit_lens(cache, targets=[" her"], top_k=3, logits=logits)
-        >>> res.labels, tuple(res.top(2).ids.shape), res.final_max_abs_error < 1e-5
+        >>> res = logit_lens(cache, [" her"], top_k=3, logits=logits)
+        >>> res.axes["depth"], tuple(res.top(2).ids.shape), res.final_max_abs_error < 1e-5
         (('embed', 'block 0', 'block 1'), (3, 1, 6, 2), True)
-        >>> float(res.kl_to_final[-1].abs().max())
-        0.0
+        >>> float(res["block 1"].kl_to_final.abs().max()), list(res.rows()[-1])
+        (0.0, ['depth', 'mean_entropy', 'mean_kl_to_final', "' her' mean prob", "' her' median rank"])
     """
-    return _lens(cache, "logit", targets, top_k, vocab_chunk, logits, attention_mask, model, False)
+    return _lens(cache, "logit", targets, top_k, chunk_size, logits, attention_mask, tokens, model, False, axes)
 
 
 def mlm_lens(
     cache,
     targets: Sequence[str | int] | None = None,
+    *,
     top_k: int = 10,
-    vocab_chunk: int | None = None,
+    chunk_size: int | None = None,
     logits: Float[torch.Tensor, "batch pos vocab"] | None = None,
     attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    tokens: Int[torch.Tensor, "batch pos"] | None = None,
     model=None,
     trust_head: bool = False,
+    axes: Mapping[str, Sequence[str]] | None = None,
 ) -> LensResult:
     """The MLM lens of an encoder: every layer's hidden state through the trained MLM head.
 
@@ -577,14 +621,15 @@ def mlm_lens(
         Traceback (most recent call last):
         tlprobe.errors.UnsupportedModelError: refusing the MLM lens on ...: the checkpoint model.safetensors has no weights for cls.predictions.transform.dense, ...
     """
-    return _lens(cache, "mlm", targets, top_k, vocab_chunk, logits, attention_mask, model, trust_head)
+    return _lens(cache, "mlm", targets, top_k, chunk_size, logits, attention_mask, tokens, model, trust_head, axes)
 
 
 def lens_logits(
     cache,
-    return_type: str = "logits",
-    lens: str = "logit",
-    vocab_chunk: int | None = None,
+    return_type: ReturnType = "logits",
+    *,
+    lens: PredictionLens = "logit",
+    chunk_size: int | None = None,
     model=None,
     trust_head: bool = False,
 ) -> Float[torch.Tensor, "depth batch pos vocab"]:
@@ -595,25 +640,25 @@ def lens_logits(
     for summaries: it never holds this tensor.
 
     Args:
-        cache, vocab_chunk, model, trust_head: as in :func:`logit_lens` / :func:`mlm_lens`.
+        cache, chunk_size, model, trust_head: as in :func:`logit_lens` / :func:`mlm_lens`.
         return_type: ``"logits"``, ``"log_probs"`` or ``"probs"``.
         lens: ``"logit"`` (decoders) or ``"mlm"`` (encoders with a trained head).
 
     Example:
         >>> from tlprobe.testing import tiny_model
         >>> logits, cache = tiny_model("neox").run_with_cache("She gave her the book")
-        >>> out = lens_logits(cache, vocab_chunk=100)
+        >>> out = lens_logits(cache, chunk_size=100)
         >>> tuple(out.shape), bool(torch.allclose(out[-1], logits, atol=1e-5))
         ((3, 1, 5, 600), True)
     """
-    check_choice(return_type, _RETURN_TYPES, "return_type")
-    check_choice(lens, ("logit", "mlm"), "lens")
+    check_choice(return_type, get_args(ReturnType), "return_type")
+    check_choice(lens, get_args(PredictionLens), "lens")
     model = _model_of(cache, model)
     r = _readout(cache, model, lens, trust_head)
     depth, batch, pos, _ = r.hidden.shape
     d_vocab = int(r.W.shape[-1])
     scores, n_rows = _score_fn(r)
-    slices = _chunks(d_vocab, depth * n_rows, vocab_chunk)
+    slices = _chunks(d_vocab, depth * n_rows, chunk_size)
     out = None
     lse = None
     for vs in slices:
@@ -623,6 +668,7 @@ def lens_logits(
         out[..., vs] = z
         part = torch.logsumexp(z, dim=-1)
         lse = part if lse is None else torch.logaddexp(lse, part)
+    assert out is not None and lse is not None  # the vocabulary has at least one chunk
     if return_type != "logits":
         out -= lse.unsqueeze(-1)
         if return_type == "probs":
@@ -633,10 +679,12 @@ def lens_logits(
 def embedding_lens(
     cache,
     tokens: Int[torch.Tensor, "batch pos"],
+    *,
     top_k: int = 5,
-    vocab_chunk: int | None = None,
+    chunk_size: int | None = None,
     mask: Int[torch.Tensor, "batch pos"] | None = None,
     model=None,
+    axes: Mapping[str, Sequence[str]] | None = None,
 ) -> EmbeddingLensResult:
     """The embedding lens: cosine of each depth's hidden state with every row of ``W_E``.
 
@@ -649,10 +697,12 @@ def embedding_lens(
         cache: an ``ActivationCache`` with the residual hooks and ``cache.model``.
         tokens: ``[batch, pos]`` the input token ids of the cached run.
         top_k: nearest embedding rows kept per depth and position.
-        vocab_chunk: as in :func:`logit_lens`.
-        mask: ``[batch, pos]`` positions that count in :meth:`EmbeddingLensResult.recovery`
-            (default all; pass the attention mask without special tokens).
+        chunk_size: as in :func:`logit_lens`.
+        mask: ``[batch, pos]`` positions that count in the recovery fractions and mean cosine
+            (default all; pass :func:`tlprobe.access.unembed.content_mask` to leave out padding
+            and special tokens).
         model: the model, if the cache does not carry it.
+        axes: labels of the leading (depth) axis; default ``{"depth": ("embed", "block 0", ...)}``.
 
     Example:
         >>> from tlprobe.testing import tiny_model
@@ -662,18 +712,19 @@ def embedding_lens(
         >>> res = embedding_lens(cache, tokens)
         >>> res.kind
         'embedding lens (token identity, not prediction)'
-        >>> tuple(res.recovery().shape)
-        (3,)
+        >>> tuple(res.top1_recovery.shape), res.rows()[0]["depth"]
+        ((3,), 'embed')
     """
     model = _model_of(cache, model)
     info = model_info(model)
     _check_top_k(top_k, info.d_vocab)
     stack = resid_stack(cache)
     depth, batch, pos, _ = stack.shape
-    if not isinstance(tokens, torch.Tensor) or tuple(tokens.shape) != (batch, pos):
-        got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-        raise TlprobeError(f"tokens has shape {got}; expected the cached input's [batch, pos] = {(batch, pos)}")
     W_E = embedding_matrix(model)
+    tok = _batch_shaped(tokens, "tokens", batch, pos, W_E.device)
+    if tok is None:
+        raise TlprobeError("tokens is required: the input token ids of the cached run, [batch, pos]")
+    tok = tok.long()
     dt = _compute_dtype(stack)
     with torch.no_grad():
         E = torch.nn.functional.normalize(W_E.detach().to(dt), dim=-1).T.contiguous()  # [d, vocab]
@@ -683,27 +734,37 @@ def embedding_lens(
             return h @ E[:, vs]
 
         n_rows = batch * pos
-        tok = tokens.to(E.device).reshape(n_rows, 1).long()
-        own = (h * E.T[tok[:, 0]]).sum(-1, keepdim=True)  # cosine with the input token's row
-        st = _stream(scores, E.shape[1], depth, n_rows, top_k, tok, own, vocab_chunk, False)
+        flat = tok.reshape(n_rows, 1)
+        own = (h * E.T[flat[:, 0]]).sum(-1, keepdim=True)  # cosine with the input token's row
+        st = _stream(scores, E.shape[1], depth, n_rows, top_k, flat, own, chunk_size, False)
 
     def shape(x):
         return x.reshape(depth, batch, pos, *x.shape[2:])
 
+    m = _mask(mask, "mask", batch, pos, E.device)
+    top_ids, ranks, cosines = (
+        shape(st["top_ids"]),
+        shape(st["target_ranks"])[..., 0],
+        shape(st["target_scores"])[..., 0],
+    )
     return EmbeddingLensResult(
         kind=EMBEDDING_LENS,
-        labels=_labels(depth),
-        top_ids=shape(st["top_ids"]),
+        top_ids=top_ids,
         top_cosines=shape(st["top_scores"]),
-        token_ids=tokens.detach().to(E.device).long(),
-        token_ranks=shape(st["target_ranks"])[..., 0],
-        token_cosines=shape(st["target_scores"])[..., 0],
-        mask=_mask(mask, batch, pos, E.device),
+        token_ranks=ranks,
+        token_cosines=cosines,
+        top1_recovery=_masked_mean((ranks < 1).float(), m),
+        top5_recovery=_masked_mean((ranks < 5).float(), m),
+        mean_cosine_with_input_token=_masked_mean(cosines, m),
+        token_ids=tok,
+        mask=m,
+        vocab=token_strings(model, top_ids, tok),
         model_name=info.name,
+        axes=_depth_axes(axes, depth),
     )
 
 
-def choose_lens(model) -> tuple[str, str]:
+def choose_lens(model) -> tuple[LensName, str]:
     """Which lens fits a model, and why: ``("logit" | "mlm" | "embedding", reason)``.
 
     Decoders get the logit lens; encoders with a trained MLM head the MLM lens; other encoders

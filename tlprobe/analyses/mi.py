@@ -30,13 +30,15 @@ plug-in values (documented, not an error); :func:`gcmi` refuses constant variabl
 
 from __future__ import annotations
 
-import builtins
 import math
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Literal
 
-from collections.abc import Mapping, Sequence
-
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 
@@ -45,9 +47,12 @@ from tlprobe.checks import as_tensor, check_choice, check_finite, check_min_samp
 from tlprobe.errors import TlprobeError
 from tlprobe.result import Result
 
-#: Bin-count rules (numpy's definitions of the bin width; one count per call, see :func:`resolve_bins`).
-BIN_RULES = ("sqrt", "scott", "fd")
-CORRECTIONS = (None, "miller-madow")
+#: A bin-count rule (numpy's definitions of the bin width; one count per call, see :func:`resolve_bins`).
+BinRule = Literal["sqrt", "scott", "fd"]
+#: A bias correction of the plug-in estimator (``None``: the raw plug-in value).
+Correction = Literal["miller-madow"]
+BIN_RULES: tuple[str, ...] = typing.get_args(BinRule)
+CORRECTIONS: tuple[str | None, ...] = (None, *typing.get_args(Correction))
 
 # Target size (cells) of one joint-histogram tile: ~4 MB in float32 keeps the tile's
 # elementwise work in cache on a CPU (measured: smaller blocks were faster than 8 MB ones).
@@ -73,12 +78,22 @@ def _prepare(x, name: str, shape_doc: str, min_samples: int = 2) -> torch.Tensor
     return x
 
 
+def _check_correction(correction) -> None:
+    if correction not in CORRECTIONS:
+        raise TlprobeError(f"unknown correction {correction!r}; choose one of: {', '.join(map(repr, CORRECTIONS))}")
+
+
+def _axes(axes: Mapping[str, Sequence[str]] | None) -> dict[str, tuple[str, ...]]:
+    """The ``axes=`` of an entry point as a result's labels."""
+    return {str(k): tuple(str(v) for v in labels) for k, labels in (axes or {}).items()}
+
+
 def _check_dtype(dtype) -> None:
     if dtype not in (None, torch.float32, torch.float64):
         raise TlprobeError(f"dtype must be torch.float32 or torch.float64 (or None), got {dtype}")
 
 
-def resolve_bins(x: Float[torch.Tensor, "... samples variables"], bins: int | str = 10) -> int:
+def resolve_bins(x: Float[torch.Tensor, "... samples variables"], bins: int | BinRule = 10) -> int:
     """The number of bins a call uses: ``bins`` itself, or a rule computed from the data.
 
     Rules use numpy's bin widths (``numpy.histogram_bin_edges``) per variable,
@@ -128,7 +143,7 @@ def resolve_bins(x: Float[torch.Tensor, "... samples variables"], bins: int | st
 
 
 def bin_labels(
-    x: Float[torch.Tensor, "... samples variables"], bins: int | str = 10
+    x: Float[torch.Tensor, "... samples variables"], *, bins: int | BinRule = 10
 ) -> Int[torch.Tensor, "... samples variables"]:
     """Equal-width bin index of every value, each variable binned over its own min..max.
 
@@ -271,9 +286,9 @@ def _mi_labels(
     return out
 
 
-def _setup(x, name, bins, correction, dtype):
+def _setup(x, name: str, bins: int | BinRule, correction: Correction | None, dtype: torch.dtype | None):
     x = _prepare(x, name, "[..., samples, variables]")
-    check_choice(correction, CORRECTIONS, "correction")
+    _check_correction(correction)
     _check_dtype(dtype)
     k = resolve_bins(x, bins)
     return x, k, dtype or x.dtype
@@ -281,8 +296,9 @@ def _setup(x, name, bins, correction, dtype):
 
 def pairwise_mi(
     x: Float[torch.Tensor, "... samples variables"],
-    bins: int | str = 10,
-    correction: str | None = None,
+    *,
+    bins: int | BinRule = 10,
+    correction: Correction | None = None,
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> Float[torch.Tensor, "... variables variables"]:
@@ -335,8 +351,9 @@ def pairwise_mi(
 
 def token_mi(
     h: Float[torch.Tensor, "... tokens dims"],
-    bins: int | str = 10,
-    correction: str | None = None,
+    *,
+    bins: int | BinRule = 10,
+    correction: Correction | None = None,
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> Float[torch.Tensor, "... tokens tokens"]:
@@ -358,8 +375,9 @@ def token_mi(
 def cross_mi(
     x: Float[torch.Tensor, "... samples vx"],
     y: Float[torch.Tensor, "... samples vy"],
-    bins: int | str = 10,
-    correction: str | None = None,
+    *,
+    bins: int | BinRule = 10,
+    correction: Correction | None = None,
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> Float[torch.Tensor, "... vx vy"]:
@@ -382,7 +400,7 @@ def cross_mi(
         lead = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
     except RuntimeError as exc:
         raise TlprobeError(f"leading dimensions of x {tuple(x.shape)} and y {tuple(y.shape)} do not broadcast") from exc
-    check_choice(correction, CORRECTIONS, "correction")
+    _check_correction(correction)
     _check_dtype(dtype)
     dtype = dtype or torch.promote_types(x.dtype, y.dtype)
     n = x.shape[-2]
@@ -396,8 +414,9 @@ def cross_mi(
 
 def entropy(
     x: Float[torch.Tensor, "... samples variables"],
-    bins: int | str = 10,
-    correction: str | None = None,
+    *,
+    bins: int | BinRule = 10,
+    correction: Correction | None = None,
     dtype: torch.dtype | None = None,
 ) -> Float[torch.Tensor, "... variables"]:
     """Plug-in entropy (nats) of each variable, on the same bins as :func:`pairwise_mi`.
@@ -420,10 +439,11 @@ def entropy(
 def mi(
     x: Float[torch.Tensor, "... samples"],
     y: Float[torch.Tensor, "... samples"],
-    bins: int | str = 10,
-    correction: str | None = None,
+    *,
+    bins: int | BinRule = 10,
+    correction: Correction | None = None,
     dtype: torch.dtype | None = None,
-) -> Float[torch.Tensor, ...]:
+) -> Float[torch.Tensor, "..."]:  # noqa: UP037
     """MI (nats) between two variables (leading dimensions batched), as :func:`cross_mi`.
 
     Import it from this module: ``tlprobe.analyses`` does not re-export it, because a package
@@ -440,8 +460,35 @@ def mi(
     return cross_mi(x[..., None], y[..., None], bins=bins, correction=correction, dtype=dtype)[..., 0, 0]
 
 
-@dataclass(frozen=True)
-class MIResult:
+def _leading_optional(hints: dict[str, Any]) -> dict[str, Any]:
+    """``X | None`` annotations read as ``X``, so optional tensor fields carry the leading axes too."""
+    # tlprobe.result reads the jaxtyping shape of plain annotations only: without this, an
+    # optional tensor field would be neither checked against the axes nor selected by result[...].
+    out = dict(hints)
+    for name, hint in hints.items():
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            rest = [a for a in typing.get_args(hint) if a is not type(None)]
+            if len(rest) == 1 and hasattr(rest[0], "dim_str"):
+                out[name] = rest[0]
+    return out
+
+
+def _index_rows(axes: Mapping[str, Sequence[str]], lead: Sequence[int]) -> Iterator[tuple[dict, tuple[int, ...]]]:
+    """``(labels, index)`` for every leading index; axes without labels are named by position."""
+    names = [*axes, *(f"axis {d}" for d in range(len(axes), len(lead)))]
+    labels = [*axes.values(), *(tuple(str(i) for i in range(n)) for n in lead[len(axes) :])]
+    for idx in np.ndindex(*lead):
+        yield {a: lab[i] for a, lab, i in zip(names, labels, idx)}, idx
+
+
+def _upper(m: torch.Tensor) -> torch.Tensor:
+    """The strict upper triangle of ``[..., V, V]`` matrices: ``[..., pairs]``, each pair once."""
+    i, j = torch.triu_indices(m.shape[-1], m.shape[-1], 1, device=m.device)
+    return m[..., i, j]
+
+
+@dataclass(frozen=True, eq=False)
+class MIResult(Result):
     """Pairwise MI with a bias estimate.
 
     Attributes:
@@ -455,6 +502,7 @@ class MIResult:
         n_samples: samples per variable.
         n_shuffles: shuffles drawn (0 for Miller-Madow).
         seed: the shuffle seed.
+        axes: labels of the leading axes (e.g. ``{"layer": ("embed", "block 0", ...)}``).
     """
 
     raw: Float[torch.Tensor, "... v v"]
@@ -462,56 +510,44 @@ class MIResult:
     null_mean: Float[torch.Tensor, "... v v"] | None
     null_std: Float[torch.Tensor, "... v v"] | None
     bins: int
-    method: str
+    method: Literal["shuffle", "miller-madow"]
     n_samples: int
     n_shuffles: int = 0
     seed: int | None = None
 
-    def upper(self, which: str = "corrected") -> Float[torch.Tensor, "... pairs"]:
-        """The strict upper triangle (each pair once) of ``raw``, ``corrected`` or ``null_mean``."""
-        check_choice(which, ("raw", "corrected", "null_mean"), "field")
+    @classmethod
+    def _hints(cls) -> dict[str, Any]:
+        return _leading_optional(super()._hints())
+
+    def upper(
+        self, which: Literal["raw", "corrected", "null_mean", "null_std"] = "corrected"
+    ) -> Float[torch.Tensor, "... pairs"]:
+        """The strict upper triangle (each pair once) of ``raw``, ``corrected``, ``null_mean`` or ``null_std``."""
+        check_choice(which, ("raw", "corrected", "null_mean", "null_std"), "field")
         m = getattr(self, which)
         if m is None:
-            raise TlprobeError(f"this result has no {which} (method {self.method!r})")
-        i, j = torch.triu_indices(m.shape[-1], m.shape[-1], 1, device=m.device)
-        return m[..., i, j]
+            raise TlprobeError(f"this result has no {which} (method {self.method!r}); use mi_null for a shuffle null")
+        return _upper(m)
 
-    def summary(self) -> dict:
-        """Mean of raw, null and corrected MI over all pairs (strict upper triangle)."""
-        out = {
-            "bins": self.bins,
-            "method": self.method,
-            "n_samples": self.n_samples,
-            "raw_mean": float(self.upper("raw").mean()),
-        }
-        if self.null_mean is not None:
-            out["null_mean"] = float(self.upper("null_mean").mean())
-        out["corrected_mean"] = float(self.upper("corrected").mean())
-        return out
-
-    def to_dict(self) -> dict:
-        """JSON-ready: the matrices as nested lists plus the settings."""
-        opt = lambda t: None if t is None else t.tolist()
-        return {
-            "method": self.method,
-            "bins": self.bins,
-            "n_samples": self.n_samples,
-            "n_shuffles": self.n_shuffles,
-            "seed": self.seed,
-            "raw": self.raw.tolist(),
-            "corrected": self.corrected.tolist(),
-            "null_mean": opt(self.null_mean),
-            "null_std": opt(self.null_std),
-        }
+    def rows(self) -> list[dict]:
+        """One row per leading index (e.g. layer): the mean raw, null and corrected MI over all pairs."""
+        fields = {"raw_mean": self.raw, "null_mean": self.null_mean, "corrected_mean": self.corrected}
+        upper = {k: _upper(v) for k, v in fields.items() if v is not None}
+        return [
+            {**labels, **{k: float(v[idx].mean()) for k, v in upper.items()}}
+            for labels, idx in _index_rows(self.axes, self.raw.shape[:-2])
+        ]
 
 
 def mi_null(
     x: Float[torch.Tensor, "... samples variables"],
+    *,
     n_shuffles: int = 10,
     seed: int = 0,
-    bins: int | str = 10,
+    bins: int | BinRule = 10,
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
+    axes: Mapping[str, Sequence[str]] | None = None,
 ) -> MIResult:
     """Pairwise MI corrected by a shuffle null.
 
@@ -525,6 +561,13 @@ def mi_null(
         n_shuffles: number of shuffles (>= 1; the null mean's noise falls as 1/sqrt of it).
         seed: the same seed gives the same shuffles.
         bins, chunk_size, dtype: as :func:`pairwise_mi`.
+        axes: labels of the leading axes (axis name -> one label per index), kept in the result.
+
+    Returns:
+        An :class:`MIResult` with ``method="shuffle"``.
+
+    Raises:
+        TlprobeError: ``n_shuffles < 1``, or an input :func:`pairwise_mi` refuses.
 
     Example:
         >>> x = torch.rand(94, 4, generator=torch.Generator().manual_seed(0))
@@ -559,17 +602,27 @@ def mi_null(
         n_samples=n,
         n_shuffles=int(n_shuffles),
         seed=int(seed),
-        axes=dict(axes or {}),
+        axes=_axes(axes),
     )
 
 
 def miller_madow(
     x: Float[torch.Tensor, "... samples variables"],
-    bins: int | str = 10,
+    *,
+    bins: int | BinRule = 10,
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
+    axes: Mapping[str, Sequence[str]] | None = None,
 ) -> MIResult:
     """Pairwise MI with the Miller-Madow correction, packaged like :func:`mi_null`.
+
+    Args:
+        x: ``[..., samples, variables]``.
+        bins, chunk_size, dtype: as :func:`pairwise_mi`.
+        axes: labels of the leading axes (axis name -> one label per index), kept in the result.
+
+    Returns:
+        An :class:`MIResult` with ``method="miller-madow"`` (no null: ``null_mean`` is ``None``).
 
     Example:
         >>> x = torch.rand(94, 4, generator=torch.Generator().manual_seed(0))
@@ -582,7 +635,16 @@ def miller_madow(
     lab = _labels(x, k).reshape(-1, n, V)
     raw = _mi_labels(lab, None, k, None, dtype, chunk_size).reshape(*lead, V, V)
     cor = _mi_labels(lab, None, k, "miller-madow", dtype, chunk_size).reshape(*lead, V, V)
-    return MIResult(raw=raw, corrected=cor, null_mean=None, null_std=None, bins=k, method="miller-madow", n_samples=n)
+    return MIResult(
+        raw=raw,
+        corrected=cor,
+        null_mean=None,
+        null_std=None,
+        bins=k,
+        method="miller-madow",
+        n_samples=n,
+        axes=_axes(axes),
+    )
 
 
 def copnorm(x: Float[torch.Tensor, "... samples variables"]) -> Float[torch.Tensor, "... samples variables"]:
@@ -671,25 +733,29 @@ def gcmi(
     return -0.5 * torch.log1p(-r * r)
 
 
-@dataclass(frozen=True)
-class MIHistograms:
+@dataclass(frozen=True, eq=False)
+class MIHistograms(Result):
     """Histograms of the pairwise values of MI matrices (strict upper triangle: each pair once).
 
+    One histogram per leading index of the matrices (e.g. per layer), all on the same bins so
+    that overlays line up.
+
     Attributes:
-        names: one name per series (flattened leading index), e.g. layer names.
-        edges: ``[bins + 1]`` bin edges, shared by every series (so overlays line up).
-        prob: ``[series, bins]`` fraction of the pairs in each bin (sums to 1).
-        mean, median, std: ``[series]`` over the pairs.
-        n_pairs: pairs per series.
+        edges: ``[bins + 1]`` bin edges, shared by every histogram.
+        prob: ``[..., bins]`` fraction of the pairs in each bin (sums to 1).
+        density: ``[..., bins]`` probability density (``prob`` over the bin width; integrates to 1).
+        mean, median, std: ``[...]`` over the pairs.
+        n_pairs: pairs per histogram.
         quantity: what the values are, e.g. ``"MI (nats)"``.
+        axes: labels of the leading axes (e.g. ``{"layer": ("embed", "block 0", ...)}``).
     """
 
-    names: tuple[str, ...]
     edges: Float[torch.Tensor, " edges"]
-    prob: Float[torch.Tensor, "series bins"]
-    mean: Float[torch.Tensor, " series"]
-    median: Float[torch.Tensor, " series"]
-    std: Float[torch.Tensor, " series"]
+    prob: Float[torch.Tensor, "... bins"]
+    density: Float[torch.Tensor, "... bins"]
+    mean: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    median: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    std: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
     n_pairs: int
     quantity: str = "MI (nats)"
 
@@ -699,63 +765,59 @@ class MIHistograms:
         return (self.edges[1:] + self.edges[:-1]) / 2
 
     @property
-    def density(self) -> Float[torch.Tensor, "series bins"]:
-        """Probability density (integrates to 1 over the bin range)."""
-        return self.prob / (self.edges[1:] - self.edges[:-1])
+    def series(self) -> tuple[str, ...]:
+        """One name per histogram (leading indices flattened in row-major order): the labels of
+        its leading axes joined by a space (the index where an axis has no labels)."""
+        return tuple(" ".join(labels.values()) for labels, _ in _index_rows(self.axes, self.mean.shape))
 
-    def table(self) -> list[dict]:
-        """Rows ``{series, n_pairs, mean, median, std}``."""
+    def rows(self) -> list[dict]:
+        """One row per histogram: its labels, ``n_pairs``, ``mean``, ``median``, ``std``."""
         return [
             {
-                "series": nm,
+                **labels,
                 "n_pairs": self.n_pairs,
-                "mean": float(self.mean[i]),
-                "median": float(self.median[i]),
-                "std": float(self.std[i]),
+                "mean": float(self.mean[idx]),
+                "median": float(self.median[idx]),
+                "std": float(self.std[idx]),
             }
-            for i, nm in enumerate(self.names)
+            for labels, idx in _index_rows(self.axes, self.mean.shape)
         ]
-
-    def to_dict(self) -> dict:
-        """JSON-ready: every number as lists."""
-        return {
-            "names": list(self.names),
-            "quantity": self.quantity,
-            "edges": self.edges.tolist(),
-            "prob": self.prob.tolist(),
-            "mean": self.mean.tolist(),
-            "median": self.median.tolist(),
-            "std": self.std.tolist(),
-            "n_pairs": self.n_pairs,
-        }
 
 
 def mi_histograms(
     mats: Float[torch.Tensor, "... v v"],
-    names: list[str] | None = None,
+    *,
     bins: int = 60,
-    range: tuple[float, float] | None = None,
+    value_range: tuple[float, float] | None = None,
     quantity: str = "MI (nats)",
+    axes: Mapping[str, Sequence[str]] | None = None,
 ) -> MIHistograms:
     """Histogram the pairwise values (strict upper triangle) of each matrix, on shared bins.
 
-    One ``bincount`` for all series, no loop. For the L09 figure pass the per-layer matrices
+    One ``bincount`` for all matrices, no loop. For the L09 figure pass the per-layer matrices
     ``[layers, V, V]``; for raw vs null vs corrected stack them into ``[3, V, V]`` (or
-    ``[3, layers, V, V]``: the leading indices are flattened, names in row-major order).
+    ``[3, layers, V, V]``: one histogram per leading index).
 
     Args:
         mats: ``[..., V, V]`` symmetric matrices (e.g. from :func:`pairwise_mi`).
-        names: one per flattened leading index (default ``"0"``, ``"1"``, ...).
         bins: number of equal-width bins.
-        range: ``(low, high)``; default the min and max over all series. Values outside
+        value_range: ``(low, high)``; default the min and max over all matrices. Values outside
             are counted in the first/last bin.
         quantity: label of the values.
+        axes: labels of the leading axes (axis name -> one label per index), kept in the result.
+
+    Returns:
+        :class:`MIHistograms` with ``[..., bins]`` histograms and ``[...]`` statistics.
+
+    Raises:
+        TlprobeError: ``mats`` is not ``[..., V, V]`` with ``V >= 2``, holds NaN/inf off the
+            diagonal, ``bins < 1``, or ``value_range`` is empty.
 
     Example:
         >>> m = torch.tensor([[[1.0, 0.2, 0.4], [0.2, 1.0, 0.6], [0.4, 0.6, 1.0]]])
-        >>> h = mi_histograms(m, ["layer 0"], bins=2, range=(0.0, 1.0))
-        >>> h.prob.tolist(), h.n_pairs
-        ([[0.6666666666666666, 0.3333333333333333]], 3)
+        >>> h = mi_histograms(m, bins=2, value_range=(0.0, 1.0), axes={"layer": ["L0"]})
+        >>> h.prob.tolist(), h.n_pairs, h.rows()[0]["layer"]
+        ([[0.6666666666666666, 0.3333333333333333]], 3, 'L0')
     """
     mats = upcast(as_tensor(mats, "mats")).double()
     check_ndim(mats, "mats", 2, "[..., V, V]")
@@ -764,31 +826,33 @@ def mi_histograms(
         raise TlprobeError(f"mats has shape {tuple(mats.shape)}; expected [..., V, V] with V >= 2")
     if not _is_int(bins) or int(bins) < 1:
         raise TlprobeError(f"bins must be a positive integer, got {bins!r}")
-    i, j = torch.triu_indices(V, V, 1, device=mats.device)
-    vals = mats[..., i, j].reshape(-1, i.numel())
+    lead = mats.shape[:-2]
+    vals = _upper(mats).reshape(-1, V * (V - 1) // 2)
     check_finite(vals, "mats (off-diagonal values)")
     s = vals.shape[0]
-    names = [str(t) for t in builtins.range(s)] if names is None else [str(nm) for nm in names]
-    if len(names) != s:
-        raise TlprobeError(f"{len(names)} names for {s} matrices (leading indices flattened)")
-    lo, hi = (float(vals.min()), float(vals.max())) if range is None else (float(range[0]), float(range[1]))
-    if hi <= lo:
-        hi = lo + 1e-9 if range is None else hi
+    if value_range is None:
+        lo, hi = float(vals.min()), float(vals.max())
+        hi = hi if hi > lo else lo + 1e-9
+    else:
+        lo, hi = float(value_range[0]), float(value_range[1])
         if hi <= lo:
-            raise TlprobeError(f"range must be (low, high) with high > low, got {range}")
+            raise TlprobeError(f"value_range must be (low, high) with high > low, got {value_range}")
     bins = int(bins)
     idx = ((vals - lo) / (hi - lo) * bins).floor().long().clamp_(0, bins - 1)
     flat = torch.arange(s, device=vals.device)[:, None] * bins + idx
     counts = torch.bincount(flat.flatten(), minlength=s * bins).reshape(s, bins).double()
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+    prob = (counts / vals.shape[1]).cpu()
     return MIHistograms(
-        names=tuple(names),
-        edges=torch.linspace(lo, hi, bins + 1, dtype=torch.float64),
-        prob=(counts / vals.shape[1]).cpu(),
-        mean=vals.mean(1).cpu(),
-        median=vals.median(1).values.cpu(),
-        std=vals.std(1, correction=0).cpu(),
+        edges=edges,
+        prob=prob.reshape(*lead, bins),
+        density=(prob / (edges[1:] - edges[:-1])).reshape(*lead, bins),
+        mean=vals.mean(1).cpu().reshape(lead),
+        median=vals.median(1).values.cpu().reshape(lead),
+        std=vals.std(1, correction=0).cpu().reshape(lead),
         n_pairs=int(vals.shape[1]),
         quantity=quantity,
+        axes=_axes(axes),
     )
 
 
@@ -796,7 +860,7 @@ def mi_histograms(
 class Dependence(Result):
     """Linear and information measures of dependence for pairs ``(x, y)`` (L10).
 
-    Every field is ``[...]`` (one value per leading index of the input pairs).
+    Every measure is ``[...]`` (one value per leading index of the input pairs).
 
     Attributes:
         covariance: unbiased covariance (signed, scale-dependent, linear only).
@@ -809,30 +873,40 @@ class Dependence(Result):
         covariance_squared: ``covariance ** 2`` (unsigned, U-shaped like MI in a correlation sweep).
         gcmi: Gaussian-copula MI (monotonic dependence only).
         bins, n_samples, n_shuffles, seed: settings.
+        x, y: ``[..., samples]`` the pairs themselves (for scatter plots), or ``None`` (the
+            default of :func:`dependence`, which keeps them only with ``keep_samples=True``).
+        axes: labels of the leading axes (e.g. ``{"rho": ("0.90", ...)}``).
     """
 
-    covariance: Float[torch.Tensor, "..."]
-    correlation: Float[torch.Tensor, "..."]
-    mi_raw: Float[torch.Tensor, "..."]
-    mi_miller_madow: Float[torch.Tensor, "..."]
-    mi_null_mean: Float[torch.Tensor, "..."]
-    mi_null_q95: Float[torch.Tensor, "..."]
-    mi_corrected: Float[torch.Tensor, "..."]
-    covariance_squared: Float[torch.Tensor, "..."]
-    gcmi: Float[torch.Tensor, "..."]
+    covariance: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    correlation: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    mi_raw: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    mi_miller_madow: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    mi_null_mean: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    mi_null_q95: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    mi_corrected: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    covariance_squared: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    gcmi: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
     bins: int
     n_samples: int
     n_shuffles: int
     seed: int
+    x: Float[torch.Tensor, "... samples"] | None = None
+    y: Float[torch.Tensor, "... samples"] | None = None
+
+    @classmethod
+    def _hints(cls) -> dict[str, Any]:
+        return _leading_optional(super()._hints())
 
 
 def dependence(
     x: Float[torch.Tensor, "... samples"],
     y: Float[torch.Tensor, "... samples"],
     *,
-    bins: int | str = 10,
+    bins: int | BinRule = 10,
     n_shuffles: int = 100,
     seed: int = 0,
+    keep_samples: bool = False,
     axes: Mapping[str, Sequence[str]] | None = None,
 ) -> Dependence:
     """Covariance, correlation and MI (raw, Miller-Madow, shuffle-corrected, GCMI) of pairs.
@@ -847,7 +921,15 @@ def dependence(
         bins: as :func:`pairwise_mi`.
         n_shuffles: shuffles for the null (>= 1).
         seed: seed of the shuffles.
+        keep_samples: keep ``x`` and ``y`` in the result (for a scatter plot of each pair).
         axes: labels of the leading axes (axis name -> one label per index), kept in the result.
+
+    Returns:
+        :class:`Dependence` with one value per leading index.
+
+    Raises:
+        TlprobeError: ``x`` and ``y`` differ in shape, fewer than 3 samples, NaN/inf,
+            ``n_shuffles < 1``, or a bad ``bins``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -894,5 +976,7 @@ def dependence(
         n_samples=n,
         n_shuffles=int(n_shuffles),
         seed=int(seed),
-        axes=dict(axes or {}),
+        x=x if keep_samples else None,
+        y=y if keep_samples else None,
+        axes=_axes(axes),
     )

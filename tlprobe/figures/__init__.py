@@ -1,8 +1,10 @@
-"""Figures: results to plotly figures and circuitsvis views. No statistics are computed here."""
+"""Figures: one result in, a plotly figure or a circuitsvis view out. No statistics are computed here.
 
-from tlprobe.figures.attention import (
-    attention_heads_view,
-)
+Importing this package registers the main figure of each result type, so ``result.figure()`` works.
+Helpers (token escaping, tensor-to-list conversion, panel layout) stay in their modules.
+"""
+
+from tlprobe.figures.attention import attention_heads_view
 from tlprobe.figures.depth import (
     block_summary_curves_figure,
     depth_histogram_figure,
@@ -24,54 +26,31 @@ from tlprobe.figures.mi import (
     mi_histogram_figure,
     mi_means_figure,
 )
-from tlprobe.figures.punctuation import (
-    cluster_position_figure,
-    punctuation_scatter_figure,
-)
-from tlprobe.figures.similarity import (
-    block_histogram_figure,
-    extreme_fraction_figure,
-)
-from tlprobe.figures.views import (
-    CANVAS_TOKEN_COMPONENTS,
-    COMPONENTS,
-    HTML_TOKEN_COMPONENTS,
-    TOKEN_PROPS,
-    CircuitsVisView,
-    circuitsvis_view,
-    defuse_html,
-    plotly_text,
-    to_lists,
-)
+from tlprobe.figures.punctuation import cluster_position_figure, punctuation_scatter_figure
+from tlprobe.figures.similarity import block_histogram_figure, extreme_fraction_figure
+from tlprobe.figures.views import CircuitsVisView, circuitsvis_view
 
 __all__ = [
+    "CircuitsVisView",
     "attention_heads_view",
     "block_histogram_figure",
     "block_summary_curves_figure",
-    "CANVAS_TOKEN_COMPONENTS",
     "circuitsvis_view",
-    "CircuitsVisView",
     "cluster_position_figure",
-    "COMPONENTS",
-    "defuse_html",
     "dependence_examples_figure",
     "dependence_sweep_figure",
     "depth_histogram_figure",
     "extreme_fraction_figure",
     "head_block_figure",
     "head_heatmap_figure",
-    "HTML_TOKEN_COMPONENTS",
     "kl_entropy_figure",
     "lens_grid_figure",
     "mi_heatmap_figure",
     "mi_histogram_figure",
     "mi_means_figure",
     "moment_curves_figure",
-    "plotly_text",
     "punctuation_scatter_figure",
     "recovery_figure",
     "target_topk_view",
     "target_trajectory_figure",
-    "to_lists",
-    "TOKEN_PROPS",
 ]

@@ -1,22 +1,28 @@
-"""Figures for results across depth (L03) and per head. They plot; they never compute statistics."""
+"""Figures across depth (L03) and per head. They plot; they never compute statistics.
+
+Each figure takes one result (or a mapping of panel name -> result of one type) and reads its
+labels from the result's axes: the last leading axis is the depth (x or y axis), earlier ones
+are populations (one line each); a ``[layer, head]`` result hovers with "L3H7".
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from tlprobe.analyses.depth import HeadMaps, Moments
+from tlprobe.analyses.moments import Moments
 from tlprobe.analyses.similarity import BlockStats
 from tlprobe.errors import TlprobeError
+from tlprobe.figures.similarity import index_labels, panels
+from tlprobe.result import register_figure
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#7f7f7f")
 _DASHES = ("solid", "dash", "dot", "dashdot")
-_MOMENT_TITLES = {
-    "var": "variance",
-    "rel_var": "relative variance",
-    "mean": "mean",
-    "mean_abs": "|mean|",
-}
+_MOMENT_TITLES = {"var": "variance", "rel_var": "relative variance", "mean": "mean", "mean_abs": "|mean|"}
 _MOMENT_AXES = {
     "var": "mean over coords of var",
     "rel_var": "sum var / sum E[x^2]",
@@ -27,53 +33,56 @@ _MOMENT_AXES = {
 
 def _contrast_scale(gamma: float, name: str = "Viridis", steps: int = 11) -> list:
     """A colour scale whose colours are spread as ``position ** gamma``: gamma < 1 brightens low values."""
-    from plotly.colors import sample_colorscale
-
     cols = sample_colorscale(name, [i / (steps - 1) for i in range(steps)])
     return [[(i / (steps - 1)) ** (1 / gamma), c] for i, c in enumerate(cols)]
 
 
-def _check_layers(n: int, labels: list[str], what: str) -> None:
-    if len(labels) != n:
-        raise TlprobeError(f"{len(labels)} layer labels for {n} layers in {what}")
+def _depth_and_populations(result, lead: tuple[int, ...]) -> tuple[list[str], list[str]]:
+    """Labels of the last leading axis (the depth) and of the flattened axes before it (populations)."""
+    depth = index_labels(result, lead[-1:], start=len(lead) - 1) if lead else [""]
+    return depth, index_labels(result, lead[:-1]) if len(lead) > 1 else [""]
 
 
 def depth_histogram_figure(
-    stats: dict[str, BlockStats],
-    layer_labels: list[str],
+    stats: BlockStats | Mapping[str, BlockStats],
+    *,
     title: str = "Similarity per block across depth",
     gamma: float = 0.5,
 ) -> go.Figure:
     """Stacked per-layer histograms as heatmaps (a 'spectrogram'): layer vs similarity, density as colour.
 
-    One row per block, one column per method (cosine and correlation side by side).
+    One row per block, one column per result (cosine and correlation side by side).
 
     Args:
-        stats: method -> block statistics whose ``prob`` is ``[layer, block, bins]`` (one population;
-            index a :class:`~tlprobe.analyses.depth.DepthBlockStats` with ``st[i]`` to pick it).
-        layer_labels: one label per layer (y axis).
+        stats: block statistics with one leading axis, the layers (``st["target"]`` of a
+            ``[population, layer]`` result), or method -> such results.
         title: figure title.
         gamma: colour contrast; below 1 spreads the colours over low densities, so that a few
             tall peaks (cosine near +-1 in early layers) do not wash out the rest. Hover and
             colour bar show the true density.
+
+    Raises:
+        TlprobeError: a result without exactly one leading axis, or ``gamma <= 0``.
     """
     if not gamma > 0:
         raise TlprobeError(f"gamma must be > 0, got {gamma}")
-    methods = list(stats)
-    blocks = stats[methods[0]].blocks
+    cols = panels(stats, name=stats.method if isinstance(stats, BlockStats) else "")
+    blocks = next(iter(cols.values())).blocks
     fig = make_subplots(
         rows=len(blocks),
-        cols=len(methods),
+        cols=len(cols),
         shared_xaxes=True,
-        subplot_titles=[f"{m}: {b}" for b in blocks for m in methods],
+        subplot_titles=[f"{m}: {b}" for b in blocks for m in cols],
         horizontal_spacing=0.1,
         vertical_spacing=0.035,
     )
-    for c, method in enumerate(methods, start=1):
-        st = stats[method]
+    layout = {}
+    for c, (method, st) in enumerate(cols.items(), start=1):
         if st.prob.ndim != 3:
-            raise TlprobeError(f"{method}: expected prob [layer, block, bins], got {tuple(st.prob.shape)}")
-        _check_layers(st.prob.shape[0], layer_labels, method)
+            raise TlprobeError(
+                f"{method}: expected prob [layer, block, bins], got {tuple(st.prob.shape)}; select one population"
+            )
+        layers = index_labels(st, tuple(st.prob.shape[:1]))
         dens = st.density
         x = st.centers.tolist()
         axis = "coloraxis" if c == 1 else f"coloraxis{c}"
@@ -81,7 +90,7 @@ def depth_histogram_figure(
             fig.add_trace(
                 go.Heatmap(
                     x=x,
-                    y=layer_labels,
+                    y=layers,
                     z=dens[:, r - 1].tolist(),
                     coloraxis=axis,
                     name=f"{method} {blk}",
@@ -92,10 +101,7 @@ def depth_histogram_figure(
             )
             fig.update_yaxes(title_text="layer", row=r, col=c, type="category")
         fig.update_xaxes(title_text="similarity", row=len(st.blocks), col=c)
-    layout = {}
-    for c, method in enumerate(methods, start=1):
-        key = "coloraxis" if c == 1 else f"coloraxis{c}"
-        layout[key] = dict(
+        layout[axis] = dict(
             colorscale=_contrast_scale(gamma),
             colorbar=dict(title=f"{method}<br>density", x=1.0 + 0.08 * (c - 1), len=0.5),
         )
@@ -103,46 +109,40 @@ def depth_histogram_figure(
     return fig
 
 
+@register_figure(Moments)
 def moment_curves_figure(
-    moments: dict[str, Moments],
-    populations: list[str],
-    depth_labels: dict[str, list[str]],
+    moments: Moments | Mapping[str, Moments],
+    *,
     stats: tuple[str, ...] = ("var", "rel_var", "mean", "mean_abs"),
     title: str = "Across-sample moments through depth",
 ) -> go.Figure:
     """Variance and mean curves across depth, one line per population (target vs non-target).
 
     Args:
-        moments: source name (e.g. ``"residual stream"``, ``"Q|K|V"``) -> :class:`Moments` with
-            fields ``[population, depth]``.
-        populations: names of the population index.
-        depth_labels: source name -> one label per depth index (x axis).
+        moments: :class:`Moments` whose last leading axis is the depth (x axis) and earlier axes
+            the populations (one line each), or source name (e.g. ``"residual stream"``,
+            ``"Q|K|V"``) -> such moments (one row each).
         stats: which :class:`Moments` fields to draw, one column each.
         title: figure title.
     """
-    sources = list(moments)
+    rows = panels(moments)
     fig = make_subplots(
-        rows=len(sources),
+        rows=len(rows),
         cols=len(stats),
-        subplot_titles=[f"{src}: {_MOMENT_TITLES.get(s, s)}" for src in sources for s in stats],
+        subplot_titles=[
+            f"{src}: {_MOMENT_TITLES.get(s, s)}" if src else _MOMENT_TITLES.get(s, s) for src in rows for s in stats
+        ],
         horizontal_spacing=0.09,
         vertical_spacing=0.16,
     )
-    for r, src in enumerate(sources, start=1):
-        m = moments[src]
-        labels = depth_labels[src]
+    for r, (src, m) in enumerate(rows.items(), start=1):
+        depth, pops = _depth_and_populations(m, tuple(m.var.shape))
         for c, stat in enumerate(stats, start=1):
-            val = getattr(m, stat)
-            if val.ndim != 2 or val.shape[0] != len(populations):
-                raise TlprobeError(
-                    f"{src}: expected [population, depth] moments for {len(populations)} populations, "
-                    f"got {tuple(val.shape)}"
-                )
-            _check_layers(val.shape[1], labels, src)
-            for i, pop in enumerate(populations):
+            val = getattr(m, stat).reshape(len(pops), len(depth))
+            for i, pop in enumerate(pops):
                 fig.add_trace(
                     go.Scatter(
-                        x=labels,
+                        x=depth,
                         y=val[i].tolist(),
                         mode="lines+markers",
                         name=pop,
@@ -158,7 +158,7 @@ def moment_curves_figure(
             fig.update_yaxes(title_text=_MOMENT_AXES.get(stat, stat), row=r, col=c)
     fig.update_layout(
         title=title,
-        height=330 * len(sources) + 60,
+        height=330 * len(rows) + 60,
         width=380 * len(stats) + 100,
         template="plotly_white",
         legend=dict(orientation="h", y=-0.12),
@@ -167,49 +167,44 @@ def moment_curves_figure(
 
 
 def block_summary_curves_figure(
-    stats: dict[str, BlockStats],
-    populations: list[str],
-    layer_labels: list[str],
+    stats: BlockStats | Mapping[str, BlockStats],
+    *,
     summaries: tuple[str, ...] = ("frac_extreme", "std", "mean_abs"),
     title: str = "Block summaries across depth",
 ) -> go.Figure:
-    """Per-block summaries across depth: one row per method, one column per summary.
+    """Per-block summaries across depth: one row per result (method), one column per summary.
 
     Colour: block; line style: population.
 
     Args:
-        stats: method -> block statistics with summaries ``[population, layer, block]``.
-        populations: names of the population index.
-        layer_labels: one label per layer (x axis).
+        stats: block statistics whose last leading axis is the layer (x axis) and earlier axes
+            the populations, e.g. ``[population, layer]``; or method -> such results.
         summaries: fields to draw (``frac_extreme``, ``std``, ``mean``, ``mean_abs``).
         title: figure title.
     """
-    methods = list(stats)
-    first = stats[methods[0]]
-    thr = first.extreme
+    rows = panels(stats, name=stats.method if isinstance(stats, BlockStats) else "")
+    thr = next(iter(rows.values())).extreme
     names = {"frac_extreme": f"fraction |s| > {thr:g}", "std": "std", "mean": "mean", "mean_abs": "mean |s|"}
     fig = make_subplots(
-        rows=len(methods),
+        rows=len(rows),
         cols=len(summaries),
         horizontal_spacing=0.06,
         vertical_spacing=0.14,
-        subplot_titles=[f"{m}: {names.get(s, s)}" for m in methods for s in summaries],
+        subplot_titles=[f"{m}: {names.get(s, s)}" for m in rows for s in summaries],
     )
-    for r, method in enumerate(methods, start=1):
-        st = stats[method]
+    for r, (method, st) in enumerate(rows.items(), start=1):
+        layers, pops = _depth_and_populations(st, tuple(st.mean.shape[:-1]))
         for c, key in enumerate(summaries, start=1):
-            val = getattr(st, key)
-            if val.ndim != 3 or val.shape[0] != len(populations):
-                raise TlprobeError(f"{method}: expected [population, layer, block] summaries, got {tuple(val.shape)}")
-            _check_layers(val.shape[1], layer_labels, method)
-            for p, pop in enumerate(populations):
+            val = getattr(st, key).reshape(len(pops), len(layers), len(st.blocks))
+            for p, pop in enumerate(pops):
                 for b, blk in enumerate(st.blocks):
+                    name = f"{blk} ({pop})" if pop else blk
                     fig.add_trace(
                         go.Scatter(
-                            x=layer_labels,
+                            x=layers,
                             y=val[p, :, b].tolist(),
                             mode="lines+markers",
-                            name=f"{blk} ({pop})",
+                            name=name,
                             legendgroup=f"{blk}{pop}",
                             showlegend=(r == 1 and c == 1),
                             line=dict(color=_COLORS[b % len(_COLORS)], dash=_DASHES[p % len(_DASHES)]),
@@ -220,38 +215,60 @@ def block_summary_curves_figure(
                     )
             fig.update_xaxes(type="category", row=r, col=c)
     fig.update_layout(
-        title=title, height=330 * len(methods) + 80, width=420 * len(summaries) + 200, template="plotly_white"
+        title=title, height=330 * len(rows) + 80, width=420 * len(summaries) + 200, template="plotly_white"
     )
     return fig
 
 
 def head_heatmap_figure(
-    maps: HeadMaps, names: list[str], cols: int = 3, title: str = "Per-head summaries", shared_scale: bool = True
+    result: BlockStats | Moments,
+    field: str,
+    *,
+    cols: int = 3,
+    title: str = "Per-head summaries",
+    shared_scale: bool = True,
 ) -> go.Figure:
-    """``[layer, head]`` heatmaps, one panel per map, hover text "L3H7: value".
+    """``[layer, head]`` heatmaps of one field, hover text "L3H7: value".
 
     Args:
-        maps: :class:`~tlprobe.analyses.depth.HeadMaps`.
-        names: which maps to draw (``maps.names`` entries).
+        result: a result whose last two leading axes are ``[layer, head]``: a :class:`BlockStats`
+            (one panel per block, and per index of any axes before them) or a :class:`Moments`
+            (one panel per index of the axes before them, e.g. per population).
+        field: the field to draw (``frac_extreme``, ``std``, ... or ``var``, ``rel_var``, ...).
         cols: panels per row.
         title: figure title.
         shared_scale: one colour scale for all panels (use for maps of the same statistic).
+
+    Raises:
+        TlprobeError: the result has fewer than two leading axes.
     """
-    if not names:
-        raise TlprobeError("give at least one map name")
-    rows = (len(names) + cols - 1) // cols
+    value = getattr(result, field)
+    blocks = result.blocks if isinstance(result, BlockStats) else None
+    lead = tuple(value.shape[:-1] if blocks else value.shape)
+    if len(lead) < 2:
+        raise TlprobeError(f"expected a result with [..., layer, head] leading axes, got {field} {tuple(value.shape)}")
+    n_layers, n_heads = lead[-2:]
+    outer = index_labels(result, lead[:-2]) if len(lead) > 2 else [""]
+    names = index_labels(result, (n_layers, n_heads), start=len(lead) - 2)
+    text = [names[i * n_heads : (i + 1) * n_heads] for i in range(n_layers)]
+    layers = index_labels(result, (n_layers,), start=len(lead) - 2)
+    flat = value.reshape(len(outer), n_layers, n_heads, *([len(blocks)] if blocks else []))
+    maps = []
+    for o, label in enumerate(outer):
+        for b, blk in enumerate(blocks or (None,)):
+            z = flat[o, ..., b] if blk is not None else flat[o]
+            what = f"{result.method} {blk} {field}" if isinstance(result, BlockStats) else field
+            maps.append((f"{label} {what}".strip(), z))
+    n_rows = (len(maps) + cols - 1) // cols
     fig = make_subplots(
-        rows=rows,
-        cols=min(cols, len(names)),
-        subplot_titles=list(names),
+        rows=n_rows,
+        cols=min(cols, len(maps)),
+        subplot_titles=[name for name, _ in maps],
         horizontal_spacing=0.07,
-        vertical_spacing=0.14 if rows > 1 else 0.1,
+        vertical_spacing=0.14 if n_rows > 1 else 0.1,
     )
-    labels = maps.labels
-    layers = [str(i) for i in maps.layers]
-    heads = list(range(maps.values.shape[-1]))
-    for k, name in enumerate(names):
-        z = maps[name]
+    heads = list(range(n_heads))
+    for k, (name, z) in enumerate(maps):
         r, c = k // cols + 1, k % cols + 1
         kwargs = dict(coloraxis="coloraxis") if shared_scale else dict(colorscale="Viridis", showscale=False)
         fig.add_trace(
@@ -259,7 +276,7 @@ def head_heatmap_figure(
                 z=z.tolist(),
                 x=heads,
                 y=layers,
-                text=labels,
+                text=text,
                 name=name,
                 hovertemplate=f"%{{text}}<br>{name}=%{{z:.4f}}<extra></extra>",
                 **kwargs,
@@ -267,45 +284,38 @@ def head_heatmap_figure(
             row=r,
             col=c,
         )
-        fig.update_xaxes(title_text="head", row=r, col=c, dtick=1 if len(heads) <= 16 else None)
+        fig.update_xaxes(title_text="head", row=r, col=c, dtick=1 if n_heads <= 16 else None)
         fig.update_yaxes(title_text="layer", row=r, col=c, type="category")
-    extra = dict(coloraxis=dict(colorscale="Viridis")) if shared_scale else {}
+    extra: dict[str, Any] = dict(coloraxis=dict(colorscale="Viridis")) if shared_scale else {}
     fig.update_layout(
-        title=title, height=300 * rows + 100, width=min(cols, len(names)) * 400 + 120, template="plotly_white", **extra
+        title=title, height=300 * n_rows + 100, width=min(cols, len(maps)) * 400 + 120, template="plotly_white", **extra
     )
     return fig
 
 
 def head_block_figure(
-    stats: dict[str, BlockStats],
-    head_names: list[str],
-    summary: str = "frac_extreme",
-    title: str | None = None,
+    stats: BlockStats | Mapping[str, BlockStats], summary: str = "frac_extreme", *, title: str | None = None
 ) -> go.Figure:
-    """One layer's ``[head, block]`` summary as heatmaps, one panel per method, hover "L3H7".
+    """One layer's ``[head, block]`` summary as heatmaps, one panel per result (method), hover "L3H7".
 
     Args:
-        stats: method -> block statistics whose summaries are ``[head, block]`` (e.g.
-            :func:`~tlprobe.analyses.depth.depth_block_similarity` of ``split_heads(samples, H)``).
-        head_names: one name per head, e.g. ``["L3H0", "L3H1", ...]``.
+        stats: block statistics with one leading axis, the heads (labelled "L3H0", ...), e.g.
+            :func:`~tlprobe.analyses.similarity.qkv_block_similarity` of ``split_heads(samples, H)``;
+            or method -> such results.
         summary: ``frac_extreme``, ``std``, ``mean`` or ``mean_abs``.
         title: figure title.
     """
-    methods = list(stats)
-    fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, horizontal_spacing=0.12)
-    for c, method in enumerate(methods, start=1):
-        st = stats[method]
+    cols = panels(stats, name=stats.method if isinstance(stats, BlockStats) else "")
+    fig = make_subplots(rows=1, cols=len(cols), subplot_titles=list(cols), horizontal_spacing=0.12)
+    for c, (method, st) in enumerate(cols.items(), start=1):
         val = getattr(st, summary)
-        if val.ndim != 2 or val.shape[0] != len(head_names):
-            raise TlprobeError(
-                f"{method}: expected [head, block] summaries for {len(head_names)} heads, got {tuple(val.shape)}"
-            )
-        text = [[f"{h} {b}" for b in st.blocks] for h in head_names]
+        heads = index_labels(st, tuple(val.shape[:-1]))
+        text = [[f"{h} {b}" for b in st.blocks] for h in heads]
         fig.add_trace(
             go.Heatmap(
-                z=val.tolist(),
+                z=val.reshape(len(heads), len(st.blocks)).tolist(),
                 x=list(st.blocks),
-                y=head_names,
+                y=heads,
                 text=text,
                 coloraxis="coloraxis",
                 hovertemplate=f"%{{text}}<br>{summary}=%{{z:.4f}}<extra>{method}</extra>",
@@ -314,13 +324,13 @@ def head_block_figure(
             col=c,
         )
         fig.update_yaxes(type="category", autorange="reversed", row=1, col=c)
-    thr = stats[methods[0]].extreme
+    thr = next(iter(cols.values())).extreme
     name = f"fraction |s| > {thr:g}" if summary == "frac_extreme" else summary
     fig.update_layout(
         title=title or f"Per head: {name}",
         template="plotly_white",
-        height=max(320, 22 * len(head_names) + 150),
-        width=420 * len(methods) + 150,
+        height=max(320, 22 * len(heads) + 150),
+        width=420 * len(cols) + 150,
         coloraxis=dict(colorscale="Viridis", colorbar=dict(title=name)),
     )
     return fig

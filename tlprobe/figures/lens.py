@@ -1,13 +1,14 @@
 """Figures for the lenses (L15-L17). They plot results; they compute no statistics.
 
-Token strings reach plotly through :func:`plotly_text`: plotly renders text as pseudo-HTML
-(``<b>``, ``<br>``, ``<a href>`` are interpreted; entities are decoded) and treats ``$...$`` as
-LaTeX, so tokens are HTML-escaped and ``$`` written as an entity: they then show literally.
+Every label comes from the result: depth labels from ``result.axes["depth"]``, token strings
+from ``result.vocab`` (input tokens, top-k tokens), target names from ``result.target_names``.
+Token strings reach plotly through :func:`~tlprobe.figures.views.plotly_text`: plotly renders
+text as pseudo-HTML (``<b>``, ``<br>``, ``<a href>`` are interpreted; entities are decoded) and
+treats ``$...$`` as LaTeX, so tokens are HTML-escaped and ``$`` written as an entity: they then
+show literally.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import plotly.graph_objects as go
 import torch
@@ -16,76 +17,85 @@ from plotly.subplots import make_subplots
 from tlprobe.analyses.lens import EmbeddingLensResult, LensResult
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.views import CircuitsVisView, circuitsvis_view, plotly_text
+from tlprobe.result import register_figure
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
+#: Thin per-position lines drawn at most by :func:`kl_entropy_figure` (the mean is always drawn).
+MAX_POSITION_LINES = 200
 
 
-def _decode(tokenizer, i: int) -> str:
-    return tokenizer.decode([int(i)])
-
-
-def _real_positions(result, batch: int) -> list[int]:
+def _real_positions(result: LensResult | EmbeddingLensResult, batch: int) -> list[int]:
     if not 0 <= batch < result.mask.shape[0]:
         raise TlprobeError(f"batch {batch} is out of range: the result has {result.mask.shape[0]} prompts")
     return result.mask[batch].nonzero().flatten().tolist()
 
 
-def _value_name(result) -> tuple[str, str]:
-    if isinstance(result, EmbeddingLensResult):
-        return "cosine with W_E row", "nearest W_E row"
-    return "probability", "top-1 token"
+def _depths(result: LensResult | EmbeddingLensResult) -> list[str]:
+    if "depth" not in result.axes:
+        raise TlprobeError("the result has no depth axis (a single depth was selected); plot the whole result")
+    return list(result.axes["depth"])
 
 
+def _input_tokens(result: LensResult | EmbeddingLensResult, batch: int) -> list[str] | None:
+    """The prompt's tokens as text, one per position (``None``: the lens was run without tokens)."""
+    if result.token_ids is None:
+        return None
+    return result.vocab.decode(result.token_ids[batch])  # type: ignore[return-value]
+
+
+@register_figure(LensResult)
+@register_figure(EmbeddingLensResult)
 def lens_grid_figure(
-    result: LensResult | EmbeddingLensResult,
-    input_tokens: Sequence[str],
-    tokenizer,
-    batch: int = 0,
-    hover_k: int = 5,
-    title: str | None = None,
+    result: LensResult | EmbeddingLensResult, *, batch: int = 0, hover_k: int = 5, title: str | None = None
 ) -> go.Figure:
     """The familiar lens picture: [depth x position] grid of the top-1 token, value as colour.
 
     For a logit/MLM lens the colour is the top-1 probability and the cell text the predicted
     token; for the embedding lens the colour is the cosine with the nearest ``W_E`` row and the
     text that row's token: token identity, not a prediction (the title says so). Hovering a
-    cell lists the ``hover_k`` best tokens.
+    cell lists the ``hover_k`` best tokens. Padding positions (outside ``result.mask``) are left
+    out; the x axis names each position by its input token when the result holds them.
 
     Args:
         result: a lens result.
-        input_tokens: the prompt's tokens as strings, one per position of ``result`` (padding
-            positions, outside ``result.mask``, are dropped).
-        tokenizer: anything with ``decode([id])``, to name the token ids.
         batch: which prompt of the result.
         hover_k: tokens listed in the hover box (at most the result's top-k).
         title: figure title (default says which lens).
+
+    Example:
+        >>> from tlprobe.analyses.lens import logit_lens
+        >>> from tlprobe.testing import tiny_model
+        >>> model = tiny_model("gpt2")
+        >>> tokens = model.to_tokens("She gave her the book")
+        >>> _, cache = model.run_with_cache(tokens)
+        >>> fig = lens_grid_figure(logit_lens(cache, top_k=3, tokens=tokens))
+        >>> list(fig.layout.yaxis.ticktext), fig.layout.xaxis.ticktext[1]
+        (['embed', 'block 0', 'block 1'], '1: She')
     """
+    depths = _depths(result)
     pos = _real_positions(result, batch)
-    if len(input_tokens) != result.mask.shape[1]:
-        raise TlprobeError(
-            f"{len(input_tokens)} input tokens for {result.mask.shape[1]} positions; pass the padded prompt's tokens"
-        )
-    k = min(hover_k, result.top_ids.shape[-1])
-    top = result.top(k)
+    top = result.top(min(hover_k, result.top_ids.shape[-1]))
+    k = top.ids.shape[-1]
     ids = top.ids[:, batch][:, pos].cpu()  # [depth, n, k]
     vals = top.values[:, batch][:, pos].cpu().float()
-    value_name, what = _value_name(result)
-    cell_text, hover = [], []
-    for d in range(ids.shape[0]):
-        row_t, row_h = [], []
-        for j in range(ids.shape[1]):
-            toks = [plotly_text(_decode(tokenizer, t)) for t in ids[d, j].tolist()]
-            row_t.append(toks[0])
-            lines = "<br>".join(f"{t!s} ({v:.3f})" for t, v in zip(toks, vals[d, j].tolist()))
-            row_h.append(lines)
-        cell_text.append(row_t)
-        hover.append(row_h)
-    xt = [f"{i}: {plotly_text(input_tokens[p])}" for i, p in enumerate(pos)]
+    text = plotly_text(result.vocab.decode(ids))
+    value_name, what = (
+        ("cosine with W_E row", "nearest W_E row")
+        if isinstance(result, EmbeddingLensResult)
+        else ("probability", "top-1 token")
+    )
+    cell_text = [[cell[0] for cell in row] for row in text]
+    hover = [
+        ["<br>".join(f"{t!s} ({v:.3f})" for t, v in zip(toks, vs)) for toks, vs in zip(row_t, row_v)]
+        for row_t, row_v in zip(text, vals.tolist())
+    ]
+    tokens = _input_tokens(result, batch)
+    xt = [f"{i}: {plotly_text(tokens[p])}" if tokens else str(p) for i, p in enumerate(pos)]
     fig = go.Figure(
         go.Heatmap(
             z=vals[..., 0].tolist(),
             x=list(range(len(pos))),
-            y=list(range(len(result.labels))),
+            y=list(range(len(depths))),
             text=cell_text,
             texttemplate="%{text}",
             textfont=dict(size=10),
@@ -102,51 +112,51 @@ def lens_grid_figure(
     fig.update_xaxes(tickmode="array", tickvals=list(range(len(pos))), ticktext=xt, title="input position")
     fig.update_yaxes(
         tickmode="array",
-        tickvals=list(range(len(result.labels))),
-        ticktext=list(result.labels),
+        tickvals=list(range(len(depths))),
+        ticktext=depths,
         title="residual stream after",
         autorange="reversed",
     )
-    default = f"{result.kind}: {what} per depth and position"
     fig.update_layout(
-        title=title or default,
+        title=title or f"{result.kind}: {what} per depth and position",
         template="plotly_white",
-        height=max(320, 48 * len(result.labels) + 160),
+        height=max(320, 48 * len(depths) + 160),
         width=max(700, 90 * len(pos) + 260),
     )
     return fig
 
 
-def target_trajectory_figure(
-    result: LensResult,
-    target_names: Sequence[str],
-    batch: int = 0,
-    position: int = -1,
-) -> go.Figure:
+def target_trajectory_figure(result: LensResult, *, batch: int = 0, position: int = -1) -> go.Figure:
     """Rank (log scale) and probability of each target token across depth, at one position.
+
+    Targets are named by their ``repr`` (``' Paris'`` shows its space), in the order of
+    ``result.target_names``.
 
     Args:
         result: a logit or MLM lens result with targets.
-        target_names: display names of ``result.target_ids`` (same order).
         batch: which prompt.
         position: index among the prompt's real positions (``-1``: the last real token, whose
             prediction is the next token for a decoder).
+
+    Example:
+        >>> from tlprobe.analyses.lens import logit_lens
+        >>> from tlprobe.testing import tiny_model
+        >>> _, cache = tiny_model("gpt2").run_with_cache("She gave her the book")
+        >>> [t.name for t in target_trajectory_figure(logit_lens(cache, [" her"], top_k=3)).data]
+        ["' her'", "' her'"]
     """
-    n_t = result.target_ids.numel()
-    if n_t == 0:
+    if not result.target_names:
         raise TlprobeError("the result has no targets: run the lens with targets=[...]")
-    if len(target_names) != n_t:
-        raise TlprobeError(f"{len(target_names)} target names for {n_t} targets")
+    x = _depths(result)
     pos = _real_positions(result, batch)
     if not -len(pos) <= position < len(pos):
         raise TlprobeError(f"position {position} is out of range for a prompt of {len(pos)} real tokens")
     p = pos[position]
     ranks = result.target_ranks[:, batch, p].cpu()
     probs = result.target_probs[:, batch, p].cpu().float()
-    x = list(result.labels)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("rank in the vocabulary (0 = top)", "probability"))
-    for t in range(n_t):
-        name = plotly_text(target_names[t])
+    for t, target in enumerate(result.target_names):
+        name = plotly_text(repr(target))
         color = _COLORS[t % len(_COLORS)]
         fig.add_trace(
             go.Scatter(
@@ -188,21 +198,28 @@ def target_trajectory_figure(
     return fig
 
 
-def kl_entropy_figure(result: LensResult, batch: int | None = None) -> go.Figure:
+def kl_entropy_figure(result: LensResult, *, batch: int | None = None) -> go.Figure:
     """KL divergence to the final distribution and entropy per depth (nats).
 
-    Thin grey lines: every real position of prompt ``batch`` (all prompts when ``None`` and the
-    result is small); thick line: the mean over real positions from
-    :meth:`~tlprobe.analyses.lens.LensResult.layer_summary`.
+    Thin grey lines: every real position of prompt ``batch`` (all prompts when ``None``, up to
+    :data:`MAX_POSITION_LINES`); thick line: the means over real positions
+    (``result.mean_kl_to_final``, ``result.mean_entropy``).
+
+    Example:
+        >>> from tlprobe.analyses.lens import logit_lens
+        >>> from tlprobe.testing import tiny_model
+        >>> _, cache = tiny_model("gpt2").run_with_cache("She gave her")
+        >>> fig = kl_entropy_figure(logit_lens(cache, top_k=3))
+        >>> fig.data[-2].y[-1]  # the mean KL to the final distribution, at the last depth
+        0.0
     """
-    summary = result.layer_summary()
-    x = list(result.labels)
+    x = _depths(result)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("KL(final || depth), nats", "entropy, nats"))
     prompts = range(result.mask.shape[0]) if batch is None else [batch]
     shown = 0
     for b in prompts:
         for p in _real_positions(result, b):
-            if shown >= 200:
+            if shown >= MAX_POSITION_LINES:
                 break
             shown += 1
             for col, series in ((1, result.kl_to_final), (2, result.entropy)):
@@ -218,11 +235,11 @@ def kl_entropy_figure(result: LensResult, batch: int | None = None) -> go.Figure
                     row=1,
                     col=col,
                 )
-    for col, key in ((1, "mean_kl_to_final"), (2, "mean_entropy")):
+    for col, mean in ((1, result.mean_kl_to_final), (2, result.mean_entropy)):
         fig.add_trace(
             go.Scatter(
                 x=x,
-                y=[r[key] for r in summary],
+                y=mean.tolist(),
                 mode="lines+markers",
                 name="mean over positions",
                 showlegend=col == 1,
@@ -242,19 +259,27 @@ def kl_entropy_figure(result: LensResult, batch: int | None = None) -> go.Figure
     return fig
 
 
-def recovery_figure(rows: Sequence[dict], title: str | None = None) -> go.Figure:
+def recovery_figure(result: EmbeddingLensResult, *, title: str | None = None) -> go.Figure:
     """Embedding lens: how often the input token is the nearest (top-1) / among the 5 nearest
-    ``W_E`` rows, per depth; rows from :meth:`EmbeddingLensResult.layer_summary`."""
-    x = [r["label"] for r in rows]
+    ``W_E`` rows, and its mean cosine with its own row, per depth (over ``result.mask``).
+
+    Example:
+        >>> from tlprobe.analyses.lens import embedding_lens
+        >>> from tlprobe.testing import tiny_model
+        >>> model = tiny_model("gpt2")
+        >>> tokens = model.to_tokens("She gave her the book")
+        >>> _, cache = model.run_with_cache(tokens)
+        >>> [t.name for t in recovery_figure(embedding_lens(cache, tokens)).data]
+        ['top-1', 'top-5', 'mean cosine with own row']
+    """
+    x = _depths(result)
     fig = go.Figure()
-    for key, name, color in (
-        ("top1_recovery", "top-1", _COLORS[0]),
-        ("top5_recovery", "top-5", _COLORS[2]),
-        ("mean_cosine_with_input_token", "mean cosine with own row", _COLORS[4]),
+    for series, name, color in (
+        (result.top1_recovery, "top-1", _COLORS[0]),
+        (result.top5_recovery, "top-5", _COLORS[2]),
+        (result.mean_cosine_with_input_token, "mean cosine with own row", _COLORS[4]),
     ):
-        fig.add_trace(
-            go.Scatter(x=x, y=[r[key] for r in rows], mode="lines+markers", name=name, line=dict(color=color))
-        )
+        fig.add_trace(go.Scatter(x=x, y=series.tolist(), mode="lines+markers", name=name, line=dict(color=color)))
     fig.update_yaxes(range=[0, 1.05], title="fraction / cosine")
     fig.update_xaxes(title="residual stream after")
     fig.update_layout(
@@ -266,35 +291,41 @@ def recovery_figure(rows: Sequence[dict], title: str | None = None) -> go.Figure
     return fig
 
 
-def target_topk_view(
-    result: LensResult,
-    prompts_tokens: Sequence[Sequence[str]],
-    k: int = 5,
-) -> CircuitsVisView:
+def target_topk_view(result: LensResult, *, k: int = 5) -> CircuitsVisView:
     """circuitsvis ``TopkTokens``: for each depth and target, the positions where the lens gives
     the target the highest (and lowest) probability, across prompts.
 
     The component's third dimension ("Target") is numbered in the order of
-    ``result.target_ids``. The sort is a display selection of probabilities the lens computed.
+    ``result.target_names``. The sort is a display selection of probabilities the lens computed.
+    Padding positions are dropped.
 
     Args:
-        result: a lens result with targets.
-        prompts_tokens: per prompt, its tokens (one per position of the result; padding
-            positions are dropped).
+        result: a lens result with targets, run with ``tokens=`` (the view shows them).
         k: positions shown per table (capped by the prompt length).
+
+    Example:
+        >>> from tlprobe.analyses.lens import logit_lens
+        >>> from tlprobe.testing import tiny_model
+        >>> model = tiny_model("gpt2")
+        >>> tokens = model.to_tokens("She gave her the book")
+        >>> _, cache = model.run_with_cache(tokens)
+        >>> view = target_topk_view(logit_lens(cache, [" her"], top_k=3, tokens=tokens), k=2)
+        >>> view.component, view.props["tokens"][0][1:3]
+        ('TopkTokens', ['She', ' gave'])
     """
-    n_t = result.target_ids.numel()
-    if n_t == 0:
+    if not result.target_names:
         raise TlprobeError("the result has no targets: run the lens with targets=[...]")
-    if len(prompts_tokens) != result.mask.shape[0]:
-        raise TlprobeError(f"{len(prompts_tokens)} token lists for {result.mask.shape[0]} prompts")
+    if result.token_ids is None:
+        raise TlprobeError("the result holds no input tokens: run the lens with tokens=batch.tokens")
+    depths = _depths(result)
     tokens, top_v, top_i, bot_v, bot_i = [], [], [], [], []
-    for b, toks in enumerate(prompts_tokens):
+    for b in range(result.mask.shape[0]):
         pos = _real_positions(result, b)
         probs = result.target_probs[:, b][:, pos].detach().cpu().float()  # [depth, n, T]
         kk = min(k, len(pos))
         tv, ti = probs.topk(kk, dim=1)
         bv, bi = probs.topk(kk, dim=1, largest=False)
+        toks = _input_tokens(result, b) or []
         tokens.append([toks[p] for p in pos])
         top_v.append(tv.tolist())
         top_i.append(ti.tolist())
@@ -309,6 +340,6 @@ def target_topk_view(
         bottomkIdxs=bot_i,
         firstDimensionName="Depth",
         thirdDimensionName="Target",
-        firstDimensionLabels=list(result.labels),
+        firstDimensionLabels=depths,
         sampleLabels=[f"prompt {b}" for b in range(len(tokens))],
     )

@@ -1,18 +1,25 @@
 """Figures for mutual-information results (L09/L10). They plot; they never compute statistics.
 
-Histograms come from :func:`tlprobe.analyses.mi.mi_histograms`, dependence measures from
-:func:`tlprobe.analyses.mi.dependence`.
+Each figure takes one result and reads its labels from it: histograms come from
+:func:`tlprobe.analyses.mi.mi_histograms` (:class:`~tlprobe.analyses.mi.MIHistograms`),
+matrices from :func:`tlprobe.analyses.mi.mi_null` (:class:`~tlprobe.analyses.mi.MIResult`),
+dependence measures from :func:`tlprobe.analyses.mi.dependence`
+(:class:`~tlprobe.analyses.mi.Dependence`). ``result.figure()`` draws the main one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
 
 import plotly.graph_objects as go
 import torch
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from tlprobe.analyses.mi import Dependence, MIHistograms
+from tlprobe.analyses.mi import Dependence, MIHistograms, MIResult
 from tlprobe.errors import TlprobeError
+from tlprobe.result import register_figure
 
 _COLORS = ("#1f77b4", "#d62728", "#7f7f7f", "#2ca02c", "#9467bd", "#ff7f0e")
 
@@ -24,41 +31,48 @@ def _series_colors(n: int, highlight: int | None) -> list[str]:
     scale = sample_colorscale("Viridis", [j / max(1, len(others) - 1) for j in range(len(others))])
     colors = [""] * n
     for c, i in zip(scale, others):
-        colors[i] = c
+        colors[i] = str(c)
     colors[highlight] = "#d62728"
     return colors
 
 
+@register_figure(MIHistograms)
 def mi_histogram_figure(
     hist: MIHistograms,
+    *,
     title: str = "Distribution of pairwise MI",
     highlight: int | None = None,
     density: bool = True,
 ) -> go.Figure:
-    """Overlaid histograms (as lines), one per series of ``hist``.
+    """Overlaid histograms (as lines), one per histogram of ``hist`` (named by its axes' labels).
 
     Args:
         hist: from :func:`tlprobe.analyses.mi.mi_histograms`.
         title: figure title.
-        highlight: index of a series drawn thick in red (e.g. 0 for the embedding layer), the
+        highlight: index of a histogram drawn thick in red (e.g. 0 for the embedding layer), the
             others on a Viridis scale in order (layers); ``None``: categorical colours (e.g. raw,
             shuffle null, corrected).
-        density: plot probability density (default) or the fraction of pairs per bin.
+        density: plot the probability density (default) or the fraction of pairs per bin.
+
+    Raises:
+        TlprobeError: ``highlight`` is not the index of a histogram.
 
     Example:
         >>> from tlprobe.analyses.mi import mi_histograms
         >>> m = torch.rand(3, 5, 5, generator=torch.Generator().manual_seed(0))
-        >>> len(mi_histogram_figure(mi_histograms(m, bins=4), highlight=0).data)
-        3
+        >>> fig = mi_histogram_figure(mi_histograms(m, bins=4, axes={"layer": ["L0", "L1", "L2"]}), highlight=0)
+        >>> [trace.name for trace in fig.data]
+        ['L0', 'L1', 'L2']
     """
-    n = len(hist.names)
+    names = hist.series
+    n = len(names)
     if highlight is not None and not 0 <= highlight < n:
-        raise TlprobeError(f"highlight {highlight} is out of range for {n} series")
+        raise TlprobeError(f"highlight {highlight} is out of range for {n} histograms")
     colors = _series_colors(n, highlight)
-    y = hist.density if density else hist.prob
+    y = (hist.density if density else hist.prob).reshape(n, -1)
     x = hist.centers.tolist()
     fig = go.Figure()
-    for i, name in enumerate(hist.names):
+    for i, name in enumerate(names):
         thick = highlight is not None and i == highlight
         fig.add_trace(
             go.Scatter(
@@ -82,53 +96,92 @@ def mi_histogram_figure(
 
 
 def mi_means_figure(
-    hists: dict[str, MIHistograms], title: str = "Mean pairwise MI per layer", statistic: str = "mean"
+    hists: MIHistograms | Mapping[str, MIHistograms],
+    *,
+    title: str = "Mean pairwise MI per layer",
+    statistic: Literal["mean", "median"] = "mean",
 ) -> go.Figure:
-    """One line per entry of ``hists`` (e.g. raw, shuffle null, corrected) across its series (layers).
+    """The mean (or median) over pairs of each histogram, as one line across its labels (layers).
 
     Args:
-        hists: label -> :class:`~tlprobe.analyses.mi.MIHistograms` with the same series names.
+        hists: one :class:`~tlprobe.analyses.mi.MIHistograms` (one line, named by its quantity),
+            or line name -> histograms over the same labels (e.g. raw, shuffle null, corrected).
         title: figure title.
         statistic: ``"mean"`` (error bars: the standard deviation of the pairs' values, their
             spread, not the uncertainty of the mean) or ``"median"``.
 
+    Raises:
+        TlprobeError: an unknown ``statistic``.
+
     Example:
         >>> from tlprobe.analyses.mi import mi_histograms
         >>> m = torch.rand(3, 5, 5, generator=torch.Generator().manual_seed(0))
-        >>> len(mi_means_figure({"raw": mi_histograms(m), "null": mi_histograms(m / 2)}).data)
-        2
+        >>> layers = {"layer": ["L0", "L1", "L2"]}
+        >>> fig = mi_means_figure({"raw": mi_histograms(m, axes=layers), "half": mi_histograms(m / 2, axes=layers)})
+        >>> len(fig.data), fig.data[0].x
+        (2, ('L0', 'L1', 'L2'))
     """
     if statistic not in ("mean", "median"):
         raise TlprobeError(f"statistic must be 'mean' or 'median', got {statistic!r}")
+    lines = {hists.quantity: hists} if isinstance(hists, MIHistograms) else dict(hists)
     fig = go.Figure()
-    for i, (label, h) in enumerate(hists.items()):
-        err = dict(type="data", array=h.std.tolist(), visible=True, thickness=1) if statistic == "mean" else None
+    for i, (label, h) in enumerate(lines.items()):
+        err = (
+            dict(type="data", array=h.std.flatten().tolist(), visible=True, thickness=1)
+            if statistic == "mean"
+            else None
+        )
         fig.add_trace(
             go.Scatter(
-                x=list(h.names),
-                y=getattr(h, statistic).tolist(),
+                x=list(h.series),
+                y=getattr(h, statistic).flatten().tolist(),
                 mode="lines+markers",
                 name=label,
                 error_y=err,
                 line=dict(color=_COLORS[i % len(_COLORS)]),
             )
         )
-    q = next(iter(hists.values())).quantity if hists else "MI (nats)"
+    q = next(iter(lines.values())).quantity if lines else "MI (nats)"
     fig.update_layout(
         title=title, template="plotly_white", height=400, width=900, yaxis_title=f"{statistic} {q} over pairs"
     )
     return fig
 
 
-def mi_heatmap_figure(mat: torch.Tensor, title: str = "Pairwise MI", max_size: int = 400) -> go.Figure:
-    """Heatmap of one ``[V, V]`` matrix (the top-left ``max_size`` block if larger).
+@register_figure(MIResult)
+def mi_heatmap_figure(
+    result: MIResult,
+    *,
+    which: Literal["raw", "corrected", "null_mean", "null_std"] = "raw",
+    title: str = "Pairwise MI",
+    max_size: int = 400,
+) -> go.Figure:
+    """Heatmap of one ``[V, V]`` matrix of ``result`` (the top-left ``max_size`` block if larger).
+
+    Args:
+        result: an :class:`~tlprobe.analyses.mi.MIResult` without leading axes: select one
+            first, e.g. ``result["block 2"]``.
+        which: the matrix to show.
+        title: figure title.
+        max_size: most variables shown per side.
+
+    Raises:
+        TlprobeError: ``result`` still has leading axes, or has no ``which`` matrix.
 
     Example:
-        >>> len(mi_heatmap_figure(torch.eye(3)).data)
+        >>> from tlprobe.analyses.mi import miller_madow
+        >>> r = miller_madow(torch.rand(2, 50, 3, generator=torch.Generator().manual_seed(0)), axes={"layer": ["L0", "L1"]})
+        >>> len(mi_heatmap_figure(r["L1"]).data)
         1
     """
-    if mat.ndim != 2 or mat.shape[0] != mat.shape[1]:
-        raise TlprobeError(f"mi_heatmap_figure takes one [V, V] matrix, got shape {tuple(mat.shape)}")
+    mat = getattr(result, which, None)
+    if mat is None:
+        raise TlprobeError(f"this MIResult has no {which} matrix (method {result.method!r})")
+    if mat.ndim != 2:
+        raise TlprobeError(
+            f"mi_heatmap_figure shows one [V, V] matrix, got {tuple(mat.shape)}: "
+            "select one leading index first, e.g. result[0] or result['L3']"
+        )
     m = mat[:max_size, :max_size].double().cpu()
     fig = go.Figure(go.Heatmap(z=m.tolist(), colorscale="Viridis", colorbar=dict(title="nats")))
     shown = "" if mat.shape[0] <= max_size else f" (first {max_size} of {mat.shape[0]})"
@@ -142,56 +195,70 @@ def mi_heatmap_figure(mat: torch.Tensor, title: str = "Pairwise MI", max_size: i
     return fig
 
 
+def _pair_labels(dep: Dependence) -> tuple[str, tuple[str, ...]]:
+    """The name and labels of a one-axis dependence result (``"pair"``, indices when unlabelled)."""
+    if dep.covariance.ndim != 1:
+        raise TlprobeError(
+            f"this figure shows pairs along one leading axis; the result has shape {tuple(dep.covariance.shape)}"
+        )
+    if dep.axes:
+        name, labels = next(iter(dep.axes.items()))
+        return name, tuple(labels)
+    return "pair", tuple(str(i) for i in range(dep.covariance.shape[0]))
+
+
+@register_figure(Dependence)
 def dependence_sweep_figure(
     dep: Dependence,
-    x: torch.Tensor,
-    x_label: str = "true correlation",
+    *,
+    x_title: str | None = None,
     title: str = "Covariance vs mutual information",
 ) -> go.Figure:
-    """L10: covariance (a line), MI (a U) and squared covariance (a U) against a sweep parameter.
+    """L10: covariance (a line), MI (a U) and squared covariance (a U) along the result's axis.
+
+    The x values are the labels of the result's leading axis (as numbers when they all are).
 
     Args:
-        dep: :class:`~tlprobe.analyses.mi.Dependence` with one value per sweep point.
-        x: ``[points]`` the sweep values (e.g. the simulated correlations).
-        x_label: axis label of ``x``.
+        dep: :class:`~tlprobe.analyses.mi.Dependence` with one leading axis (the sweep), e.g.
+            ``axes={"rho": ("0.90", ..., "-0.90")}``.
+        x_title: title of the x axes (default: the axis name).
         title: figure title.
+
+    Raises:
+        TlprobeError: ``dep`` has more than one leading axis.
 
     Example:
         >>> from tlprobe.analyses.mi import dependence
         >>> g = torch.Generator().manual_seed(0)
         >>> a = torch.randn(3, 200, generator=g, dtype=torch.float64)
-        >>> d = dependence(a, a * torch.tensor([[-1.0], [0.0], [1.0]]) + torch.randn(3, 200, generator=g, dtype=torch.float64), n_shuffles=5)
-        >>> len(dependence_sweep_figure(d, torch.tensor([-1.0, 0.0, 1.0])).data)
-        6
+        >>> b = a * torch.tensor([[-1.0], [0.0], [1.0]]) + torch.randn(3, 200, generator=g, dtype=torch.float64)
+        >>> fig = dependence_sweep_figure(dependence(a, b, n_shuffles=5, axes={"slope": ["-1", "0", "1"]}))
+        >>> len(fig.data), fig.data[0].x
+        (6, (-1.0, 0.0, 1.0))
     """
-    xs = torch.as_tensor(x).flatten().tolist()
-    if len(xs) != dep.covariance.numel():
-        raise TlprobeError(f"{len(xs)} sweep values for {dep.covariance.numel()} pairs")
+    axis, labels = _pair_labels(dep)
+    try:
+        xs: list = [float(v) for v in labels]
+    except ValueError:
+        xs = list(labels)
     fig = make_subplots(
         rows=1,
         cols=3,
         subplot_titles=("covariance (signed, linear)", "mutual information (unsigned)", "squared covariance"),
     )
-    line = lambda name, y, color, dash=None, col=1, show=True: fig.add_trace(  # noqa: E731
-        go.Scatter(
-            x=xs,
-            y=y.flatten().tolist(),
-            name=name,
-            mode="lines+markers",
-            showlegend=show,
-            line=dict(color=color, dash=dash),
-        ),
-        row=1,
-        col=col,
-    )
+
+    def line(name: str, y: torch.Tensor, color: str, col: int, dash: str | None = None) -> None:
+        trace = go.Scatter(x=xs, y=y.tolist(), name=name, mode="lines+markers", line=dict(color=color, dash=dash))
+        fig.add_trace(trace, row=1, col=col)
+
     line("covariance", dep.covariance, _COLORS[0], col=1)
     line("MI raw", dep.mi_raw, _COLORS[1], col=2)
     line("MI - shuffle null", dep.mi_corrected, _COLORS[3], col=2)
-    line("shuffle null mean", dep.mi_null_mean, _COLORS[2], dash="dot", col=2)
-    line("GCMI", dep.gcmi, _COLORS[4], dash="dash", col=2)
-    line("covariance squared", dep.covariance**2, _COLORS[5], col=3)
+    line("shuffle null mean", dep.mi_null_mean, _COLORS[2], col=2, dash="dot")
+    line("GCMI", dep.gcmi, _COLORS[4], col=2, dash="dash")
+    line("covariance squared", dep.covariance_squared, _COLORS[5], col=3)
     for c in (1, 2, 3):
-        fig.update_xaxes(title_text=x_label, row=1, col=c)
+        fig.update_xaxes(title_text=x_title or axis, row=1, col=c)
     fig.update_yaxes(title_text="nats", row=1, col=2)
     fig.update_layout(
         title=f"{title} ({dep.n_samples} samples, {dep.bins} bins, {dep.n_shuffles} shuffles)",
@@ -203,46 +270,43 @@ def dependence_sweep_figure(
 
 
 def dependence_examples_figure(
-    x: torch.Tensor,
-    y: torch.Tensor,
     dep: Dependence,
-    names: list[str],
+    *,
     title: str = "Non-linear dependence: covariance near 0, MI clearly positive",
 ) -> go.Figure:
-    """Scatter of each simulated pair ``(x[i], y[i])`` with its covariance and MI in the title.
+    """Scatter of each pair ``(x[i], y[i])`` of ``dep``, its covariance and MI in the panel title.
 
     Args:
-        x, y: ``[examples, samples]`` the simulated data.
-        dep: :class:`~tlprobe.analyses.mi.Dependence` of the same pairs (``[examples]``).
-        names: one per example, e.g. ``["y = x^2", "y = cos(x) + noise"]``.
+        dep: :class:`~tlprobe.analyses.mi.Dependence` with one leading axis (the examples,
+            whose labels title the panels) and its samples (``dependence(..., keep_samples=True)``).
         title: figure title.
+
+    Raises:
+        TlprobeError: ``dep`` has no samples, or more than one leading axis.
 
     Example:
         >>> from tlprobe.analyses.mi import dependence
         >>> a = torch.linspace(-1, 1, 50, dtype=torch.float64)[None]
-        >>> len(dependence_examples_figure(a, a**2, dependence(a, a**2, n_shuffles=2), ["x^2"]).data)
+        >>> d = dependence(a, a**2, n_shuffles=2, keep_samples=True, axes={"example": ["x^2"]})
+        >>> len(dependence_examples_figure(d).data)
         1
     """
-    if x.shape != y.shape or x.ndim != 2 or len(names) != x.shape[0]:
-        raise TlprobeError(
-            f"x, y must be [examples, samples] with one name per example; got {tuple(x.shape)}, "
-            f"{tuple(y.shape)}, {len(names)} names"
-        )
-    cov, mi_c, null95, mi_r = (
-        t.flatten().tolist() for t in (dep.covariance, dep.mi_corrected, dep.mi_null_q95, dep.mi_raw)
-    )
+    _axis, names = _pair_labels(dep)
+    if dep.x is None or dep.y is None:
+        raise TlprobeError("this Dependence has no samples to plot: compute it with dependence(..., keep_samples=True)")
+    cov, mi_c, null95, mi_r = (t.tolist() for t in (dep.covariance, dep.mi_corrected, dep.mi_null_q95, dep.mi_raw))
     titles = [
         f"{nm}<br>cov={cov[i]:.3f}, MI raw={mi_r[i]:.3f}, MI-null={mi_c[i]:.3f} (null 95%: {null95[i]:.3f})"
         for i, nm in enumerate(names)
     ]
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles)
-    for i in range(len(names)):
+    for i, name in enumerate(names):
         fig.add_trace(
             go.Scattergl(
-                x=x[i].tolist(),
-                y=y[i].tolist(),
+                x=dep.x[i].tolist(),
+                y=dep.y[i].tolist(),
                 mode="markers",
-                name=names[i],
+                name=name,
                 marker=dict(size=4, opacity=0.6, color=_COLORS[i % len(_COLORS)]),
                 showlegend=False,
             ),

@@ -5,29 +5,35 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tlprobe.analyses.punctuation import CLASS_NAMES, PanelResult
-from tlprobe.errors import TlprobeError
+from tlprobe.analyses.punctuation import PanelResult, PunctuationClusters
+from tlprobe.result import register_figure
 
 _SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "star", "pentagon", "hexagon")
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
 
 
-def _grid(panels: list[PanelResult]) -> tuple[list[int], list[int]]:
-    if not panels:
-        raise TlprobeError("no panels to plot")
-    depths = list(dict.fromkeys(p.depth for p in panels))
-    classes = list(dict.fromkeys(p.cls for p in panels))
+def _grid(clusters: PunctuationClusters) -> tuple[list[int], list[str]]:
+    """The layers (rows) and classes (columns) of the panel grid, in the order of the panels."""
+    depths = list(dict.fromkeys(p.depth for p in clusters.panels))
+    classes = list(dict.fromkeys(p.class_name for p in clusters.panels))
     return depths, classes
 
 
+def _r(v: float, fmt: str = "+.2f") -> str:
+    return "n/a" if v != v else format(v, fmt)
+
+
 def _r_text(p: PanelResult) -> str:
-    within = ", ".join("n/a" if r != r else f"{r:+.2f}" for r in p.simpson.within_r)
+    within = ", ".join(_r(r) for r in p.simpson.within_r.tolist())
     flag = " <b>Simpson's paradox</b>" if p.simpson.flag else ""
     return f"k={p.clustering.k}, r all={p.simpson.pooled_r:+.2f}, r within=[{within}]{flag}"
 
 
+@register_figure(PunctuationClusters)
 def punctuation_scatter_figure(
-    panels: list[PanelResult], title: str = "Covariance vs MI between a punctuation token and its neighbours"
+    clusters: PunctuationClusters,
+    *,
+    title: str = "Covariance vs MI between a punctuation token and its neighbours",
 ) -> go.Figure:
     """Covariance (x) vs MI (y), one panel per layer (rows) and class (columns).
 
@@ -36,20 +42,18 @@ def punctuation_scatter_figure(
     the number of clusters, the pooled r and the r within each cluster, and the Simpson flag.
 
     Args:
-        panels: :class:`~tlprobe.analyses.punctuation.PanelResult` list from ``cluster_panels``.
+        clusters: :class:`~tlprobe.analyses.punctuation.PunctuationClusters` from ``cluster_panels``.
         title: figure title.
     """
-    depths, classes = _grid(panels)
+    depths, classes = _grid(clusters)
     # Diverging colours centred on the mark: red before it, blue after it.
-    span = max(int(p.rel.abs().max()) for p in panels)
+    span = max(int(p.rel.abs().max()) for p in clusters.panels)
+    by_key = {(p.depth, p.class_name): p for p in clusters.panels}
     titles = []
-    by_key = {(p.depth, p.cls): p for p in panels}
     for d in depths:
         for c in classes:
             p = by_key.get((d, c))
-            titles.append(
-                f"depth {d}, {CLASS_NAMES.get(c, c)}<br><span style='font-size:11px'>{_r_text(p)}</span>" if p else ""
-            )
+            titles.append(f"{p.name}<br><span style='font-size:11px'>{_r_text(p)}</span>" if p else "")
     fig = make_subplots(
         rows=len(depths), cols=len(classes), subplot_titles=titles, horizontal_spacing=0.08, vertical_spacing=0.16
     )
@@ -57,13 +61,13 @@ def punctuation_scatter_figure(
     for (d, c), p in by_key.items():
         row, col = depths.index(d) + 1, classes.index(c) + 1
         lab = p.clustering.labels
-        for j, summary in enumerate(p.clusters):
+        for j in range(p.clustering.k):
             sel = lab == j
             name = f"cluster {j}"
             fig.add_trace(
                 go.Scatter(
-                    x=p.x[sel].tolist(),
-                    y=p.y[sel].tolist(),
+                    x=p.covariance[sel].tolist(),
+                    y=p.mi[sel].tolist(),
                     mode="markers",
                     name=name,
                     legendgroup=name,
@@ -84,14 +88,14 @@ def punctuation_scatter_figure(
             shown.add(j)
             fig.add_trace(
                 go.Scatter(
-                    x=[summary["mean_covariance"]],
-                    y=[summary["mean_mi"]],
+                    x=[float(p.mean_covariance[j])],
+                    y=[float(p.mean_mi[j])],
                     mode="markers+text",
-                    text=[f"{j}: r={'n/a' if summary['r'] is None else format(summary['r'], '+.2f')}"],
+                    text=[f"{j}: r={_r(float(p.simpson.within_r[j]))}"],
                     textposition="top right",
                     showlegend=False,
                     marker=dict(symbol="x", size=12, color="black", line=dict(width=1, color="white")),
-                    hovertemplate=f"cluster {j} mean ({summary['size']} points)<extra></extra>",
+                    hovertemplate=f"cluster {j} mean ({int(p.simpson.sizes[j])} points)<extra></extra>",
                 ),
                 row=row,
                 col=col,
@@ -110,21 +114,24 @@ def punctuation_scatter_figure(
     return fig
 
 
-def cluster_position_figure(panels: list[PanelResult]) -> go.Figure:
-    """How many points of each cluster sit at each relative position (stacked bars per panel)."""
-    depths, classes = _grid(panels)
-    titles = [f"depth {d}, {CLASS_NAMES.get(c, c)}" for d in depths for c in classes]
+def cluster_position_figure(clusters: PunctuationClusters) -> go.Figure:
+    """How many points of each cluster sit at each relative position (stacked bars per panel).
+
+    Args:
+        clusters: :class:`~tlprobe.analyses.punctuation.PunctuationClusters` from ``cluster_panels``.
+    """
+    depths, classes = _grid(clusters)
+    titles = [f"depth {d}, {c}" for d in depths for c in classes]
     fig = make_subplots(rows=len(depths), cols=len(classes), subplot_titles=titles, vertical_spacing=0.2)
     shown: set[int] = set()
-    for p in panels:
-        row, col = depths.index(p.depth) + 1, classes.index(p.cls) + 1
-        for j, summary in enumerate(p.clusters):
-            counts = summary["rel_counts"]
+    for p in clusters.panels:
+        row, col = depths.index(p.depth) + 1, classes.index(p.class_name) + 1
+        for j in range(p.clustering.k):
             name = f"cluster {j}"
             fig.add_trace(
                 go.Bar(
-                    x=list(counts),
-                    y=list(counts.values()),
+                    x=p.positions.tolist(),
+                    y=p.rel_counts[j].tolist(),
                     name=name,
                     legendgroup=name,
                     showlegend=j not in shown,

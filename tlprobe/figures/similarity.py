@@ -1,41 +1,82 @@
-"""Figures for similarity results (L02/L03). They plot; they never compute statistics."""
+"""Figures of Q/K/V block statistics (L02). They plot; they never compute statistics.
+
+Each figure takes one :class:`~tlprobe.analyses.similarity.BlockStats` or a mapping of panel
+name -> result (e.g. ``{"cosine": ..., "correlation": ...}`` for side-by-side panels) and reads
+every label from the results' axes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from tlprobe.analyses.similarity import BlockStats
+from tlprobe.result import Result, register_figure
 
 _COLORS = ("#1f77b4", "#d62728", "#7f7f7f", "#2ca02c", "#9467bd", "#ff7f0e")
 
+R = TypeVar("R", bound=Result)
 
+
+def panels(results: R | Mapping[str, R], name: str = "") -> dict[str, R]:
+    """One result, or a mapping panel name -> result, as a mapping (a lone result is named ``name``)."""
+    return dict(results) if isinstance(results, Mapping) else {name: results}
+
+
+def index_labels(result: Result, lead: tuple[int, ...], start: int = 0) -> list[str]:
+    """One label per index of the leading dimensions ``start, start + 1, ...`` of sizes ``lead``.
+
+    Flattened row-major, read from the result's axes: labels of several axes are joined with a
+    space, except a layer and a head, which join into their TransformerLens name ("L3H7"); axes
+    without labels are numbered.
+
+    Example:
+        >>> r = Result(axes={"layer": ("L0", "L1"), "head": ("H0", "H1")})
+        >>> index_labels(r, (2, 2)), index_labels(r, (2,), start=1)
+        (['L0H0', 'L0H1', 'L1H0', 'L1H1'], ['H0', 'H1'])
+    """
+    axes = list(result.axes.items())
+    out = []
+    for idx in np.ndindex(*lead):
+        text = ""
+        for d, i in enumerate(idx, start=start):
+            name, label = (axes[d][0], str(axes[d][1][i])) if d < len(axes) else ("", str(i))
+            glue = "" if not text or (name == "head" and axes[d - 1][0] == "layer") else " "
+            text += glue + label
+        out.append(text)
+    return out
+
+
+@register_figure(BlockStats)
 def block_histogram_figure(
-    stats: dict[str, BlockStats], labels: list[str], title: str = "Similarity per Q/K/V block"
+    stats: BlockStats | Mapping[str, BlockStats], *, title: str = "Similarity per Q/K/V block"
 ) -> go.Figure:
-    """Density of similarity values per block: one row per method, one column per block.
+    """Density of similarity values per block: one row per result, one column per block.
 
     Args:
-        stats: method name -> :class:`BlockStats` whose leading dimension indexes ``labels``
-            (e.g. target, non-target, shuffled populations).
-        labels: names of the leading indices (one line each).
+        stats: a :class:`BlockStats`, or method -> :class:`BlockStats` (one row each); one line per
+            leading index (e.g. target, non-target, shuffled populations), named by its labels.
         title: figure title.
     """
-    methods = list(stats)
-    blocks = stats[methods[0]].blocks
+    rows = panels(stats, name=stats.method if isinstance(stats, BlockStats) else "")
+    blocks = next(iter(rows.values())).blocks
     fig = make_subplots(
-        rows=len(methods),
+        rows=len(rows),
         cols=len(blocks),
         shared_yaxes=False,
-        subplot_titles=[f"{m}: {b}" for m in methods for b in blocks],
+        subplot_titles=[f"{m}: {b}" for m in rows for b in blocks],
         horizontal_spacing=0.03,
         vertical_spacing=0.12,
     )
-    for r, method in enumerate(methods, start=1):
-        st = stats[method]
+    for r, st in enumerate(rows.values(), start=1):
         x = st.centers.tolist()
+        labels = index_labels(st, tuple(st.prob.shape[:-2]))
         dens = st.density.reshape(len(labels), len(st.blocks), -1)
-        for c, _ in enumerate(st.blocks, start=1):
+        for c in range(1, len(st.blocks) + 1):
             for i, label in enumerate(labels):
                 fig.add_trace(
                     go.Scatter(
@@ -55,7 +96,7 @@ def block_histogram_figure(
     fig.update_xaxes(range=[-1, 1])
     fig.update_layout(
         title=title,
-        height=320 * len(methods),
+        height=320 * len(rows),
         width=1500,
         template="plotly_white",
         legend=dict(orientation="h", y=-0.08),
@@ -63,12 +104,12 @@ def block_histogram_figure(
     return fig
 
 
-def extreme_fraction_figure(stats: dict[str, BlockStats], labels: list[str]) -> go.Figure:
-    """Bar chart of the fraction of |similarity| above the threshold, per block, population and method."""
-    methods = list(stats)
-    fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
-    for c, method in enumerate(methods, start=1):
-        st = stats[method]
+def extreme_fraction_figure(stats: BlockStats | Mapping[str, BlockStats]) -> go.Figure:
+    """Bars of the fraction of |similarity| above the threshold, per block and leading index; one panel per result."""
+    cols = panels(stats, name=stats.method if isinstance(stats, BlockStats) else "")
+    fig = make_subplots(rows=1, cols=len(cols), subplot_titles=list(cols), shared_yaxes=True)
+    for c, st in enumerate(cols.values(), start=1):
+        labels = index_labels(st, tuple(st.frac_extreme.shape[:-1]))
         ext = st.frac_extreme.reshape(len(labels), len(st.blocks))
         for i, label in enumerate(labels):
             fig.add_trace(
@@ -86,7 +127,7 @@ def extreme_fraction_figure(stats: dict[str, BlockStats], labels: list[str]) -> 
                 row=1,
                 col=c,
             )
-    thr = stats[methods[0]].extreme
+    thr = next(iter(cols.values())).extreme
     fig.update_yaxes(title_text=f"fraction |s| > {thr:g}", row=1, col=1)
     fig.update_layout(
         barmode="group",

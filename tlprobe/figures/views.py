@@ -114,7 +114,6 @@ def to_lists(value, decimals: int | None = None):
             value = value.double().round(decimals=decimals)
         return value.tolist()
     if hasattr(value, "dtype") and hasattr(value, "tolist"):  # numpy array or scalar
-
         if np.issubdtype(value.dtype, np.floating) and decimals is not None:
             value = np.round(value.astype(np.float64), decimals)
         return value.tolist()

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal, TypeVar
 
+import torch
+
 from tlprobe.access import find_token_positions, load_model, model_info, run_batch, sample_positions
 from tlprobe.checks import check_min_samples
 from tlprobe.errors import TlprobeError, guarded
@@ -340,13 +342,17 @@ def _flat_facts(facts: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def setup(name: str, options: CommonOptions) -> Run:
-    """Start a run: seed torch, load the model (a name, a directory or a loaded model) and its info."""
+    """Start a run: seed torch's global generator with ``options.seed`` (which also fixes any
+    randomly initialised weights of a model loaded here), then load the model (a name, a
+    directory or a loaded model) and its info. Every random draw of a recipe still takes its own
+    seeded generator; the global seed is a guard, not the source of its randomness."""
+    torch.manual_seed(options.seed)
+    run = Run(name, options)
     if isinstance(options, ModelOptions):
-        model = options.model if not isinstance(options.model, str) else load_model(options.model, device=options.device)
-        run = Run(name, options, model, model_info(model))
+        run.model = options.model if not isinstance(options.model, str) else load_model(options.model, device=options.device)
+        run.info = model_info(run.model)
         run.lap("load model")
-        return run
-    return Run(name, options)
+    return run
 
 
 # -- data shipped with the recipes -----------------------------------------------------------

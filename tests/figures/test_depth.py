@@ -1,0 +1,88 @@
+"""Figures across depth and per head: the result's numbers, under the result's own labels ("L2H1")."""
+
+import numpy as np
+import pytest
+import torch
+
+from tlprobe.access.hooks import split_heads
+from tlprobe.access.labels import head_labels, layer_labels, resid_labels
+from tlprobe.analyses.moments import sample_moments
+from tlprobe.analyses.similarity import qkv_block_similarity
+from tlprobe.errors import TlprobeError
+from tlprobe.figures.depth import (
+    block_summary_curves_figure,
+    depth_histogram_figure,
+    head_block_figure,
+    head_heatmap_figure,
+    moment_curves_figure,
+)
+
+POP_LAYER = {"population": ("target", "non-target"), "layer": layer_labels(3)}
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 25, 18, generator=g, dtype=torch.float64)  # [population, layer, samples, 3n]
+    return x + 1.5 * torch.randn(2, 3, 1, 18, generator=g, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def stats():
+    return {m: qkv_block_similarity(_data(), m, bins=10, axes=POP_LAYER) for m in ("cosine", "correlation")}
+
+
+def test_depth_histogram(stats):
+    fig = depth_histogram_figure({m: st["target"] for m, st in stats.items()})
+    assert len(fig.data) == 12
+    np.testing.assert_allclose(np.array(fig.data[0].z), stats["cosine"]["target"].density[:, 0].numpy())
+    assert list(fig.data[0].y) == ["L0", "L1", "L2"]
+    with pytest.raises(TlprobeError, match="select one population"):
+        depth_histogram_figure(stats["cosine"])
+
+
+def test_block_summary_curves(stats):
+    fig = block_summary_curves_figure(stats)
+    assert len(fig.data) == 2 * 3 * 2 * 6  # methods x summaries x populations x blocks
+    assert fig.data[6].name == "QQ (non-target)" and list(fig.data[6].x) == ["L0", "L1", "L2"]
+    assert list(fig.data[6].y) == stats["cosine"].frac_extreme[1, :, 0].tolist()
+
+
+def test_moment_curves():
+    x = _data()
+    moments = {
+        "Q|K|V": sample_moments(x, axes=POP_LAYER),
+        "residual stream": sample_moments(x[:, :, :, :4], axes={**POP_LAYER, "layer": resid_labels(2)}),
+    }
+    fig = moment_curves_figure(moments)
+    assert list(fig.data[0].y) == moments["Q|K|V"].var[0].tolist() and fig.data[0].name == "target"
+    assert list(fig.data[0].x) == ["L0", "L1", "L2"] and list(fig.data[8].x) == ["embed", "L0", "L1"]
+    assert len(moments["Q|K|V"].figure().data) == 4 * 2  # the main figure of Moments
+
+
+def test_head_heatmaps_read_l3h7_labels():
+    x = _data()
+    heads = split_heads(x[0], 3)  # [layer, head, s, 3 * dh]
+    axes = {"layer": layer_labels(3), "head": head_labels(3)}
+    st = qkv_block_similarity(heads, bins=10, axes=axes)
+    fig = head_heatmap_figure(st, "frac_extreme")
+    assert len(fig.data) == 6 and fig.layout.annotations[1].text == "cosine QK frac_extreme"
+    assert fig.data[1].text[2][1] == "L2H1"
+    assert np.array(fig.data[1].z).tolist() == st.frac_extreme[..., 1].tolist()
+    mo = sample_moments(split_heads(x, 3), axes={**POP_LAYER, "head": head_labels(3)})  # [population, layer, head]
+    fig = head_heatmap_figure(mo, "rel_var", cols=2)
+    assert [a.text for a in fig.layout.annotations] == ["target rel_var", "non-target rel_var"]
+    assert np.array(fig.data[1].z).tolist() == mo.rel_var[1].tolist() and fig.data[1].text[0][2] == "L0H2"
+    with pytest.raises(TlprobeError, match="layer, head"):
+        head_heatmap_figure(st["L0"], "std")
+
+
+def test_head_block_figure():
+    x = _data()[0, 1]
+    per_head = {
+        m: qkv_block_similarity(split_heads(x, 3), m, bins=10, axes={"head": head_labels(3, layer=1)})
+        for m in ("cosine", "correlation")
+    }
+    fig = head_block_figure(per_head, "std")
+    assert len(fig.data) == 2 and list(fig.data[0].y) == ["L1H0", "L1H1", "L1H2"]
+    assert np.array(fig.data[1].z).tolist() == per_head["correlation"].std.tolist()
+    assert fig.data[0].text[2][3] == "L1H2 KK"

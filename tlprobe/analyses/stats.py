@@ -1,0 +1,307 @@
+"""Generic statistics of paired measures: Pearson r per group, clusters of 2-D points, Simpson's paradox.
+
+* :func:`pearson_r`: r over all points or within each group, in one pass (a raw estimator: a tensor).
+* :func:`cluster_points` -> :class:`Clustering`: clusters of ``(x, y)`` points, k chosen by
+  silhouette (k-means) or BIC (Gaussian mixture).
+* :func:`simpson_check` -> :class:`SimpsonCheck`: the pooled r against the r within each
+  cluster, and a flag when pooling reverses the within-cluster sign.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int
+
+from tlprobe.checks import as_tensor, check_choice, check_finite, check_min_samples
+from tlprobe.errors import TlprobeError
+from tlprobe.result import Result
+
+#: Clustering methods of :func:`cluster_points`.
+CLUSTER_METHODS = ("kmeans", "gmm")
+ClusterMethod = Literal["kmeans", "gmm"]
+
+
+def _pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    x = as_tensor(x, "x").double().flatten()
+    y = as_tensor(y, "y").double().flatten()
+    if x.numel() != y.numel():
+        raise TlprobeError(f"x has {x.numel()} points and y {y.numel()}")
+    return x, y
+
+
+def pearson_r(
+    x: Float[torch.Tensor, " n"], y: Float[torch.Tensor, " n"], labels: Int[torch.Tensor, " n"] | None = None
+) -> Float[torch.Tensor, " groups"]:
+    """Pearson r of ``x`` and ``y`` within each group of ``labels`` (all points if ``None``).
+
+    One pass with ``index_add`` over groups (no loop). Groups with fewer than 3 points or a
+    constant variable get NaN (r is undefined there).
+
+    Args:
+        x, y: ``[n]`` the two measures.
+        labels: ``[n]`` group of each point, ``0..groups-1``; ``None``: one group.
+
+    Returns:
+        ``[groups]`` float64 r per group.
+
+    Raises:
+        TlprobeError: ``x``, ``y`` and ``labels`` have different numbers of points.
+
+    Example:
+        >>> x = torch.tensor([0.0, 1, 2, 10, 11, 12])
+        >>> y = torch.tensor([5.0, 6, 7, 0, 1, 2])
+        >>> pearson_r(x, y).round(decimals=3), pearson_r(x, y, torch.tensor([0, 0, 0, 1, 1, 1]))
+        (tensor([-0.8880], dtype=torch.float64), tensor([1., 1.], dtype=torch.float64))
+    """
+    x, y = _pair(x, y)
+    lab = torch.zeros(x.numel(), dtype=torch.long) if labels is None else torch.as_tensor(labels).long().flatten()
+    if lab.numel() != x.numel():
+        raise TlprobeError(f"{lab.numel()} labels for {x.numel()} points")
+    k = int(lab.max()) + 1 if lab.numel() else 1
+    n = torch.bincount(lab, minlength=k).double()
+    mx = torch.zeros(k, dtype=x.dtype).index_add_(0, lab, x) / n
+    my = torch.zeros(k, dtype=x.dtype).index_add_(0, lab, y) / n
+    dx, dy = x - mx[lab], y - my[lab]
+    sxy = torch.zeros(k, dtype=x.dtype).index_add_(0, lab, dx * dy)
+    sxx = torch.zeros(k, dtype=x.dtype).index_add_(0, lab, dx * dx)
+    syy = torch.zeros(k, dtype=x.dtype).index_add_(0, lab, dy * dy)
+    den = (sxx * syy).sqrt()
+    r = (sxy / den).clamp(-1, 1)
+    tiny = den <= 1e-12 * (sxx + syy + 1e-300)
+    return torch.where((n < 3) | tiny, torch.nan, r)
+
+
+@dataclass(frozen=True, eq=False)
+class Clustering(Result):
+    """Clusters of 2-D points.
+
+    Attributes:
+        labels: ``[n]`` cluster of each point, ``0..k-1``, ordered by the clusters' mean ``x``.
+        k: number of clusters.
+        method: ``"kmeans"`` (k by silhouette) or ``"gmm"`` (k by BIC).
+        k_tried: the numbers of clusters that were scored.
+        scores: one per ``k_tried``: silhouette (kmeans, k >= 2) or BIC (gmm); the chosen k is
+            the best one (for kmeans k = 1 when no silhouette reaches ``min_silhouette``).
+        min_silhouette: the kmeans threshold.
+    """
+
+    labels: Int[torch.Tensor, " n"]
+    k: int
+    method: ClusterMethod
+    k_tried: tuple[int, ...]
+    scores: tuple[float, ...]
+    min_silhouette: float
+
+
+def cluster_points(
+    x: Float[torch.Tensor, " n"],
+    y: Float[torch.Tensor, " n"],
+    method: ClusterMethod = "kmeans",
+    *,
+    k_max: int = 5,
+    seed: int = 0,
+    min_silhouette: float = 0.5,
+    sample_size: int = 3000,
+) -> Clustering:
+    """Cluster 2-D points (each axis standardised), choosing the number of clusters.
+
+    * ``"kmeans"``: scikit-learn ``KMeans`` for k = 2..k_max, k chosen by the silhouette score
+      (on a seeded sample of ``sample_size`` points); if the best silhouette is below
+      ``min_silhouette`` (0.5: "reasonable structure" in Kaufman and Rousseeuw's scale) the
+      points are one cluster. Robust to the skewed, non-Gaussian blobs of covariance/MI data.
+    * ``"gmm"``: scikit-learn ``GaussianMixture`` (full covariances) for k = 1..k_max, k by BIC.
+      BIC can choose one cluster by itself, but on skewed blobs it tends to add components to
+      fit the shape (measured on MiniLM: it picked the largest k offered).
+
+    Args:
+        x, y: ``[n]`` coordinates (e.g. covariance and MI).
+        method: ``"kmeans"`` or ``"gmm"``.
+        k_max: largest number of clusters tried.
+        seed: ``random_state`` of every fit and of the silhouette sample.
+        min_silhouette: kmeans only, see above.
+        sample_size: kmeans only, points used for the silhouette score.
+
+    Returns:
+        :class:`Clustering`.
+
+    Raises:
+        TlprobeError: an unknown method, a bad ``k_max``, too few or non-finite points.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> blobs = torch.cat([torch.randn(100, 2, generator=g), torch.randn(100, 2, generator=g) + 6])
+        >>> cluster_points(blobs[:, 0], blobs[:, 1]).k
+        2
+        >>> cluster_points(*torch.randn(2, 300, generator=g)).k  # one Gaussian blob
+        1
+    """
+    # threadpoolctl is installed with scikit-learn, which costs about a second to import: only
+    # clustering needs them, so `import tlprobe.analyses` does not pay for them.
+    from threadpoolctl import threadpool_limits
+
+    check_choice(method, CLUSTER_METHODS, "clustering method")
+    x, y = _pair(x, y)
+    if not isinstance(k_max, int) or k_max < 1:
+        raise TlprobeError(f"k_max must be a positive integer, got {k_max!r}")
+    check_min_samples(x.numel(), max(3 * k_max, 10), "clustering", "give more windows or a smaller k_max")
+    pts = torch.stack([x, y], 1)
+    check_finite(pts, "points")
+    std = pts.std(0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    z = ((pts - pts.mean(0)) / std).numpy()
+    # One thread: 2-D points are small, and OpenMP threads made KMeans 4-6x slower on a busy
+    # 2-core machine (results are identical); it also makes them independent of the core count.
+    with threadpool_limits(1):
+        k, scores, fits = _fit_clusters(z, method, k_max, seed, min_silhouette, sample_size)
+    lab = torch.from_numpy(np.asarray(fits[k], dtype=np.int64))
+    # Canonical order: clusters sorted by mean x, numbered 0..k-1 (empty ones dropped).
+    used = torch.unique(lab)
+    means = torch.stack([x[lab == u].mean() for u in used])
+    order = used[means.argsort()]
+    remap = torch.empty(int(lab.max()) + 1, dtype=torch.long)
+    remap[order] = torch.arange(order.numel())
+    return Clustering(
+        labels=remap[lab],
+        k=int(order.numel()),
+        method=method,
+        k_tried=tuple(scores),
+        scores=tuple(scores.values()),
+        min_silhouette=float(min_silhouette),
+    )
+
+
+def _fit_clusters(z: np.ndarray, method: str, k_max: int, seed: int, min_silhouette: float, sample_size: int):
+    """``(k, scores, fits)``: the chosen k, the score of each k tried and each fit's labels."""
+    # scikit-learn costs about a second to import: only clustering needs it.
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+    from sklearn.mixture import GaussianMixture
+
+    scores: dict[int, float] = {}
+    fits: dict[int, np.ndarray] = {}
+    if method == "kmeans":
+        fits[1] = np.zeros(len(z), dtype=np.int64)
+        for k in range(2, k_max + 1):
+            # scikit-learn has no annotations: pyright infers n_init: str from its default "auto".
+            lab = KMeans(k, n_init=4, random_state=seed).fit_predict(z)  # pyright: ignore[reportArgumentType]
+            if len(np.unique(lab)) < 2:
+                continue
+            fits[k] = lab
+            scores[k] = float(silhouette_score(z, lab, sample_size=min(sample_size, len(z)), random_state=seed))
+        best = max(scores, key=lambda k: scores[k]) if scores else 1
+        return (best if scores and scores[best] >= min_silhouette else 1), scores, fits
+    for k in range(1, k_max + 1):
+        gm = GaussianMixture(k, covariance_type="full", n_init=2, random_state=seed).fit(z)
+        scores[k] = float(gm.bic(z))
+        fits[k] = gm.predict(z)
+    return min(scores, key=lambda k: scores[k]), scores, fits
+
+
+@dataclass(frozen=True, eq=False)
+class SimpsonCheck(Result):
+    """Pearson r pooled vs within clusters, and whether pooling reverses the sign.
+
+    Attributes:
+        pooled_r: r over all points (NaN when undefined).
+        within_r: ``[clusters]`` r inside each cluster (NaN where undefined).
+        sizes: ``[clusters]`` points per cluster.
+        considered: ``[clusters]`` large enough (``min_size``) with a defined r.
+        flag: Simpson's paradox: at least two considered clusters, their r all of one sign, the
+            pooled r of the other sign (each ``|r| >= min_abs_r``).
+        explanation: one sentence saying what was found.
+    """
+
+    pooled_r: float
+    within_r: Float[torch.Tensor, " clusters"]
+    sizes: Int[torch.Tensor, " clusters"]
+    considered: Bool[torch.Tensor, " clusters"]
+    flag: bool
+    explanation: str
+
+
+def _fmt_r(v: float) -> str:
+    return "undefined" if v != v else f"{v:+.2f}"
+
+
+def simpson_check(
+    x: Float[torch.Tensor, " n"],
+    y: Float[torch.Tensor, " n"],
+    labels: Int[torch.Tensor, " n"],
+    *,
+    min_size: int = 10,
+    min_abs_r: float = 0.02,
+    x_name: str = "covariance",
+    y_name: str = "MI",
+) -> SimpsonCheck:
+    """Flag Simpson's paradox: the pooled correlation has the opposite sign of every subgroup's.
+
+    Args:
+        x, y: ``[n]`` the two measures.
+        labels: ``[n]`` subgroup (cluster) of each point, ``0..k-1``.
+        min_size: clusters with fewer points are not considered (their r is too noisy).
+        min_abs_r: an r closer to 0 than this has no sign (no flag from noise around 0).
+        x_name, y_name: names of the measures in the explanation.
+
+    Returns:
+        :class:`SimpsonCheck`.
+
+    Example:
+        >>> x = torch.tensor([0.0, 1, 2, 10, 11, 12])
+        >>> y = torch.tensor([5.0, 6, 7, 0, 1, 2])
+        >>> simpson_check(x, y, torch.tensor([0, 0, 0, 1, 1, 1]), min_size=3).flag
+        True
+    """
+    labels = torch.as_tensor(labels).long().flatten()
+    pooled = float(pearson_r(x, y)[0])
+    within = pearson_r(x, y, labels)
+    sizes = torch.bincount(labels, minlength=within.numel())
+    ok = (sizes >= min_size) & ~within.isnan()
+    n, k, n_ok = int(labels.numel()), int(within.numel()), int(ok.sum())
+
+    def sign(r: float) -> int:
+        return 0 if abs(r) < min_abs_r else (1 if r > 0 else -1)
+
+    word = {1: "positively", -1: "negatively", 0: "not"}
+    rs = ", ".join(_fmt_r(float(r)) for r in within)
+    signs = {sign(float(r)) for r in within[ok]}
+    flag = False
+    if pooled != pooled:
+        text = f"The pooled r of {x_name} and {y_name} is undefined (a constant measure), so there is nothing to check."
+    elif k < 2:
+        text = (
+            f"One cluster: no subgroups to pool, so no Simpson's paradox ({x_name} and {y_name} "
+            f"r = {_fmt_r(pooled)} over {n} points)."
+        )
+    elif n_ok < 2:
+        text = (
+            f"Fewer than two clusters have at least {min_size} points and a defined r (within r = {rs}), "
+            f"so the pooled r = {_fmt_r(pooled)} cannot be checked against subgroups."
+        )
+    elif sign(pooled) == 0:
+        text = (
+            f"The pooled r = {_fmt_r(pooled)} is too close to 0 to have a sign (within r = {rs}), "
+            "so there is no reversal to flag; read each cluster separately."
+        )
+    elif len(signs) == 1 and 0 not in signs and signs != {sign(pooled)}:
+        flag = True
+        (s,) = signs
+        text = (
+            f"Simpson's paradox: over all {n} points {x_name} and {y_name} correlate {word[sign(pooled)]} "
+            f"(r = {_fmt_r(pooled)}), but {word[s]} within each of the {n_ok} clusters (r = {rs}), "
+            "because the clusters sit at different levels and pooling them reverses the trend."
+        )
+    elif signs == {sign(pooled)}:
+        text = (
+            f"No Simpson's paradox: the pooled r = {_fmt_r(pooled)} has the same sign as the r within "
+            f"every cluster ({rs})."
+        )
+    else:
+        text = (
+            f"No consistent sign within clusters (r = {rs}; pooled {_fmt_r(pooled)}), so no Simpson's "
+            "paradox is flagged, but the clusters behave differently: read them separately."
+        )
+    return SimpsonCheck(pooled_r=pooled, within_r=within, sizes=sizes, considered=ok, flag=flag, explanation=text)

@@ -1,0 +1,137 @@
+"""L13: clusters in internal vs terminal punctuation, with a Simpson's-paradox check.
+
+A long text is tokenised with the model's tokenizer; every token is labelled 0 (not
+punctuation), 1 (internal: , ; :) or 2 (terminal: . ? !) from the characters around it (a
+decimal point, a version string, an ellipsis or an abbreviation is not a sentence end). For
+each class ``n`` marks are drawn with a seed and a window of ``before`` tokens, the mark and
+``after`` tokens is run through the model. At each requested layer, the covariance and the
+mutual information across hidden dimensions between the mark's vector and every other
+position's vector give one (covariance, MI) point per position; the points of each class and
+layer are clustered, and Pearson r over all points is compared with r inside each cluster.
+
+Copy this file (``tlprobe cp punctuation-clusters my_recipe.py``) and change what you need.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import platform
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+from tlprobe.access.punctuation import INTERNAL, TERMINAL, token_classes
+from tlprobe.access.text import cut_windows, run_windows, stdlib_corpus, tokenize_text
+from tlprobe.analyses.punctuation import cluster_panels, punctuation_dependence, sample_occurrences
+from tlprobe.errors import TlprobeError
+from tlprobe.figures.punctuation import cluster_position_figure, punctuation_scatter_figure
+from tlprobe.recipes.common import ModelOptions, RecipeResult, option, prose, resolve, script_main, setup
+from tlprobe.report import Report
+
+NAME = "punctuation-clusters"
+DESCRIPTION = "L13: covariance vs MI around internal and terminal punctuation, clusters and a Simpson's-paradox check"
+
+
+@dataclass(frozen=True)
+class Options(ModelOptions):
+    text: str | None = option(None, help="UTF-8 text file (default: docstrings of the Python standard library)")
+    layers: tuple[int, ...] | None = option(
+        None, help="residual-stream depths (0 = embeddings, l = output of block l-1; default: 1 and ~2/3 of depth)"
+    )
+    n: int = option(250, help="windows per punctuation class")
+    before: int = option(20, help="tokens before the mark")
+    after: int = option(10, help="tokens after the mark")
+    bins: int = option(10, help="MI histogram bins per token vector")
+    cluster_method: Literal["kmeans", "gmm"] = option(
+        "kmeans", help="kmeans (k by silhouette, 1 if no k reaches 0.5) or gmm (k by BIC)"
+    )
+    k_max: int = option(5, help="largest number of clusters tried")
+    internal: str = option(INTERNAL, help="internal punctuation characters")
+    terminal: str = option(TERMINAL, help="terminal punctuation characters")
+    batch_size: int = option(50, help="windows per forward pass")
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """Depth 1 (output of the first block) and about 2/3 of the depth."""
+    deep = max(2, round(2 * n_layers / 3))
+    return sorted({min(1, n_layers), min(deep, n_layers)})
+
+
+def read_corpus(path: str | None) -> tuple[str, str]:
+    """``(text, source)``: the file at ``path``, or the standard library's docstrings."""
+    if path is None:
+        return stdlib_corpus(), f"docstrings of the Python {platform.python_version()} standard library"
+    return pathlib.Path(path).read_text(encoding="utf-8"), pathlib.Path(path).name
+
+
+def run(options: Options | None = None, **overrides) -> RecipeResult:
+    """Run the recipe (``run(n=60)`` or ``run(Options(...))``); see :class:`Options`."""
+    o = resolve(Options, options, overrides)
+    if o.text is not None and not pathlib.Path(o.text).is_file():
+        raise TlprobeError(f"text file not found: {o.text}")
+    r = setup(NAME, o)
+    # Read after loading the model: the default corpus includes a docstring that transformers
+    # (imported by then) attaches to logging.Logger, as when the 0.1.0 numbers were recorded.
+    corpus, source = read_corpus(o.text)
+    depth = default_layers(r.info.n_layers) if not o.layers else sorted(set(o.layers))
+    bad = [d for d in depth if not 0 <= d <= r.info.n_layers]
+    if bad:
+        raise TlprobeError(f"--layers {bad} out of range: 0 (embeddings) to {r.info.n_layers} (last block)")
+    text = prose(NAME)
+
+    # 1. Tokenise the whole text with offsets; label every token from the characters it spans.
+    tt = tokenize_text(r.model.tokenizer, corpus)
+    classes = token_classes(tt.text, tt.offsets, internal=o.internal, terminal=o.terminal)
+    occ = sample_occurrences(classes, o.n, before=o.before, after=o.after, seed=o.seed)
+    windows = cut_windows(tt.ids, occ.pos, before=o.before, after=o.after)
+    r.lap("tokenise and sample")
+
+    # 2. Hidden states of the requested layers only, batch by batch of windows.
+    hidden = run_windows(r.model, windows, depth, batch_size=o.batch_size, progress=o.progress)
+    r.lap("forward")
+
+    # 3. Covariance and MI between the mark and every position, all layers and windows at once;
+    #    clusters of the (covariance, MI) points and the Simpson check, per layer and class.
+    dep = punctuation_dependence(hidden, windows, classes, occ, before=o.before, depth=depth, bins=o.bins)
+    r.lap("covariance + MI")
+    clusters = cluster_panels(dep, o.cluster_method, k_max=o.k_max, seed=o.seed)
+    r.lap("clusters")
+
+    # 4. Figures and report.
+    values = {
+        **vars(o),
+        "model": r.info.name.rsplit("/", 1)[-1],
+        "depths": ", ".join(map(str, depth)),
+        "source": source,
+        "characters": len(tt.text),
+        "tokens": len(tt),
+        "window": o.before + 1 + o.after,
+        "points": o.before + o.after,
+        "d_model": r.info.d_model,
+    }
+    report = Report(text["title"].format(**values), subtitle=DESCRIPTION)
+    report.heading("What this shows")
+    for key in ("classes", "measures", "found"):
+        report.text(text[key].format(**values))
+    report.table(occ.rows(), caption="Token classes in the text")
+    report.heading("Covariance vs MI")
+    report.figure(punctuation_scatter_figure(clusters), caption=text["scatter_caption"])
+    report.heading("Simpson's-paradox check")
+    for p in clusters.panels:
+        report.text(f"Depth {p.depth}, {p.class_name}: {p.simpson.explanation}")
+    report.table(clusters.rows(), caption="Pooled vs within-cluster Pearson r")
+    report.heading("What the clusters are")
+    report.text(text["clusters"])
+    report.table([row for p in clusters.panels for row in p.rows()], caption="Cluster summaries")
+    report.figure(cluster_position_figure(clusters))
+    r.lap("figures")
+    facts = {
+        "depths": depth,
+        "corpus": {"source": source, "characters": len(tt.text), "tokens": len(tt)},
+        "python": platform.python_version(),
+    }
+    return r.finish(report, results={"occurrences": occ, "clusters": clusters}, facts=facts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(script_main(sys.modules[__name__]))
