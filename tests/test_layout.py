@@ -13,7 +13,6 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tlprobe"
-RECIPES = ROOT / "recipes"
 
 #: Layer of each part of the package: a module may import its own layer and the ones below.
 LAYERS = {
@@ -34,13 +33,9 @@ LAYERS = {
 
 def modules() -> dict[str, pathlib.Path]:
     found = {}
-    for base, prefix in ((PACKAGE, "tlprobe"), (RECIPES, "tlprobe.recipes")):
-        for path in base.rglob("*.py"):
-            rel = path.relative_to(base).with_suffix("")
-            parts = [p for p in rel.parts if p != "__init__"]
-            if base == PACKAGE and parts[:1] == ["recipes"]:
-                continue
-            found[".".join([prefix, *parts])] = path
+    for path in PACKAGE.rglob("*.py"):
+        parts = [p for p in path.relative_to(PACKAGE).with_suffix("").parts if p != "__init__"]
+        found[".".join(["tlprobe", *parts])] = path
     return found
 
 
@@ -63,7 +58,9 @@ def top_level_imports(path: pathlib.Path, module: str) -> set[str]:
             elif isinstance(sub, ast.ImportFrom):
                 base = sub.module or ""
                 if sub.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - sub.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - sub.level + 1] + ([base] if base else [])
+                    )
                 if base.startswith("tlprobe"):
                     out.add(base)
                     out |= {f"{base}.{a.name}" for a in sub.names if f"{base}.{a.name}" in MODULES}

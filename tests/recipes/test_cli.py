@@ -7,7 +7,10 @@ import sys
 import numpy as np
 import pytest
 
+import tlprobe
+from tlprobe import recipes
 from tlprobe.cli import main
+from tlprobe.recipes.common import data_path, read_lines
 
 
 def _cli(*args, cwd=None):
@@ -21,7 +24,7 @@ def test_ls_lists_recipes(capsys):
 
 
 def test_cp_copies_recipe(tmp_path, capsys):
-    import recipes.qkv_similarity as mod
+    mod = recipes.get("qkv-similarity")
 
     assert main(["cp", "qkv-similarity", str(tmp_path)]) == 0
     copied = tmp_path / "qkv_similarity.py"
@@ -58,17 +61,16 @@ def test_recipe_writes_report_and_results(recipe_run):
 
 def test_recipe_numbers_match_independent_numpy(recipe_run, minilm):
     """Recompute the target population's cosine QQ statistics with numpy from HF-free activations."""
-    from recipes._common import data_path, read_lines
     from tlprobe import find_token_positions, fused_qkv, run_batch
     from tlprobe.access import hook_names
 
     out, _ = recipe_run
-    res = json.loads((out / "results.json").read_text())
-    layer = res["params"]["layer"]
+    res = tlprobe.load(out / "results.json")
+    layer = res.facts["layer"]
     prompts = read_lines(data_path("her_sentences.txt"))
     batch = run_batch(minilm, prompts, names=hook_names(["q", "k", "v"], [layer]))
     tpos = find_token_positions(minilm.tokenizer, batch.tokens, "her", batch.attention_mask)
-    assert tpos.pos.tolist() == res["target_positions"]
+    assert tpos.pos.tolist() == res.facts["target_positions"]
     x = tpos.gather(fused_qkv(batch.cache, layer)).double().numpy()
     n = x.shape[1] // 3
     for method, mat in (("cosine", None), ("correlation", np.corrcoef(x, rowvar=False))):
@@ -76,15 +78,13 @@ def test_recipe_numbers_match_independent_numpy(recipe_run, minilm):
             xn = x / np.linalg.norm(x, axis=0)
             mat = xn.T @ xn
         qq = mat[:n, :n][np.triu_indices(n, 1)]
-        row = next(
-            r for r in res["summary"] if r["method"] == method and r["population"] == "target" and r["block"] == "QQ"
-        )
+        (row,) = res.results[method]["target"].rows(block="QQ")
         assert row["n_pairs"] == qq.size
         assert row["mean"] == pytest.approx(qq.mean(), abs=1e-5)
         assert row["frac_abs_gt_0.9"] == pytest.approx((np.abs(qq) > 0.9).mean(), abs=1e-4)
     # The L02 finding on MiniLM: cosine extremes vanish under correlation.
-    frac = {(r["method"], r["population"], r["block"]): r["frac_abs_gt_0.9"] for r in res["summary"]}
-    assert frac[("cosine", "target", "QQ")] > 10 * frac[("correlation", "target", "QQ")]
+    frac = {m: res.results[m]["target"].rows(block="QQ")[0]["frac_abs_gt_0.9"] for m in ("cosine", "correlation")}
+    assert frac["cosine"] > 10 * frac["correlation"]
 
 
 def test_same_seed_same_bytes(recipe_run, tmp_path):
@@ -98,8 +98,8 @@ def test_other_seed_other_baselines(recipe_run, tmp_path):
     assert main(["run", "qkv-similarity", "--out", str(tmp_path), "--no-progress", "--bins", "40", "--seed", "1"]) == 0
     a = json.loads((out / "results.json").read_text())
     b = json.loads((tmp_path / "results.json").read_text())
-    assert a["target_positions"] == b["target_positions"]
-    assert a["non_target_positions"] != b["non_target_positions"]
+    assert a["facts"]["target_positions"] == b["facts"]["target_positions"]
+    assert a["facts"]["non_target_positions"] != b["facts"]["non_target_positions"]
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,7 @@ def test_copied_recipe_runs_as_a_script(tmp_path):
     import os
     import pathlib
 
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}  # also when not installed
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}  # also when not installed
     assert main(["cp", "qkv-similarity", str(tmp_path / "mine.py")]) == 0
     proc = subprocess.run(
         [sys.executable, str(tmp_path / "mine.py"), "--help"], capture_output=True, text=True, env=env

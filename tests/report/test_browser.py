@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-import recipes
+from tlprobe import recipes
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.attention import attention_heads_view
 from tlprobe.figures.views import CANVAS_TOKEN_COMPONENTS, HTML_TOKEN_COMPONENTS, circuitsvis_view, plotly_text
@@ -39,7 +39,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-#: Small/fast options per recipe for the render check; recipes not listed run with their defaults.
 MAX_REPORT_BYTES = 10_000_000
 DRAW_TIMEOUT_MS = 30_000
 
@@ -139,10 +138,9 @@ def problems(state: dict) -> list[str]:
 
 
 # -- every recipe's report (runs shared with the other recipe tests, see conftest) -----------
-@pytest.mark.parametrize("name", sorted(recipes.available()))
+@pytest.mark.parametrize("name", sorted(recipes.RECIPES))
 def test_recipe_report_renders_offline(browser, name, recipe_output, record_property):
-    paths = recipe_output(name)
-    report = pathlib.Path(paths["report"])
+    report = recipe_output(name).paths["report"]
     size = report.stat().st_size
     record_property("report_bytes", size)
     print(f"\n{name}: report {size / 1e6:.2f} MB")

@@ -16,8 +16,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from tlprobe import cli
 from tlprobe.errors import TlprobeError
@@ -303,7 +302,9 @@ def test_write_json_same_bytes_nan_as_null_refuses_infinity(tmp_path):
     p1 = write_json(res, tmp_path / "1.json").read_bytes()
     p2 = write_json(res, tmp_path / "2.json").read_bytes()
     assert p1 == p2 and json.loads(p1) == {"a": torch.tensor([0.1, 0.2]).tolist(), "b": [0, 1, 2], "c": {"d": [1, 2.5]}}
-    assert json.loads(write_json({"x": float("nan"), "t": torch.tensor([1.0, float("nan")])}, tmp_path / "n.json").read_text()) == {
+    assert json.loads(
+        write_json({"x": float("nan"), "t": torch.tensor([1.0, float("nan")])}, tmp_path / "n.json").read_text()
+    ) == {
         "x": None,
         "t": [1.0, None],
     }

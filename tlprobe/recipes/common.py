@@ -41,7 +41,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
-from tlprobe.access import find_token_positions, load_model, model_info, run_batch, sample_positions
+from tlprobe.access import ModelInfo, find_token_positions, load_model, model_info, run_batch, sample_positions
 from tlprobe.checks import check_min_samples
 from tlprobe.errors import TlprobeError, guarded
 from tlprobe.report.html import Report, human_size
@@ -72,9 +72,7 @@ class CommonOptions:
     """Options of every recipe."""
 
     seed: int = option(0, help="seed for every random draw")
-    out: str | None = option(
-        None, help="output directory (from Python, None writes nothing)", record=False
-    )
+    out: str | None = option(None, help="output directory (from Python, None writes nothing)", record=False)
     progress: bool = option(True, help="show progress bars", record=False)
     png: bool = option(
         False, help="also save every figure as OUT/figures/*.png (needs kaleido and Chromium/Chrome)", record=False
@@ -83,7 +81,9 @@ class CommonOptions:
 
     def record(self) -> dict[str, Any]:
         """The options that shape the results, by name (the ``params`` of ``results.json``)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata.get("record", True)}
+        return {
+            f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata.get("record", True)
+        }
 
 
 @dataclass(frozen=True)
@@ -142,14 +142,18 @@ def _argument(f: dataclasses.Field, hint) -> tuple[list[str], dict]:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
         hint = rest[0] if len(rest) == 1 else hint
-        if set(rest) == {int, str}:
-            kw.setdefault("type", _int_or_name)
+        if int in rest and all(a is int or a is str or typing.get_origin(a) is Literal for a in rest):
+            kw.setdefault("type", _int_or_name)  # e.g. --bins 10 | sqrt
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is bool:
         # "%(default).0s" prints nothing: "(default: True)" would misread for a --no-... flag.
         kw["help"] += "%(default).0s"
         if f.default is True:
-            return ["--no-" + flag[2:]], {**kw, "action": "store_false", "help": "do not " + kw["help"][0].lower() + kw["help"][1:]}
+            return ["--no-" + flag[2:]], {
+                **kw,
+                "action": "store_false",
+                "help": "do not " + kw["help"][0].lower() + kw["help"][1:],
+            }
         return [flag], {**kw, "action": "store_true"}
     if origin in (list, tuple):
         kw.setdefault("nargs", "+")
@@ -208,6 +212,7 @@ def script_main(module, argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     script = pathlib.Path(sys.argv[0])
+
     def go() -> int:
         main(module, argv, prog=script.name, default_out=f"tlprobe-out/{script.stem}")
         return 0
@@ -282,18 +287,34 @@ class Run:
     Made by :func:`setup`; :meth:`finish` writes the outputs and returns the :class:`RecipeResult`.
     """
 
-    def __init__(self, name: str, options: CommonOptions, model=None, info=None):
+    def __init__(self, name: str, options: CommonOptions):
         self.name = name
         self.options = options
-        self.model = model
-        self.info = info
+        self._model: Any = None
+        self._info: ModelInfo | None = None
         self.timer = Timer()
+
+    @property
+    def model(self) -> Any:
+        """The model (a TransformerLens model)."""
+        if self._model is None:
+            raise TlprobeError(f"recipe {self.name} runs no model (its options are not ModelOptions)")
+        return self._model
+
+    @property
+    def info(self) -> ModelInfo:
+        """What tlprobe knows about the model (family, layers, heads, ...)."""
+        if self._info is None:
+            raise TlprobeError(f"recipe {self.name} runs no model (its options are not ModelOptions)")
+        return self._info
 
     def lap(self, name: str) -> None:
         """Record the time since the previous lap under ``name`` (shown in the report)."""
         self.timer.lap(name)
 
-    def finish(self, report: Report, results: Mapping[str, Result], facts: Mapping[str, Any] | None = None) -> RecipeResult:
+    def finish(
+        self, report: Report, results: Mapping[str, Result], facts: Mapping[str, Any] | None = None
+    ) -> RecipeResult:
         """Add the parameter tables to the report, write ``report.html`` and ``results.json``.
 
         Both files go to the options' ``out`` folder (nothing is written when it is ``None`` and
@@ -301,8 +322,8 @@ class Run:
         written to ``out/figures/NAME.png`` in one browser session.
         """
         found: dict[str, Any] = dict(facts or {})
-        if self.info is not None:
-            found = {"model": self.info.to_dict(), **found}
+        if self._info is not None:
+            found = {"model": self._info.to_dict(), **found}
         found = jsonable(found)  # plain data, so the loaded results.json equals this result
         params = self.options.record()
         report.params(params, caption="Options (as in results.json's params)")
@@ -349,8 +370,9 @@ def setup(name: str, options: CommonOptions) -> Run:
     torch.manual_seed(options.seed)
     run = Run(name, options)
     if isinstance(options, ModelOptions):
-        run.model = options.model if not isinstance(options.model, str) else load_model(options.model, device=options.device)
-        run.info = model_info(run.model)
+        model = options.model
+        run._model = load_model(model, device=options.device) if isinstance(model, str) else model
+        run._info = model_info(run._model)
         run.lap("load model")
     return run
 
@@ -359,7 +381,7 @@ def setup(name: str, options: CommonOptions) -> Run:
 
 
 def data_path(filename: str) -> pathlib.Path:
-    """A data file shipped with the recipes (``recipes/data/``)."""
+    """A data file shipped with the recipes (``tlprobe/recipes/data/``)."""
     return pathlib.Path(str(resources.files("tlprobe.recipes").joinpath("data", filename)))
 
 
@@ -373,7 +395,7 @@ def read_lines(path: str | os.PathLike) -> list[str]:
 
 
 def prose(name: str) -> dict[str, str]:
-    """A recipe's lesson text (``recipes/data/<module>.toml``): what each section shows, what the lesson found.
+    """A recipe's lesson text (``tlprobe/recipes/data/<module>.toml``): what each section shows, what the lesson found.
 
     Values are templates for ``str.format`` (``{target}``, ``{n_sentences}``, ...).
     """
@@ -384,6 +406,17 @@ def prose(name: str) -> dict[str, str]:
         return {k: str(v).strip() for k, v in tomllib.load(fh).items()}
 
 
+@dataclass(frozen=True)
+class TargetOptions(ModelOptions):
+    """Options of the recipes about one word across many sentences."""
+
+    target: str = option("her", help="the target word")
+    sentences: str | None = option(
+        None,
+        help="text file, one sentence per line, each containing the target (default: 48 bundled sentences for 'her')",
+    )
+
+
 #: Fewest sentences a target-word recipe accepts (similarity across samples needs a spread).
 MIN_SENTENCES = 10
 
@@ -391,9 +424,7 @@ MIN_SENTENCES = 10
 def target_sentences(path: str | os.PathLike | None, what: str) -> list[str]:
     """The sentences of ``--sentences`` (default: the bundled ones), at least :data:`MIN_SENTENCES`."""
     prompts = read_lines(path or data_path("her_sentences.txt"))
-    check_min_samples(
-        len(prompts), MIN_SENTENCES, what, "give more sentences containing the target (--sentences FILE)"
-    )
+    check_min_samples(len(prompts), MIN_SENTENCES, what, "give more sentences containing the target (--sentences FILE)")
     return prompts
 
 
@@ -406,4 +437,3 @@ def run_targets(model, prompts: list[str], target: str, names, seed: int, progre
     tpos = find_token_positions(model.tokenizer, batch.tokens, target, batch.attention_mask, prompts=prompts)
     npos = sample_positions(batch.attention_mask, tpos, batch.tokens, model.tokenizer, where="before", seed=seed)
     return batch, tpos, npos
-

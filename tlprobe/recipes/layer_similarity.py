@@ -27,8 +27,8 @@ from tlprobe.figures.depth import (
     moment_curves_figure,
 )
 from tlprobe.recipes.common import (
-    ModelOptions,
     RecipeResult,
+    TargetOptions,
     option,
     prose,
     resolve,
@@ -46,12 +46,7 @@ METHODS = ("cosine", "correlation")
 
 
 @dataclass(frozen=True)
-class Options(ModelOptions):
-    target: str = option("her", help="the target word")
-    sentences: str | None = option(
-        None,
-        help="text file, one sentence per line, each containing the target (default: 48 bundled sentences for 'her')",
-    )
+class Options(TargetOptions):
     bins: int = option(60, help="histogram bins over [-1, 1]")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tlprobe.analyses.mi import dependence
+from tlprobe.analyses.mi import BinRule, dependence
 from tlprobe.checks import check_min_samples
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.mi import dependence_examples_figure, dependence_sweep_figure
@@ -31,7 +31,7 @@ EXAMPLES = ("y = x^2, x ~ U(-2, 2)", "y = cos(x) + noise, x ~ U(-pi, pi)")
 @dataclass(frozen=True)
 class Options(CommonOptions):
     samples: int = option(1000, help="samples per simulated pair")
-    bins: int | str = option(10, help="MI bins per variable: an integer >= 2, or sqrt, scott, fd")
+    bins: int | BinRule = option(10, help="MI bins per variable: an integer >= 2, or sqrt, scott, fd")
     shuffles: int = option(100, help="shuffles for the MI null")
     noise: float = option(0.3, help="noise standard deviation of the cos example")
     steps: int = option(19, help="points of the correlation sweep, +0.9 to -0.9")

@@ -19,7 +19,7 @@ import torch
 
 from tlprobe.access import resid_hook_names, resid_stack, run_batch
 from tlprobe.access.labels import resid_labels
-from tlprobe.analyses.mi import gcmi, mi_histograms, mi_null, pairwise_mi, token_mi
+from tlprobe.analyses.mi import BinRule, gcmi, mi_histograms, mi_null, pairwise_mi, token_mi
 from tlprobe.analyses.similarity import shuffle_values
 from tlprobe.checks import check_min_samples
 from tlprobe.figures.mi import mi_heatmap_figure, mi_histogram_figure, mi_means_figure
@@ -47,7 +47,7 @@ class Options(ModelOptions):
     text: str | None = option(
         None, help="text file with one paragraph (default: a bundled ~115-token paragraph on the history of tea)"
     )
-    bins: int | str = option(10, help="MI bins per dimension: an integer >= 2, or sqrt, scott, fd")
+    bins: int | BinRule = option(10, help="MI bins per dimension: an integer >= 2, or sqrt, scott, fd")
     shuffles: int = option(10, help="shuffles for the null distribution")
     hist_bins: int = option(60, help="bins of the MI-value histograms")
 
@@ -81,6 +81,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     hist = partial(mi_histograms, bins=o.hist_bins, axes=layers)
     h_raw = hist(null.raw)
     h_cor = hist(null.corrected, quantity="MI - shuffle null (nats)")
+    assert null.null_mean is not None  # mi_null always fills it (only a raw MIResult has none)
     h_null = hist(null.null_mean, quantity="shuffle-null mean MI (nats)")
     h_mm = hist(mm, quantity="Miller-Madow MI (nats)")
     h_gc = hist(gc, quantity="GCMI (nats)")

@@ -22,8 +22,8 @@ from tlprobe.figures.attention import attention_heads_view
 from tlprobe.figures.depth import head_block_figure
 from tlprobe.figures.similarity import block_histogram_figure, extreme_fraction_figure
 from tlprobe.recipes.common import (
-    ModelOptions,
     RecipeResult,
+    TargetOptions,
     option,
     prose,
     resolve,
@@ -41,12 +41,7 @@ METHODS = ("cosine", "correlation")
 
 
 @dataclass(frozen=True)
-class Options(ModelOptions):
-    target: str = option("her", help="the target word")
-    sentences: str | None = option(
-        None,
-        help="text file, one sentence per line, each containing the target (default: 48 bundled sentences for 'her')",
-    )
+class Options(TargetOptions):
     layer: int | None = option(None, help="block index (default: the middle layer)")
     head: int | None = option(None, help="only this head's Q, K, V slices (default: all heads)")
     bins: int = option(60, help="histogram bins over [-1, 1]")
