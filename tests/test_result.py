@@ -56,8 +56,14 @@ def test_round_trip_is_exact_through_json(tmp_path, dtype):
 
 def test_nan_is_null_in_json_and_nan_again_after_loading(tmp_path):
     value = torch.tensor([[1.0, math.nan, 3.0, 4.0]])
-    r = _Stats(value=value, count=torch.ones(4, dtype=torch.long), blocks=("a", "b", "c", "d"), method="m",
-               extreme=math.nan, axes={"layer": ("L0",)})
+    r = _Stats(
+        value=value,
+        count=torch.ones(4, dtype=torch.long),
+        blocks=("a", "b", "c", "d"),
+        method="m",
+        extreme=math.nan,
+        axes={"layer": ("L0",)},
+    )
     data = json.loads(r.save(tmp_path / "r.json").read_text())
     assert data["value"] == [[1.0, None, 3.0, 4.0]] and data["extreme"] is None
     back = tlprobe.load(tmp_path / "r.json")
@@ -65,8 +71,11 @@ def test_nan_is_null_in_json_and_nan_again_after_loading(tmp_path):
 
 
 def test_nested_results_and_tensor_dicts_round_trip(tmp_path):
-    b = _Bundle(parts={"cosine": _stats(0), "correlation": _stats(1)},
-                by_name={"x": torch.arange(3), "y": torch.zeros(0, 2)}, threshold=0.5)
+    b = _Bundle(
+        parts={"cosine": _stats(0), "correlation": _stats(1)},
+        by_name={"x": torch.arange(3), "y": torch.zeros(0, 2)},
+        threshold=0.5,
+    )
     back = tlprobe.load(b.save(tmp_path / "b.json"))
     assert back == b and back.by_name["y"].shape == (0, 2) and back.by_name["x"].dtype == torch.long
 
@@ -74,8 +83,13 @@ def test_nested_results_and_tensor_dicts_round_trip(tmp_path):
 def test_equality_is_by_value():
     assert _stats(0) == _stats(0) and _stats(0) != _stats(1)
     other = _stats(0)
-    assert other != _Stats(**{**{f: getattr(other, f) for f in ("value", "count", "blocks", "extreme")},
-                              "method": "correlation", "axes": other.axes})
+    assert other != _Stats(
+        **{
+            **{f: getattr(other, f) for f in ("value", "count", "blocks", "extreme")},
+            "method": "correlation",
+            "axes": other.axes,
+        }
+    )
 
 
 def test_selection_by_index_label_and_joined_head_name():
@@ -97,8 +111,14 @@ def test_bad_selection_is_a_clear_error(key, message):
 
 def test_axes_must_match_the_leading_shape():
     with pytest.raises(TlprobeError, match="give one label per leading index"):
-        _Stats(value=torch.zeros(2, 4), count=torch.zeros(4), blocks=(), method="m", extreme=0.0,
-               axes={"layer": ("L0", "L1", "L2")})
+        _Stats(
+            value=torch.zeros(2, 4),
+            count=torch.zeros(4),
+            blocks=(),
+            method="m",
+            extreme=0.0,
+            axes={"layer": ("L0", "L1", "L2")},
+        )
 
 
 def test_default_rows_label_each_leading_index():

@@ -14,8 +14,11 @@ import shutil
 import sys
 
 from tlprobe import recipes
-from tlprobe.errors import EXIT_BAD_INPUT as EXIT_BAD_INPUT  # re-exported: the exit code for bad input
-from tlprobe.errors import TlprobeError, guarded
+from tlprobe.errors import (
+    EXIT_BAD_INPUT as EXIT_BAD_INPUT,  # re-exported: the exit code for bad input
+    TlprobeError,
+    guarded,
+)
 
 
 def cmd_ls(_args) -> int:
@@ -86,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_ex.add_argument("--out", default=None, help="output folder (default: figures/ next to the report)")
     p_ex.add_argument("--scale", type=float, default=2, help="pixels per CSS pixel")
     p_ex.add_argument("--width", type=int, default=None, help="width in CSS pixels (default: the figure's, else 1100)")
-    p_ex.add_argument(
-        "--height", type=int, default=None, help="height in CSS pixels (default: the figure's, else 450)"
-    )
+    p_ex.add_argument("--height", type=int, default=None, help="height in CSS pixels (default: the figure's, else 450)")
     return parser
 
 

@@ -101,7 +101,9 @@ class Result:
         """Tensor fields whose annotated shape starts with ``...`` (they carry the leading axes)."""
         if cls._lead_fields is None:
             hints = cls._hints()
-            cls._lead_fields = tuple(f.name for f in dataclasses.fields(cls) if _dims(hints.get(f.name)).startswith("..."))
+            cls._lead_fields = tuple(
+                f.name for f in dataclasses.fields(cls) if _dims(hints.get(f.name)).startswith("...")
+            )
         return cls._lead_fields
 
     def _fields(self) -> dict[str, Any]:
@@ -306,10 +308,17 @@ def write_text_atomic(path: pathlib.Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def rows_html(rows: list[dict], float_fmt: str = "{:.4g}") -> str:
