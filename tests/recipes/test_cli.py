@@ -146,6 +146,7 @@ def test_copied_recipe_runs_as_a_script(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "--target" in proc.stdout
+    assert "tlprobe-out/mine)" in proc.stdout  # a copy writes to its own default folder
     proc = subprocess.run(
         [sys.executable, str(tmp_path / "mine.py"), "--layer", "42", "--out", str(tmp_path)],
         capture_output=True,

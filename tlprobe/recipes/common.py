@@ -91,9 +91,10 @@ class ModelOptions(CommonOptions):
     """Options of every recipe that runs a model."""
 
     model: Any = option(
-        "minilm", help="'minilm' (bundled, offline), a hub id such as gpt2, a local directory, or a loaded model"
+        "minilm",
+        help="'minilm' (bundled, offline), a hub id such as gpt2, or a local directory (from Python: a loaded model too)",
     )
-    device: str | None = option(None, help="cpu, cuda, ... (default: cuda if available)")
+    device: str | None = option(None, help="cpu, cuda, ... (default: cuda if available)%(default).0s")
 
     def record(self) -> dict[str, Any]:
         out = super().record()
@@ -172,9 +173,11 @@ def build_parser(kind: type[CommonOptions], prog: str, description: str, default
         prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     hints = typing.get_type_hints(kind)
-    common = {f.name for f in dataclasses.fields(ModelOptions)}
+    model = {f.name for f in dataclasses.fields(ModelOptions)} - {f.name for f in dataclasses.fields(CommonOptions)}
+    common = {f.name for f in dataclasses.fields(CommonOptions)}
     fields = [f for f in dataclasses.fields(kind) if f.metadata.get("cli", True)]
-    for f in sorted(fields, key=lambda f: f.name in common):
+    # the recipe's own options first, then --model/--device, then --seed/--out/... (sorted is stable)
+    for f in sorted(fields, key=lambda f: 2 if f.name in common else 1 if f.name in model else 0):
         flags, kw = _argument(f, hints[f.name])
         if f.name == "out":
             kw["default"] = default_out
