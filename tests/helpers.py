@@ -7,6 +7,9 @@ import json
 import pathlib
 
 import numpy as np
+import torch
+
+from tlprobe.analyses.punctuation import sample_occurrences
 
 FIXTURES = pathlib.Path(__file__).parent / "recipes" / "fixtures"
 
@@ -91,3 +94,17 @@ def assert_same_numbers(name: str, new: dict, pairs: dict[str, str], ignored: di
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=f"{name}: {leaf} vs {new_path}")
         compared += a.size
     assert compared > 0, f"{name}: nothing compared"
+
+
+def punctuation_inputs():
+    """A synthetic text of token classes (marks every 9 tokens), 12 windows per class (4 before,
+    3 after) and random hidden states ``[2 depths, windows, 8, 32]``: ``(classes, occurrences,
+    window token ids, hidden)``."""
+    g = torch.Generator().manual_seed(0)
+    text_cls = torch.zeros(400, dtype=torch.long)
+    text_cls[torch.arange(20, 380, 9)] = 1
+    text_cls[torch.arange(24, 380, 9)] = 2
+    occ = sample_occurrences(text_cls, 12, before=4, after=3, seed=0, min_count=5)
+    windows = torch.randint(0, 50, (len(occ), 8), generator=g)
+    hidden = torch.randn(2, len(occ), 8, 32, generator=g)
+    return text_cls, occ, windows, hidden

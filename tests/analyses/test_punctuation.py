@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tlprobe
+from tests.helpers import punctuation_inputs
 from tlprobe.access.punctuation import token_classes
 from tlprobe.access.text import tokenize_text
 from tlprobe.analyses.punctuation import (
@@ -92,13 +93,7 @@ def test_window_dependence_does_not_depend_on_chunking():
 
 @pytest.fixture(scope="module")
 def dep():
-    g = torch.Generator().manual_seed(0)
-    text_cls = torch.zeros(400, dtype=torch.long)
-    text_cls[torch.arange(20, 380, 9)] = 1
-    text_cls[torch.arange(24, 380, 9)] = 2
-    occ = sample_occurrences(text_cls, 12, before=4, after=3, seed=0, min_count=5)
-    windows = torch.randint(0, 50, (len(occ), 8), generator=g)
-    hidden = torch.randn(2, len(occ), 8, 32, generator=g)
+    text_cls, occ, windows, hidden = punctuation_inputs()
     out = punctuation_dependence(
         hidden, windows, text_cls, occ, before=4, depth=[1, 2], bins=5, axes={"layer": ("L0", "L1")}
     )

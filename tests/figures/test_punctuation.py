@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 import pytest
-import torch
 
-from tlprobe.analyses.punctuation import cluster_panels, punctuation_dependence, sample_occurrences
+from tests.helpers import punctuation_inputs
+from tlprobe.analyses.punctuation import cluster_panels, punctuation_dependence
 from tlprobe.figures.punctuation import cluster_position_figure, punctuation_scatter_figure
 
 
 @pytest.fixture(scope="module")
 def clusters():
-    g = torch.Generator().manual_seed(0)
-    text_cls = torch.zeros(400, dtype=torch.long)
-    text_cls[torch.arange(20, 380, 9)] = 1
-    text_cls[torch.arange(24, 380, 9)] = 2
-    occ = sample_occurrences(text_cls, 12, before=4, after=3, seed=0, min_count=5)
-    windows = torch.randint(0, 50, (len(occ), 8), generator=g)
-    hidden = torch.randn(2, len(occ), 8, 32, generator=g)
+    text_cls, occ, windows, hidden = punctuation_inputs()
     hidden[:, :, 5] = hidden[:, :, 4] * 3  # one slot copies the mark: a cluster of its own
     dep = punctuation_dependence(hidden, windows, text_cls, occ, before=4, depth=[1, 3], bins=5)
     return cluster_panels(dep, k_max=3, seed=0)
