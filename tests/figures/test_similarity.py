@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from tlprobe.analyses.similarity import qkv_block_similarity
-from tlprobe.figures.similarity import block_histogram_figure, extreme_fraction_figure, index_labels
+from tlprobe.figures.similarity import block_histogram_figure, extreme_fraction_figure
+from tlprobe.figures.views import index_labels
 
 POPULATIONS = ("target", "non-target", "shuffled")
 

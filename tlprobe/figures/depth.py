@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 from tlprobe.analyses.moments import Moments
 from tlprobe.analyses.similarity import BlockStats
 from tlprobe.errors import TlprobeError
-from tlprobe.figures.similarity import index_labels, panels
+from tlprobe.figures.views import index_labels, panels
 from tlprobe.result import register_figure
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#7f7f7f")

@@ -8,47 +8,15 @@ every label from the results' axes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeVar
 
-import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from tlprobe.analyses.similarity import BlockStats
-from tlprobe.result import Result, register_figure
+from tlprobe.figures.views import index_labels, panels
+from tlprobe.result import register_figure
 
 _COLORS = ("#1f77b4", "#d62728", "#7f7f7f", "#2ca02c", "#9467bd", "#ff7f0e")
-
-R = TypeVar("R", bound=Result)
-
-
-def panels(results: R | Mapping[str, R], name: str = "") -> dict[str, R]:
-    """One result, or a mapping panel name -> result, as a mapping (a lone result is named ``name``)."""
-    return dict(results) if isinstance(results, Mapping) else {name: results}
-
-
-def index_labels(result: Result, lead: tuple[int, ...], start: int = 0) -> list[str]:
-    """One label per index of the leading dimensions ``start, start + 1, ...`` of sizes ``lead``.
-
-    Flattened row-major, read from the result's axes: labels of several axes are joined with a
-    space, except a layer and a head, which join into their TransformerLens name ("L3H7"); axes
-    without labels are numbered.
-
-    Example:
-        >>> r = Result(axes={"layer": ("L0", "L1"), "head": ("H0", "H1")})
-        >>> index_labels(r, (2, 2)), index_labels(r, (2,), start=1)
-        (['L0H0', 'L0H1', 'L1H0', 'L1H1'], ['H0', 'H1'])
-    """
-    axes = list(result.axes.items())
-    out = []
-    for idx in np.ndindex(*lead):
-        text = ""
-        for d, i in enumerate(idx, start=start):
-            name, label = (axes[d][0], str(axes[d][1][i])) if d < len(axes) else ("", str(i))
-            glue = "" if not text or (name == "head" and axes[d - 1][0] == "layer") else " "
-            text += glue + label
-        out.append(text)
-    return out
 
 
 @register_figure(BlockStats)

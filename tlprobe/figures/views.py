@@ -24,11 +24,14 @@ trace names) through :func:`plotly_text`.
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from tlprobe.errors import TlprobeError
+from tlprobe.result import Result
 
 #: Components that insert token strings into the page as HTML: their tokens are defused.
 HTML_TOKEN_COMPONENTS = frozenset(
@@ -150,3 +153,37 @@ def circuitsvis_view(
     if component in HTML_TOKEN_COMPONENTS:
         props = {k: _defuse_tokens(v) if k in token_keys else v for k, v in props.items()}
     return CircuitsVisView(component, props)
+
+
+# -- panels and labels shared by the figures -----------------------------------------------
+
+R = TypeVar("R", bound=Result)
+
+
+def panels(results: R | Mapping[str, R], name: str = "") -> dict[str, R]:
+    """One result, or a mapping panel name -> result, as a mapping (a lone result is named ``name``)."""
+    return dict(results) if isinstance(results, Mapping) else {name: results}
+
+
+def index_labels(result: Result, lead: tuple[int, ...], start: int = 0) -> list[str]:
+    """One label per index of the leading dimensions ``start, start + 1, ...`` of sizes ``lead``.
+
+    Flattened row-major, read from the result's axes: labels of several axes are joined with a
+    space, except a layer and a head, which join into their TransformerLens name ("L3H7"); axes
+    without labels are numbered.
+
+    Example:
+        >>> r = Result(axes={"layer": ("L0", "L1"), "head": ("H0", "H1")})
+        >>> index_labels(r, (2, 2)), index_labels(r, (2,), start=1)
+        (['L0H0', 'L0H1', 'L1H0', 'L1H1'], ['H0', 'H1'])
+    """
+    axes = list(result.axes.items())
+    out = []
+    for idx in np.ndindex(*lead):
+        text = ""
+        for d, i in enumerate(idx, start=start):
+            name, label = (axes[d][0], str(axes[d][1][i])) if d < len(axes) else ("", str(i))
+            glue = "" if not text or (name == "head" and axes[d - 1][0] == "layer") else " "
+            text += glue + label
+        out.append(text)
+    return out
