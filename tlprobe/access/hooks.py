@@ -123,7 +123,7 @@ def _never_fired(kind: str, cfg) -> str | None:
 
 
 def get_qkv(
-    cache, layer: int, expand_kv: bool = True
+    cache, layer: int, *, expand_kv: bool = True
 ) -> tuple[
     Float[torch.Tensor, "batch pos head d_head"],
     Float[torch.Tensor, "batch pos head d_head"],
@@ -160,7 +160,7 @@ def get_qkv(
     return q, k, v
 
 
-def fused_qkv(cache, layer: int, head: int | None = None) -> Float[torch.Tensor, "batch pos qkv"]:
+def fused_qkv(cache, layer: int, *, head: int | None = None) -> Float[torch.Tensor, "batch pos qkv"]:
     """The per-token ``[Q | K | V]`` vector at ``layer`` (GPT-2 ``c_attn`` layout).
 
     Args:

@@ -47,6 +47,7 @@ def minilm_dir() -> pathlib.Path:
 
 def load_model(
     name: str = "minilm",
+    *,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     compatibility_mode: bool = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Int
@@ -40,9 +40,10 @@ class Batch:
 def run_batch(
     model,
     prompts: Sequence[str],
+    *,
     names: Sequence[str] | Callable[[str], bool] | None = None,
     batch_size: int = 32,
-    padding_side: str = "right",
+    padding_side: Literal["right", "left"] = "right",
     progress: bool = False,
 ) -> Batch:
     """Run prompts through ``model`` and cache the hooks in ``names``.

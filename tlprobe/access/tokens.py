@@ -8,6 +8,7 @@ BERT WordPiece ``"her"``), so ``"her"`` never matches inside ``"herself"`` or ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from jaxtyping import Int
@@ -85,7 +86,8 @@ def find_token_positions(
     tokens: Int[torch.Tensor, "batch pos"],
     target: str,
     attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
-    occurrence: str = "first",
+    *,
+    occurrence: Literal["first", "last", "all"] = "first",
     prompts: list[str] | None = None,
 ) -> Positions:
     """Find a target word in every prompt of a padded token batch.
@@ -177,7 +179,8 @@ def sample_positions(
     exclude: Positions,
     tokens: Int[torch.Tensor, "batch pos"] | None = None,
     tokenizer=None,
-    where: str = "before",
+    *,
+    where: Literal["before", "any"] = "before",
     seed: int = 0,
 ) -> Positions:
     """Draw one non-target position per prompt, reproducibly.

@@ -13,6 +13,7 @@ def attention_heads_view(
     pattern: Float[torch.Tensor, "head q_pos k_pos"],
     tokens: list[str],
     layer: int,
+    *,
     causal: bool = True,
     heads: list[int] | None = None,
     decimals: int = 4,

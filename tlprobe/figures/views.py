@@ -128,7 +128,7 @@ def to_lists(value, decimals: int | None = None):
 
 
 def circuitsvis_view(
-    component: str, token_keys: tuple[str, ...] = TOKEN_PROPS, decimals: int | None = 4, **props
+    component: str, *, token_keys: tuple[str, ...] = TOKEN_PROPS, decimals: int | None = 4, **props
 ) -> CircuitsVisView:
     """Build a view; token strings are defused for components that insert them as HTML.
 
