@@ -340,7 +340,7 @@ def _fake_recipe(seen: dict) -> types.ModuleType:
 
     @dataclass(frozen=True)
     class Options(CommonOptions):
-        k: int = option(3, help="bars")
+        k: int = option(3, doc="bars")
 
     def run(options=None, **overrides):
         o = resolve(Options, options, overrides)

@@ -9,7 +9,7 @@ A recipe's ``run()`` reads top to bottom::
 
     @dataclass(frozen=True)
     class Options(ModelOptions):
-        bins: int = option(60, help="histogram bins over [-1, 1]")
+        bins: int = option(60, doc="histogram bins over [-1, 1]")
 
     def run(options: Options | None = None, **overrides) -> RecipeResult:
         o = resolve(Options, options, overrides)
@@ -50,12 +50,12 @@ from tlprobe.result import Result, jsonable
 OptionsT = TypeVar("OptionsT", bound="CommonOptions")
 
 
-def option(default: Any, help: str, *, cli: bool = True, record: bool = True, flag: str | None = None, **argparse_kw):  # noqa: A002
+def option(default: Any, doc: str, *, cli: bool = True, record: bool = True, flag: str | None = None, **argparse_kw):
     """A recipe option: a dataclass field with its help text.
 
     Args:
         default: the default value (shown by ``--help``).
-        help: one line for ``--help``.
+        doc: one line for ``--help``.
         cli: offered on the command line (``False``: Python callers only, e.g. ``quiet``).
         record: written to the report's parameter table and ``results.json``'s ``params``
             (``False`` for options that do not change the numbers: output folder, progress bars).
@@ -63,7 +63,7 @@ def option(default: Any, help: str, *, cli: bool = True, record: bool = True, fl
         argparse_kw: passed to ``add_argument`` (e.g. ``nargs``, ``metavar``); the type, choices
             and bool flags are derived from the annotation.
     """
-    meta = {"help": help, "cli": cli, "record": record, "flag": flag, "argparse": argparse_kw}
+    meta = {"help": doc, "cli": cli, "record": record, "flag": flag, "argparse": argparse_kw}
     return field(default=default, metadata=meta)
 
 
@@ -71,18 +71,18 @@ def option(default: Any, help: str, *, cli: bool = True, record: bool = True, fl
 class CommonOptions:
     """Options of every recipe."""
 
-    seed: int = option(0, help="seed for every random draw")
-    out: str | None = option(None, help="output directory (from Python, None writes nothing)", record=False)
-    progress: bool = option(True, help="show progress bars", record=False)
+    seed: int = option(0, doc="seed for every random draw")
+    out: str | None = option(None, doc="output directory (from Python, None writes nothing)", record=False)
+    progress: bool = option(True, doc="show progress bars", record=False)
     png: bool = option(
-        False, help="also save every figure as OUT/figures/*.png (needs kaleido and Chromium/Chrome)", record=False
+        False, doc="also save every figure as OUT/figures/*.png (needs kaleido and Chromium/Chrome)", record=False
     )
-    quiet: bool = option(False, help="print nothing", cli=False, record=False)
+    quiet: bool = option(False, doc="print nothing", cli=False, record=False)
 
     def record(self) -> dict[str, Any]:
         """The options that shape the results, by name (the ``params`` of ``results.json``)."""
         return {
-            f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata.get("record", True)
+            f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata.get("record", True)
         }
 
 
@@ -92,23 +92,15 @@ class ModelOptions(CommonOptions):
 
     model: Any = option(
         "minilm",
-        help="'minilm' (bundled, offline), a hub id such as gpt2, or a local directory (from Python: a loaded model too)",
+        doc="'minilm' (bundled, offline), a hub id such as gpt2, or a local directory (from Python: a loaded model too)",
     )
-    device: str | None = option(None, help="cpu, cuda, ... (default: cuda if available)%(default).0s")
+    device: str | None = option(None, doc="cpu, cuda, ... (default: cuda if available)%(default).0s")
 
     def record(self) -> dict[str, Any]:
         out = super().record()
         if not isinstance(self.model, str):  # a loaded model: record its name, not its repr
             out["model"] = model_info(self.model).name
         return out
-
-
-def _plain(value):
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, pathlib.PurePath):
-        return str(value)
-    return value
 
 
 def resolve(kind: type[OptionsT], options: OptionsT | None, overrides: Mapping[str, Any]) -> OptionsT:
@@ -417,10 +409,10 @@ def prose(name: str) -> dict[str, str]:
 class TargetOptions(ModelOptions):
     """Options of the recipes about one word across many sentences."""
 
-    target: str = option("her", help="the target word")
+    target: str = option("her", doc="the target word")
     sentences: str | None = option(
         None,
-        help="text file, one sentence per line, each containing the target (default: 48 bundled sentences for 'her')",
+        doc="text file, one sentence per line, each containing the target (default: 48 bundled sentences for 'her')",
     )
 
 

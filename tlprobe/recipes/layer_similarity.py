@@ -47,7 +47,7 @@ METHODS = ("cosine", "correlation")
 
 @dataclass(frozen=True)
 class Options(TargetOptions):
-    bins: int = option(60, help="histogram bins over [-1, 1]")
+    bins: int = option(60, doc="histogram bins over [-1, 1]")
 
 
 def run(options: Options | None = None, **overrides) -> RecipeResult:

@@ -66,18 +66,18 @@ LENS_NAMES = {"logit": LOGIT_LENS, "mlm": MLM_LENS, "embedding": EMBEDDING_LENS}
 class Options(ModelOptions):
     prompt: str | None = option(
         None,
-        help=f"the text to read (default: {DEFAULT_PROMPT!r}; encoders with an MLM head get ' [MASK].' appended)",
+        doc=f"the text to read (default: {DEFAULT_PROMPT!r}; encoders with an MLM head get ' [MASK].' appended)",
     )
     targets: tuple[str, ...] | None = option(
         None,
-        help="single tokens to follow across layers (default: ' Paris' ' London' for decoders, "
+        doc="single tokens to follow across layers (default: ' Paris' ' London' for decoders, "
         "'paris' 'london' for MLM heads; unused by the embedding lens)",
         nargs="*",
     )
-    top_k: int = option(10, help="tokens kept per layer and position")
+    top_k: int = option(10, doc="tokens kept per layer and position")
     sentences: str | None = option(
         None,
-        help="embedding lens only: text file of sentences for the per-layer recovery curve "
+        doc="embedding lens only: text file of sentences for the per-layer recovery curve "
         "(default: the bundled 48 sentences; 'none' to skip)",
     )
 

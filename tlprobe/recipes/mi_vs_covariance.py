@@ -30,11 +30,11 @@ EXAMPLES = ("y = x^2, x ~ U(-2, 2)", "y = cos(x) + noise, x ~ U(-pi, pi)")
 
 @dataclass(frozen=True)
 class Options(CommonOptions):
-    samples: int = option(1000, help="samples per simulated pair")
-    bins: int | BinRule = option(10, help="MI bins per variable: an integer >= 2, or sqrt, scott, fd")
-    shuffles: int = option(100, help="shuffles for the MI null")
-    noise: float = option(0.3, help="noise standard deviation of the cos example")
-    steps: int = option(19, help="points of the correlation sweep, +0.9 to -0.9")
+    samples: int = option(1000, doc="samples per simulated pair")
+    bins: int | BinRule = option(10, doc="MI bins per variable: an integer >= 2, or sqrt, scott, fd")
+    shuffles: int = option(100, doc="shuffles for the MI null")
+    noise: float = option(0.3, doc="noise standard deviation of the cos example")
+    steps: int = option(19, doc="points of the correlation sweep, +0.9 to -0.9")
 
 
 def run(options: Options | None = None, **overrides) -> RecipeResult:

@@ -45,11 +45,11 @@ HEATMAP_DIMS = 96
 @dataclass(frozen=True)
 class Options(ModelOptions):
     text: str | None = option(
-        None, help="text file with one paragraph (default: a bundled ~115-token paragraph on the history of tea)"
+        None, doc="text file with one paragraph (default: a bundled ~115-token paragraph on the history of tea)"
     )
-    bins: int | BinRule = option(10, help="MI bins per dimension: an integer >= 2, or sqrt, scott, fd")
-    shuffles: int = option(10, help="shuffles for the null distribution")
-    hist_bins: int = option(60, help="bins of the MI-value histograms")
+    bins: int | BinRule = option(10, doc="MI bins per dimension: an integer >= 2, or sqrt, scott, fd")
+    shuffles: int = option(10, doc="shuffles for the null distribution")
+    hist_bins: int = option(60, doc="bins of the MI-value histograms")
 
 
 def run(options: Options | None = None, **overrides) -> RecipeResult:

@@ -34,21 +34,21 @@ DESCRIPTION = "L13: covariance vs MI around internal and terminal punctuation, c
 
 @dataclass(frozen=True)
 class Options(ModelOptions):
-    text: str | None = option(None, help="UTF-8 text file (default: docstrings of the Python standard library)")
+    text: str | None = option(None, doc="UTF-8 text file (default: docstrings of the Python standard library)")
     layers: tuple[int, ...] | None = option(
-        None, help="residual-stream depths (0 = embeddings, l = output of block l-1; default: 1 and ~2/3 of depth)"
+        None, doc="residual-stream depths (0 = embeddings, l = output of block l-1; default: 1 and ~2/3 of depth)"
     )
-    n: int = option(250, help="windows per punctuation class")
-    before: int = option(20, help="tokens before the mark")
-    after: int = option(10, help="tokens after the mark")
-    bins: int = option(10, help="MI histogram bins per token vector")
+    n: int = option(250, doc="windows per punctuation class")
+    before: int = option(20, doc="tokens before the mark")
+    after: int = option(10, doc="tokens after the mark")
+    bins: int = option(10, doc="MI histogram bins per token vector")
     cluster_method: Literal["kmeans", "gmm"] = option(
-        "kmeans", help="kmeans (k by silhouette, 1 if no k reaches 0.5) or gmm (k by BIC)"
+        "kmeans", doc="kmeans (k by silhouette, 1 if no k reaches 0.5) or gmm (k by BIC)"
     )
-    k_max: int = option(5, help="largest number of clusters tried")
-    internal: str = option(INTERNAL, help="internal punctuation characters")
-    terminal: str = option(TERMINAL, help="terminal punctuation characters")
-    batch_size: int = option(50, help="windows per forward pass")
+    k_max: int = option(5, doc="largest number of clusters tried")
+    internal: str = option(INTERNAL, doc="internal punctuation characters")
+    terminal: str = option(TERMINAL, doc="terminal punctuation characters")
+    batch_size: int = option(50, doc="windows per forward pass")
 
 
 def default_layers(n_layers: int) -> list[int]:

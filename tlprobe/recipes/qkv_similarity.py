@@ -42,9 +42,9 @@ METHODS = ("cosine", "correlation")
 
 @dataclass(frozen=True)
 class Options(TargetOptions):
-    layer: int | None = option(None, help="block index (default: the middle layer)")
-    head: int | None = option(None, help="only this head's Q, K, V slices (default: all heads)")
-    bins: int = option(60, help="histogram bins over [-1, 1]")
+    layer: int | None = option(None, doc="block index (default: the middle layer)")
+    head: int | None = option(None, doc="only this head's Q, K, V slices (default: all heads)")
+    bins: int = option(60, doc="histogram bins over [-1, 1]")
 
 
 def run(options: Options | None = None, **overrides) -> RecipeResult:
