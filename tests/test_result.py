@@ -181,3 +181,16 @@ def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _stats(1).save(path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_optional_tensor_fields_carry_the_leading_axes_too():
+    @dataclass(frozen=True, eq=False)
+    class _Maybe(Result):
+        raw: Float[torch.Tensor, "... pairs"]
+        null: Float[torch.Tensor, "... pairs"] | None = None
+
+    r = _Maybe(raw=torch.zeros(2, 3), null=torch.arange(6.0).reshape(2, 3), axes={"layer": ("L0", "L1")})
+    assert torch.equal(r["L1"].null, torch.tensor([3.0, 4.0, 5.0])) and r["L1"].raw.shape == (3,)
+    assert _Maybe(raw=torch.zeros(2, 3), axes={"layer": ("L0", "L1")})["L0"].null is None
+    with pytest.raises(TlprobeError, match="give one label per leading index"):
+        _Maybe(raw=torch.zeros(2, 3), null=torch.zeros(5, 3), axes={"layer": ("L0", "L1")})

@@ -31,12 +31,11 @@ plug-in values (documented, not an error); :func:`gcmi` refuses constant variabl
 from __future__ import annotations
 
 import math
-import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -460,19 +459,6 @@ def mi(
     return cross_mi(x[..., None], y[..., None], bins=bins, correction=correction, dtype=dtype)[..., 0, 0]
 
 
-def _leading_optional(hints: dict[str, Any]) -> dict[str, Any]:
-    """``X | None`` annotations read as ``X``, so optional tensor fields carry the leading axes too."""
-    # tlprobe.result reads the jaxtyping shape of plain annotations only: without this, an
-    # optional tensor field would be neither checked against the axes nor selected by result[...].
-    out = dict(hints)
-    for name, hint in hints.items():
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):
-            rest = [a for a in typing.get_args(hint) if a is not type(None)]
-            if len(rest) == 1 and hasattr(rest[0], "dim_str"):
-                out[name] = rest[0]
-    return out
-
-
 def _index_rows(axes: Mapping[str, Sequence[str]], lead: Sequence[int]) -> Iterator[tuple[dict, tuple[int, ...]]]:
     """``(labels, index)`` for every leading index; axes without labels are named by position."""
     names = [*axes, *(f"axis {d}" for d in range(len(axes), len(lead)))]
@@ -514,10 +500,6 @@ class MIResult(Result):
     n_samples: int
     n_shuffles: int = 0
     seed: int | None = None
-
-    @classmethod
-    def _hints(cls) -> dict[str, Any]:
-        return _leading_optional(super()._hints())
 
     def upper(
         self, which: Literal["raw", "corrected", "null_mean", "null_std"] = "corrected"
@@ -893,10 +875,6 @@ class Dependence(Result):
     seed: int
     x: Float[torch.Tensor, "... samples"] | None = None
     y: Float[torch.Tensor, "... samples"] | None = None
-
-    @classmethod
-    def _hints(cls) -> dict[str, Any]:
-        return _leading_optional(super()._hints())
 
 
 def dependence(
