@@ -442,7 +442,7 @@ def mi(
     bins: int | BinRule = 10,
     correction: Correction | None = None,
     dtype: torch.dtype | None = None,
-) -> Float[torch.Tensor, "..."]:  # noqa: UP037
+) -> Float[torch.Tensor, "..."]:
     """MI (nats) between two variables (leading dimensions batched), as :func:`cross_mi`.
 
     Import it from this module: ``tlprobe.analyses`` does not re-export it, because a package
@@ -735,9 +735,9 @@ class MIHistograms(Result):
     edges: Float[torch.Tensor, " edges"]
     prob: Float[torch.Tensor, "... bins"]
     density: Float[torch.Tensor, "... bins"]
-    mean: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    median: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    std: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    mean: Float[torch.Tensor, "..."]
+    median: Float[torch.Tensor, "..."]
+    std: Float[torch.Tensor, "..."]
     n_pairs: int
     quantity: str = "MI (nats)"
 
@@ -860,15 +860,15 @@ class Dependence(Result):
         axes: labels of the leading axes (e.g. ``{"rho": ("0.90", ...)}``).
     """
 
-    covariance: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    correlation: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    mi_raw: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    mi_miller_madow: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    mi_null_mean: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    mi_null_q95: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    mi_corrected: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    covariance_squared: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    gcmi: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    covariance: Float[torch.Tensor, "..."]
+    correlation: Float[torch.Tensor, "..."]
+    mi_raw: Float[torch.Tensor, "..."]
+    mi_miller_madow: Float[torch.Tensor, "..."]
+    mi_null_mean: Float[torch.Tensor, "..."]
+    mi_null_q95: Float[torch.Tensor, "..."]
+    mi_corrected: Float[torch.Tensor, "..."]
+    covariance_squared: Float[torch.Tensor, "..."]
+    gcmi: Float[torch.Tensor, "..."]
     bins: int
     n_samples: int
     n_shuffles: int

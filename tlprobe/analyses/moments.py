@@ -39,10 +39,10 @@ class Moments(Result):
 
     n_samples: int
     n_features: int
-    var: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    mean: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    mean_abs: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
-    rel_var: Float[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    var: Float[torch.Tensor, "..."]
+    mean: Float[torch.Tensor, "..."]
+    mean_abs: Float[torch.Tensor, "..."]
+    rel_var: Float[torch.Tensor, "..."]
 
     #: The statistics (each ``[...]``).
     STATS: ClassVar[tuple[str, ...]] = ("var", "mean", "mean_abs", "rel_var")

@@ -225,7 +225,7 @@ class PunctuationDependence(Result):
         bins: MI bins (a count or a rule, as given).
     """
 
-    depth: Int[torch.Tensor, "..."]  # noqa: UP037 (a jaxtyping shape)
+    depth: Int[torch.Tensor, "..."]
     covariance: Float[torch.Tensor, "... windows tokens"]
     mi: Float[torch.Tensor, "... windows tokens"]
     cls: Int[torch.Tensor, " windows"]
