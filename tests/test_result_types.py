@@ -10,6 +10,7 @@ import torch
 import tlprobe
 from tlprobe import recipes
 from tlprobe.analyses import logit_lens, mi_null, punctuation_dependence, sample_occurrences
+from tlprobe.errors import TlprobeError
 from tlprobe.result import _TYPES, Result
 
 
@@ -65,3 +66,31 @@ def test_every_result_type_round_trips_exactly(made, tmp_path):
         back = tlprobe.load(r.save(tmp_path / f"{kind.__name__}.json"))
         assert type(back) is kind and back == r, kind.__name__
         assert back.to_dict() == r.to_dict(), kind.__name__
+
+
+def test_every_result_type_has_rows_and_a_notebook_summary(made):
+    for kind, r in made.items():
+        rows = r.rows()
+        assert isinstance(rows, list) and rows and all(isinstance(row, dict) for row in rows), kind.__name__
+        assert all(isinstance(k, str) for row in rows for k in row), kind.__name__
+        page = r._repr_html_()
+        assert page.startswith("<div class='tlprobe-result'>") and kind.__name__ in page
+
+
+def test_main_figures_draw_from_the_result_alone(made):
+    import plotly.graph_objects as go
+
+    from tlprobe.result import _FIGURES
+
+    drawn = [kind for kind in made if kind in _FIGURES]
+    assert len(drawn) >= 5
+    for kind in drawn:
+        r = made[kind]
+        while True:  # a figure draws the result, or says which selection it needs
+            try:
+                fig = r.figure()
+                break
+            except TlprobeError as exc:
+                assert "select" in str(exc) or "one leading axis" in str(exc), (kind.__name__, str(exc))
+                r = r[0]
+        assert isinstance(fig, go.Figure), kind.__name__
