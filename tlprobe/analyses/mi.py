@@ -82,11 +82,6 @@ def _check_correction(correction) -> None:
         raise TlprobeError(f"unknown correction {correction!r}; choose one of: {', '.join(map(repr, CORRECTIONS))}")
 
 
-def _axes(axes: Mapping[str, Sequence[str]] | None) -> dict[str, tuple[str, ...]]:
-    """The ``axes=`` of an entry point as a result's labels."""
-    return {str(k): tuple(str(v) for v in labels) for k, labels in (axes or {}).items()}
-
-
 def _check_dtype(dtype) -> None:
     if dtype not in (None, torch.float32, torch.float64):
         raise TlprobeError(f"dtype must be torch.float32 or torch.float64 (or None), got {dtype}")
@@ -584,7 +579,7 @@ def mi_null(
         n_samples=n,
         n_shuffles=int(n_shuffles),
         seed=int(seed),
-        axes=_axes(axes),
+        axes=axes or {},
     )
 
 
@@ -625,7 +620,7 @@ def miller_madow(
         bins=k,
         method="miller-madow",
         n_samples=n,
-        axes=_axes(axes),
+        axes=axes or {},
     )
 
 
@@ -834,7 +829,7 @@ def mi_histograms(
         std=vals.std(1, correction=0).cpu().reshape(lead),
         n_pairs=int(vals.shape[1]),
         quantity=quantity,
-        axes=_axes(axes),
+        axes=axes or {},
     )
 
 
@@ -956,5 +951,5 @@ def dependence(
         seed=int(seed),
         x=x if keep_samples else None,
         y=y if keep_samples else None,
-        axes=_axes(axes),
+        axes=axes or {},
     )

@@ -321,7 +321,7 @@ def punctuation_dependence(
         same_token=windows == windows[:, before : before + 1],
         slot_class=torch.as_tensor(classes).cpu()[occurrences.pos[:, None] + rel],
         bins=bins,
-        axes={name: tuple(labels) for name, labels in (axes or {}).items()},
+        axes=axes or {},
     )
 
 
