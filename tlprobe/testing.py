@@ -6,6 +6,12 @@ Researchers can use these in their own test suites::
     model = tiny_model("llama")          # grouped-query attention, RMSNorm, rotary
     _, cache = model.run_with_cache("She gave her the book")
 
+Each family comes in two worlds from the *same* Hugging Face weights (same ``seed``):
+``kind="bridge"`` (a ``TransformerBridge``, TransformerLens 3.x/4.x) and ``kind="hooked"`` (a
+``HookedTransformer``, TransformerLens 2.x/3.x, built with TransformerLens' own weight
+conversion; ``processed=True`` folds LayerNorm and centres the weights as
+``HookedTransformer.from_pretrained`` does by default).
+
 The decoders use a small byte-level BPE tokenizer trained here on tlprobe's own sentences
 (GPT-2 style: ``" her"`` is one token with a leading space marker). The encoder is the
 bundled all-MiniLM-L6-v2 (real weights), see :func:`tlprobe.load_model`.
@@ -19,7 +25,8 @@ from importlib import resources
 
 import torch
 
-from tlprobe.access.models import bridge_class, minilm_dir
+from tlprobe.access.models import minilm_dir
+from tlprobe.access.worlds import bridge_class, has_bridge, hooked_classes, weight_conversions
 from tlprobe.errors import TlprobeError
 
 FAMILIES = ("gpt2", "neox", "llama")
@@ -83,8 +90,11 @@ def tiny_model(
     seed: int = 0,
     tokenizer: str = "bpe",
     device: str = "cpu",
+    *,
+    kind: str = "auto",
+    processed: bool = False,
 ):
-    """A randomly initialised ``TransformerBridge`` of a decoder family, built offline.
+    """A randomly initialised decoder of a family, built offline, as a bridge or a HookedTransformer.
 
     Args:
         family: ``"gpt2"`` (LayerNorm, learned positions), ``"neox"`` (parallel blocks,
@@ -92,14 +102,48 @@ def tiny_model(
             ``n_kv_heads`` key/value heads).
         n_layers, d_model, n_heads: sizes (``d_head = d_model // n_heads``).
         n_kv_heads: key/value heads, LLaMA only.
-        seed: torch seed for the weights; the same seed gives the same model.
+        seed: torch seed for the weights; the same seed gives the same weights in both kinds.
         tokenizer: ``"bpe"`` or ``"wordpiece"`` (see :func:`tiny_tokenizer`).
         device: where to put it.
+        kind: ``"bridge"`` (``TransformerBridge``), ``"hooked"`` (``HookedTransformer``) or
+            ``"auto"`` (the bridge where the installed TransformerLens has it).
+        processed: hooked only: fold LayerNorm, centre writing weights and unembedding.
 
     Example:
         >>> model = tiny_model("neox", n_layers=3)
         >>> model.cfg.n_layers, model.cfg.parallel_attn_mlp
         (3, True)
+    """
+    hf, tok = tiny_hf_model(family, n_layers, d_model, n_heads, n_kv_heads, seed, tokenizer)
+    if kind == "auto":
+        kind = "bridge" if has_bridge() else "hooked"
+    if kind == "bridge":
+        if processed:
+            raise TlprobeError(
+                "processed=True is for kind='hooked'; on a bridge call model.enable_compatibility_mode()"
+            )
+        return bridge_class().boot_transformers(f"tiny-{family}", hf_model=hf, tokenizer=tok, device=device)
+    if kind != "hooked":
+        raise TlprobeError(f"unknown kind {kind!r}; use 'bridge', 'hooked' or 'auto'")
+    return _hooked(family, hf, tok, device, processed)
+
+
+def tiny_hf_model(
+    family: str = "gpt2",
+    n_layers: int = 2,
+    d_model: int = 64,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    seed: int = 0,
+    tokenizer: str = "bpe",
+):
+    """The Hugging Face model (eval mode) and tokenizer behind :func:`tiny_model` with the same
+    arguments: the same weights, as an independent reference for tests in every world.
+
+    Example:
+        >>> hf, tok = tiny_hf_model("gpt2")
+        >>> type(hf).__name__, len(tok)
+        ('GPT2LMHeadModel', 600)
     """
     # ~1 s to import: only when a test model is built
     from transformers import (
@@ -150,4 +194,101 @@ def tiny_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         hf = cls(cfg).eval()  # pyright: ignore[reportArgumentType]  (cls matches cfg by family)
-    return bridge_class().boot_transformers(f"tiny-{family}", hf_model=hf, tokenizer=tok, device=device)
+    return hf, tok
+
+
+def _rope_theta(c) -> float:
+    """The rotary base, wherever this Transformers version keeps it."""
+    for key in ("rope_theta", "rotary_emb_base"):
+        if getattr(c, key, None):
+            return float(getattr(c, key))
+    params = getattr(c, "rope_parameters", None) or {}
+    return float(params.get("rope_theta", 10000.0))
+
+
+def _rotary_fraction(c) -> float:
+    for key in ("rotary_pct", "partial_rotary_factor"):
+        if getattr(c, key, None):
+            return float(getattr(c, key))
+    params = getattr(c, "rope_parameters", None) or {}
+    return float(params.get("partial_rotary_factor", 1.0))
+
+
+def _hooked(family: str, hf, tok, device: str, processed: bool):
+    """``hf``'s weights in a ``HookedTransformer``, through TransformerLens' own converters.
+
+    The config mirrors ``transformer_lens.loading_from_pretrained.convert_hf_model_config`` for
+    the three families (that function only accepts hub names or, on some versions, folders).
+    """
+    HookedTransformer, _, HookedTransformerConfig = hooked_classes()  # first: a clear error on TL 4
+    conversions = weight_conversions()
+    c = hf.config
+    if family == "gpt2":
+        d = dict(
+            d_model=c.n_embd,
+            d_head=c.n_embd // c.n_head,
+            n_heads=c.n_head,
+            d_mlp=4 * c.n_embd,
+            n_layers=c.n_layer,
+            n_ctx=c.n_positions,
+            eps=c.layer_norm_epsilon,
+            act_fn=c.activation_function,
+            normalization_type="LN",
+            original_architecture="GPT2LMHeadModel",
+        )
+        convert = conversions.convert_gpt2_weights
+    elif family == "neox":
+        d_head = c.hidden_size // c.num_attention_heads
+        d = dict(
+            d_model=c.hidden_size,
+            d_head=d_head,
+            n_heads=c.num_attention_heads,
+            d_mlp=c.intermediate_size,
+            n_layers=c.num_hidden_layers,
+            n_ctx=c.max_position_embeddings,
+            eps=c.layer_norm_eps,
+            act_fn=c.hidden_act,
+            normalization_type="LN",
+            positional_embedding_type="rotary",
+            rotary_dim=round(_rotary_fraction(c) * d_head),
+            rotary_base=_rope_theta(c),
+            rotary_adjacent_pairs=False,
+            parallel_attn_mlp=True,
+            default_prepend_bos=False,
+            original_architecture="GPTNeoXForCausalLM",
+        )
+        convert = conversions.convert_neox_weights
+    else:
+        d_head = c.hidden_size // c.num_attention_heads
+        d = dict(
+            d_model=c.hidden_size,
+            d_head=d_head,
+            n_heads=c.num_attention_heads,
+            n_key_value_heads=c.num_key_value_heads,
+            d_mlp=c.intermediate_size,
+            n_layers=c.num_hidden_layers,
+            n_ctx=c.max_position_embeddings,
+            eps=c.rms_norm_eps,
+            act_fn="silu",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=d_head,
+            rotary_base=_rope_theta(c),
+            rotary_adjacent_pairs=False,
+            final_rms=True,
+            gated_mlp=True,
+            original_architecture="LlamaForCausalLM",
+        )
+        convert = conversions.convert_llama_weights
+    cfg = HookedTransformerConfig(d_vocab=c.vocab_size, model_name=f"tiny-{family}", device=device, **d)
+    model = HookedTransformer(cfg, tokenizer=tok, move_to_device=True)
+    state = convert(hf, cfg)
+    model.load_and_process_state_dict(
+        state,
+        fold_ln=processed,
+        center_writing_weights=processed,
+        center_unembed=processed,
+        fold_value_biases=processed,
+        refactor_factored_attn_matrices=False,
+    )
+    return model.eval()

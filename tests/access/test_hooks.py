@@ -9,6 +9,8 @@ from tlprobe.access import (
     get_qkv,
     hook_names,
     model_info,
+    model_kind,
+    resid_hook_names,
     resid_stack,
     run_batch,
 )
@@ -71,9 +73,11 @@ def test_fused_qkv_is_per_head_tensors_relaid(tiny_models, family):
 
 def test_fused_qkv_equals_gpt2_c_attn_output(tiny_models):
     """Independent check of the layout: GPT-2's own fused projection c_attn(ln_1(resid_pre))."""
+    from tlprobe.testing import tiny_hf_model
+
     model = tiny_models["gpt2"]
     _, cache = model.run_with_cache(PROMPTS[1])
-    block = model.original_model.transformer.h[1]
+    block = tiny_hf_model("gpt2")[0].transformer.h[1]  # the same weights, straight from transformers
     with torch.no_grad():
         expected = block.attn.c_attn(block.ln_1(get_activation(cache, "resid_pre", 1)))
     torch.testing.assert_close(fused_qkv(cache, 1), expected, rtol=1e-5, atol=1e-5)
@@ -85,7 +89,7 @@ def test_resid_stack_minilm_equals_hf_hidden_states(minilm):
 
     from tlprobe.access import minilm_dir
 
-    batch = run_batch(minilm, PROMPTS, names=lambda n: n.endswith(("hook_resid_post", "hook_resid_pre")))
+    batch = run_batch(minilm, PROMPTS, names=resid_hook_names(minilm))
     stack = resid_stack(batch.cache)
     assert stack.shape == (7, 2, batch.tokens.shape[1], 384)
     tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
@@ -99,14 +103,17 @@ def test_resid_stack_minilm_equals_hf_hidden_states(minilm):
 
 
 def test_resid_stack_decoder_equals_hf_before_final_norm(tiny_models):
+    from tlprobe.testing import tiny_hf_model
+
     model = tiny_models["gpt2"]
+    hf = tiny_hf_model("gpt2")[0]
     _, cache = model.run_with_cache(PROMPTS[1])
     stack = resid_stack(cache)
     ids = model.to_tokens(PROMPTS[1])
     with torch.no_grad():
-        hs = model.original_model(ids, output_hidden_states=True).hidden_states
+        hs = hf(ids, output_hidden_states=True).hidden_states
     torch.testing.assert_close(stack[:-1], torch.stack(hs[:-1]), rtol=1e-5, atol=1e-5)
-    ln_f = model.original_model.transformer.ln_f
+    ln_f = hf.transformer.ln_f
     torch.testing.assert_close(ln_f(stack[-1]), hs[-1], rtol=1e-5, atol=1e-5)
     assert torch.equal(resid_stack(cache, layers=[0, -1]), stack[[0, -1]])
 
@@ -115,7 +122,11 @@ def test_resid_stack_decoder_equals_hf_before_final_norm(tiny_models):
 @pytest.mark.parametrize("which", ["minilm", "gpt2", "llama"])
 def test_run_batch_padding_matches_single_prompts(minilm, tiny_models, side, which):
     model = minilm if which == "minilm" else tiny_models[which]
-    names = hook_names(["resid_post", "q"], [1])
+    names = hook_names(["resid_post", "q"], [1], model=model)
+    if side == "left" and model_kind(model) == "hooked-encoder":
+        with pytest.raises(TlprobeError, match="left padding would shift every position embedding"):
+            run_batch(model, PROMPTS, names=names, padding_side=side)
+        return
     batch = run_batch(model, PROMPTS, names=names, padding_side=side, batch_size=1)
     for i, prompt in enumerate(PROMPTS):
         _, single = model.run_with_cache(prompt, names_filter=names)

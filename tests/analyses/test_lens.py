@@ -7,9 +7,10 @@ import pytest
 import torch
 from sklearn.metrics.pairwise import cosine_similarity
 
+from tests.helpers import requires_bridge
 from tlprobe.access.hooks import hook_names, resid_hook_names, resid_stack
 from tlprobe.access.models import bridge_class, load_model, minilm_dir
-from tlprobe.access.run import run_batch
+from tlprobe.access.run import model_logits, run_batch
 from tlprobe.access.unembed import (
     HeadCheck,
     TokenStrings,
@@ -21,6 +22,7 @@ from tlprobe.access.unembed import (
     target_token_ids,
     token_strings,
 )
+from tlprobe.access.worlds import model_kind
 from tlprobe.analyses.lens import (
     EMBEDDING_LENS,
     LOGIT_LENS,
@@ -46,11 +48,9 @@ TARGETS = [" her", " the"]
 def _run(model):
     n = model.cfg.n_layers
     # our lens reads resid_hook_names; TransformerLens' accumulated_resid also wants every resid_pre
-    names = sorted(set(resid_hook_names(n)) | set(hook_names(["resid_pre"], range(n))))
+    names = sorted(set(resid_hook_names(model)) | set(hook_names(["resid_pre"], range(n), model=model)))
     batch = run_batch(model, PROMPTS, names=names)
-    with torch.inference_mode():
-        logits = model(batch.tokens, attention_mask=batch.attention_mask)
-    return batch, logits
+    return batch, model_logits(model, batch.tokens, batch.attention_mask)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -64,7 +64,7 @@ def decoder(request):
 def minilm():
     model = load_model("minilm", device="cpu")
     text = ["The Eiffel Tower is in the city of Paris.", "She gave her the book because she liked it."]
-    batch = run_batch(model, text, names=resid_hook_names(model.cfg.n_layers))
+    batch = run_batch(model, text, names=resid_hook_names(model))
     return model, batch
 
 
@@ -103,7 +103,10 @@ def test_last_layer_reproduces_model_logits(decoder):
 
 
 def test_agrees_with_transformer_lens(decoder):
-    from transformer_lens.tools.analysis.logit_lens import logit_lens as tl_logit_lens
+    # TransformerLens' own logit-lens tool exists from 4.0; the 2.x/3.x legs check the same numbers
+    # against the independent formulas below and against the bridge (test_worlds.py)
+    tool = pytest.importorskip("transformer_lens.tools.analysis.logit_lens", reason="TransformerLens < 4 has no tool")
+    tl_logit_lens = tool.logit_lens
 
     model, batch, _ = decoder
     ours = logit_lens(batch.cache, targets=TARGETS, top_k=5)
@@ -159,8 +162,11 @@ def test_entropy_kl_and_ranks_against_independent_formulas(decoder):
 def test_compatibility_mode_handled_and_recorded(family, tmp_path):
     raw = tiny_model(family, n_layers=2)
     batch, _ = _run(raw)
-    compat = tiny_model(family, n_layers=2)
-    compat.enable_compatibility_mode()
+    if model_kind(raw) == "bridge":
+        compat = tiny_model(family, n_layers=2)
+        compat.enable_compatibility_mode()
+    else:  # HookedTransformer.from_pretrained's default processing
+        compat = tiny_model(family, n_layers=2, kind="hooked", processed=True)
     cbatch, clogits = _run(compat)
     r_raw = logit_lens(batch.cache, targets=TARGETS)
     r_c = logit_lens(cbatch.cache, targets=TARGETS, logits=clogits)
@@ -182,7 +188,8 @@ def test_final_norm_uses_fresh_statistics():
     x = stack.detach()
     ln = model.ln_final
     expected = (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + model.cfg.eps).sqrt()
-    expected = expected * ln.weight + ln.bias
+    weight, bias = (ln.weight, ln.bias) if hasattr(ln, "weight") else (ln.w, ln.b)  # bridge / HookedTransformer
+    expected = expected * weight + bias
     torch.testing.assert_close(apply_final_norm(model, x), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -244,6 +251,7 @@ def test_head_check_agrees_with_transformers_loading_report():
     assert transform == set(check.missing)
 
 
+@requires_bridge  # a BERT with a trained head is booted from a folder; HookedEncoder loads hub names only
 def test_head_check_on_saved_and_in_memory_models(tmp_path):
     hf, tok = _tiny_bert_hf(head=True)
     hf.save_pretrained(tmp_path / "with_head")
@@ -258,15 +266,15 @@ def test_head_check_on_saved_and_in_memory_models(tmp_path):
     assert mlm_head_check(mem).status == "unknown"
 
 
+@requires_bridge  # a BERT with a trained head is booted from a folder; HookedEncoder loads hub names only
 def test_mlm_lens_with_trained_head(tmp_path):
     hf, tok = _tiny_bert_hf(head=True)
     hf.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     model = bridge_class().boot_transformers(str(tmp_path), device="cpu")
     assert choose_lens(model)[0] == "mlm"
-    batch = run_batch(model, ["the cat sat on the [MASK] .", "paris is a city"], names=resid_hook_names(2))
-    with torch.inference_mode():
-        logits = model(batch.tokens, attention_mask=batch.attention_mask)
+    batch = run_batch(model, ["the cat sat on the [MASK] .", "paris is a city"], names=resid_hook_names(model))
+    logits = model_logits(model, batch.tokens, batch.attention_mask)
     res = mlm_lens(batch.cache, targets=["mat"], logits=logits, attention_mask=batch.attention_mask)
     assert res.kind == MLM_LENS and res.final_max_abs_error < 1e-5
     # independent: Hugging Face's own head on Hugging Face's hidden states, every layer
@@ -278,6 +286,7 @@ def test_mlm_lens_with_trained_head(tmp_path):
     torch.testing.assert_close(lens_logits(batch.cache, lens="mlm", chunk_size=999), hf_logits, atol=1e-4, rtol=1e-4)
 
 
+@requires_bridge  # a BERT with a trained head is booted from a folder; HookedEncoder loads hub names only
 def test_mlm_lens_unverifiable_head_needs_trust():
     hf, tok = _tiny_bert_hf(head=True)
     model = bridge_class().boot_transformers("tiny-bert", hf_model=hf, tokenizer=tok, device="cpu")

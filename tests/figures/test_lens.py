@@ -30,7 +30,7 @@ TARGETS = [" her", " the"]
 @pytest.fixture(scope="module")
 def decoder():
     model = tiny_model("gpt2", n_layers=2)
-    batch = run_batch(model, PROMPTS, names=resid_hook_names(model.cfg.n_layers))
+    batch = run_batch(model, PROMPTS, names=resid_hook_names(model))
     res = logit_lens(batch.cache, TARGETS, top_k=5, attention_mask=batch.attention_mask, tokens=batch.tokens)
     return model, batch, res
 
@@ -38,7 +38,7 @@ def decoder():
 @pytest.fixture(scope="module")
 def embedding(minilm):
     text = ["The Eiffel Tower is in the city of Paris.", "She gave her the book because she liked it."]
-    batch = run_batch(minilm, text, names=resid_hook_names(minilm.cfg.n_layers))
+    batch = run_batch(minilm, text, names=resid_hook_names(minilm))
     mask = content_mask(minilm, batch.tokens, batch.attention_mask)
     return minilm, batch, embedding_lens(batch.cache, batch.tokens, mask=mask)
 

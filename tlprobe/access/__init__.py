@@ -1,5 +1,6 @@
-"""Access layer: the only code that knows TransformerLens: hook names, model families, padding,
-token positions, labels ("L3H7"), unembeddings and text rules.
+"""Access layer: the only code that knows TransformerLens: its versions and worlds
+(``TransformerBridge``, ``HookedTransformer``, ``HookedEncoder``), hook names, model families,
+padding, token positions, labels ("L3H7"), unembeddings and text rules.
 
 This package exports the entry points and types; constants stay in their modules.
 """
@@ -18,7 +19,7 @@ from tlprobe.access.hooks import (
 from tlprobe.access.labels import head_labels, layer_labels, resid_labels
 from tlprobe.access.models import ModelInfo, load_model, minilm_dir, model_info
 from tlprobe.access.punctuation import char_classes, token_classes
-from tlprobe.access.run import Batch, run_batch
+from tlprobe.access.run import Batch, forward_cache, model_logits, run_batch, tokenize_prompts
 from tlprobe.access.text import (
     TokenizedText,
     cut_windows,
@@ -48,6 +49,7 @@ from tlprobe.access.unembed import (
     token_strings,
     unembedding,
 )
+from tlprobe.access.worlds import is_encoder, model_kind, numerics, tl_version
 
 __all__ = [
     "Batch",
@@ -67,12 +69,14 @@ __all__ = [
     "embedding_matrix",
     "final_norm_kind",
     "find_token_positions",
+    "forward_cache",
     "fused_qkv",
     "get_activation",
     "get_qkv",
     "head_labels",
     "hook_name",
     "hook_names",
+    "is_encoder",
     "is_training",
     "layer_labels",
     "load_model",
@@ -80,6 +84,9 @@ __all__ = [
     "mlm_head_check",
     "mlm_transform",
     "model_info",
+    "model_kind",
+    "model_logits",
+    "numerics",
     "output_transform",
     "resid_hook_names",
     "resid_labels",
@@ -93,8 +100,10 @@ __all__ = [
     "stdlib_corpus",
     "target_token_ids",
     "target_variants",
+    "tl_version",
     "token_classes",
     "token_strings",
+    "tokenize_prompts",
     "tokenize_text",
     "unembedding",
     "window_starts",

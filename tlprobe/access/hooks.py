@@ -12,6 +12,12 @@ model family:
 
 On rotary models (NeoX, LLaMA) ``hook_q``/``hook_k`` hold the vectors *before* the rotary
 embedding is applied: that is what TransformerLens exposes and what these getters return.
+
+The names follow the model's world (:mod:`tlprobe.access.worlds`): on a ``HookedEncoder`` the
+block output (what a bridge calls ``hook_resid_post``, Hugging Face's ``hidden_states``) is
+``hook_normalized_resid_post``, and the LayerNorm'd embedding is ``hook_full_embed``. Caches made
+with ``run_with_cache(..., remove_batch_dim=True)`` get their batch axis back (size 1), so every
+getter returns the same layout for them.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Iterable
 import torch
 from jaxtyping import Float
 
+from tlprobe.access.worlds import model_kind
 from tlprobe.checks import as_tensor, check_index, check_ndim
 from tlprobe.errors import HookNotFoundError, TlprobeError
 
@@ -40,9 +47,33 @@ _HOOKS = {
     "ln_final": "ln_final.hook_out",
 }
 
+#: Where a ``HookedEncoder`` (TL 2.x/3.x BERT) differs: its ``hook_resid_post`` is the block's
+#: sum *before* the output LayerNorm, ``hook_embed`` the raw word embedding.
+_HOOKED_ENCODER = {
+    "resid_post": "blocks.{layer}.hook_normalized_resid_post",
+    "embed": "hook_full_embed",
+    "pos_embed": "embed.hook_pos_embed",
+}
 
-def hook_name(kind: str, layer: int | None = None) -> str:
-    """The TransformerLens hook name for an activation kind.
+
+def _template(kind: str, model) -> str:
+    try:
+        template = _HOOKS[kind]
+    except KeyError:
+        raise TlprobeError(f"unknown activation kind {kind!r}; known: {', '.join(sorted(_HOOKS))}") from None
+    world = model_kind(model) if model is not None else "bridge"
+    if world == "hooked-encoder":
+        return _HOOKED_ENCODER.get(kind, template)
+    return template
+
+
+def hook_name(kind: str, layer: int | None = None, *, model=None) -> str:
+    """The TransformerLens hook name for an activation kind (on ``model``'s world).
+
+    Args:
+        kind: ``"q"``, ``"resid_post"``, ``"embed"``, ... (see the module docstring).
+        layer: the block, for per-block kinds.
+        model: the model the name is for; ``None`` gives the bridge / ``HookedTransformer`` name.
 
     Example:
         >>> hook_name("q", 3)
@@ -50,10 +81,7 @@ def hook_name(kind: str, layer: int | None = None) -> str:
         >>> hook_name("embed")
         'hook_embed'
     """
-    try:
-        template = _HOOKS[kind]
-    except KeyError:
-        raise TlprobeError(f"unknown activation kind {kind!r}; known: {', '.join(sorted(_HOOKS))}") from None
+    template = _template(kind, model)
     if "{layer}" in template:
         if layer is None:
             raise TlprobeError(f"activation kind {kind!r} needs a layer")
@@ -61,15 +89,15 @@ def hook_name(kind: str, layer: int | None = None) -> str:
     return template
 
 
-def hook_names(kinds: Iterable[str], layers: Iterable[int]) -> list[str]:
-    """Hook names for several kinds and layers, for ``run_with_cache(names_filter=...)``."""
+def hook_names(kinds: Iterable[str], layers: Iterable[int], *, model=None) -> list[str]:
+    """Hook names for several kinds and layers of ``model``, for ``run_with_cache(names_filter=...)``."""
     layers = list(layers)
     out: list[str] = []
     for kind in kinds:
-        if "{layer}" in _HOOKS.get(kind, "{layer}"):
-            out.extend(hook_name(kind, layer) for layer in layers)
+        if "{layer}" in _template(kind, model):
+            out.extend(hook_name(kind, layer, model=model) for layer in layers)
         else:
-            out.append(hook_name(kind))
+            out.append(hook_name(kind, model=model))
     return out
 
 
@@ -94,12 +122,13 @@ def get_activation(cache, kind: str, layer: int | None = None) -> torch.Tensor:
     """
     if layer is not None:
         layer = _check_layer(cache, layer)
-    name = hook_name(kind, layer)
+    name = hook_name(kind, layer, model=getattr(cache, "model", None))
     if name in cache:
-        return cache[name]
+        x = cache[name]
+        # remove_batch_dim=True caches drop the batch axis: put it back, so every layout holds
+        return x.unsqueeze(0) if getattr(cache, "has_batch_dim", True) is False else x
     keys = list(cache.keys())
-    cfg = getattr(getattr(cache, "model", None), "cfg", None)
-    never = _never_fired(kind, cfg)
+    never = _never_fired(kind, getattr(cache, "model", None))
     if never:
         raise HookNotFoundError(f"hook {name!r} does not exist on this model: {never}; this analysis cannot run on it")
     similar = [k for k in keys if k.endswith(name.rsplit(".", 1)[-1])][:6]
@@ -111,10 +140,16 @@ def get_activation(cache, kind: str, layer: int | None = None) -> torch.Tensor:
     )
 
 
-def _never_fired(kind: str, cfg) -> str | None:
+def _never_fired(kind: str, model) -> str | None:
     """Why a model family never fires a hook kind (None if it should)."""
+    cfg = getattr(model, "cfg", None)
     if cfg is None:
         return None
+    if kind == "ln_final" and model_kind(model) in ("hooked", "hooked-encoder"):
+        return (
+            "HookedTransformer/HookedEncoder have no hook on ln_final's output (its hook_normalized comes before "
+            "the norm's weight and bias); apply tlprobe.access.unembed.apply_final_norm to the residual stream"
+        )
     if kind == "pos_embed" and getattr(cfg, "positional_embedding_type", "") == "rotary":
         return "rotary models (NeoX, LLaMA) add positions inside attention and have no hook_pos_embed"
     if kind == "resid_mid" and getattr(cfg, "parallel_attn_mlp", False):
@@ -219,7 +254,9 @@ def split_heads(
     return x.movedim(-2, -4).flatten(-2)  # [..., H, s, 3 * dh]
 
 
-def resid_stack(cache, layers: Iterable[int] | None = None) -> Float[torch.Tensor, "depth batch pos d_model"]:
+def resid_stack(
+    cache, layers: Iterable[int] | None = None, *, device: str | torch.device | None = None
+) -> Float[torch.Tensor, "depth batch pos d_model"]:
     """The residual stream over depth: embeddings, then every block's output.
 
     Index 0 is the input of block 0 (``blocks.0.hook_resid_pre``: token + position embeddings
@@ -232,6 +269,9 @@ def resid_stack(cache, layers: Iterable[int] | None = None) -> Float[torch.Tenso
         cache: an ``ActivationCache``.
         layers: which depth indices to return (0 = embeddings, ``n_layers`` = last block);
             default all ``n_layers + 1``.
+        device: where the stack goes; default the device of its first entry. A model split over
+            devices (``device_map``) leaves each layer on its own device: each is moved once,
+            only if it is elsewhere.
 
     Returns:
         ``[depth, batch, pos, d_model]``.
@@ -245,13 +285,30 @@ def resid_stack(cache, layers: Iterable[int] | None = None) -> Float[torch.Tenso
     parts = [
         get_activation(cache, "resid_pre", 0) if i == 0 else get_activation(cache, "resid_post", i - 1) for i in idx
     ]
-    return torch.stack(parts)
+    target = torch.device(device) if device is not None else parts[0].device
+    return torch.stack([p.to(target) for p in parts])
 
 
-def resid_hook_names(n_layers: int, depth: Iterable[int] | None = None) -> list[str]:
-    """Hook names :func:`resid_stack` reads, for ``names_filter``."""
+def resid_hook_names(model, depth: Iterable[int] | None = None) -> list[str]:
+    """Hook names :func:`resid_stack` reads on ``model``, for ``names_filter``.
+
+    Args:
+        model: the model (its world decides the names), or its number of layers for the
+            bridge / ``HookedTransformer`` names.
+        depth: residual-stream indices (default all).
+
+    Example:
+        >>> resid_hook_names(2)
+        ['blocks.0.hook_resid_pre', 'blocks.0.hook_resid_post', 'blocks.1.hook_resid_post']
+    """
+    if isinstance(model, int):
+        n_layers, model = model, None
+    else:
+        n_layers = int(model.cfg.n_layers)
     idx = range(n_layers + 1) if depth is None else depth
-    return [hook_name("resid_pre", 0) if i == 0 else hook_name("resid_post", i - 1) for i in idx]
+    return [
+        hook_name("resid_pre", 0, model=model) if i == 0 else hook_name("resid_post", i - 1, model=model) for i in idx
+    ]
 
 
 def attention_pattern(cache, layer: int) -> Float[torch.Tensor, "batch head q_pos k_pos"]:

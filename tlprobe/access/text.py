@@ -40,6 +40,7 @@ from jaxtyping import Float, Int
 
 from tlprobe.access.hooks import resid_hook_names, resid_stack
 from tlprobe.access.models import model_info
+from tlprobe.access.run import forward_cache
 from tlprobe.errors import TlprobeError
 
 
@@ -259,7 +260,7 @@ def run_windows(
     pre = torch.tensor(prefix, dtype=torch.long).expand(windows.shape[0], -1)
     suf = torch.tensor(suffix, dtype=torch.long).expand(windows.shape[0], -1)
     tokens = torch.cat([pre, windows.cpu(), suf], dim=1)
-    names = resid_hook_names(n_layers, depth)
+    names = resid_hook_names(model, depth)
     starts = range(0, tokens.shape[0], batch_size)
     if progress and len(starts) > 1:
         from tqdm.auto import tqdm  # only for multi-batch runs with a progress bar
@@ -269,12 +270,10 @@ def run_windows(
     # the cost) are not run: stop_at_layer=k stops before block k, after block k - 1's output.
     stop = max(depth) if max(depth) < n_layers else None
     out = []
-    with torch.inference_mode():
+    with torch.no_grad():
         for s in starts:
             chunk = tokens[s : s + batch_size].to(device)
-            _, cache = model.run_with_cache(
-                chunk, attention_mask=torch.ones_like(chunk), names_filter=names, stop_at_layer=stop
-            )
+            cache = forward_cache(model, chunk, torch.ones_like(chunk), names=names, stop_at_layer=stop)
             out.append(resid_stack(cache, depth)[:, :, len(prefix) : len(prefix) + width].clone())
             del cache
     return torch.cat(out, dim=1)

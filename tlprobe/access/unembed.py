@@ -30,11 +30,20 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
+from tlprobe.access.worlds import model_kind
 from tlprobe.errors import TlprobeError, UnsupportedModelError
 from tlprobe.result import Result
 
 #: Bridge components that make up an encoder's MLM head, in the order the head applies them.
 MLM_HEAD_COMPONENTS = ("mlm_head", "ln_final", "unembed")
+
+#: The Hugging Face modules TransformerLens' BERT conversion (``convert_bert_weights``) reads a
+#: ``HookedEncoder``'s MLM head from: its ``mlm_head`` (dense + LayerNorm) and ``unembed``.
+_BERT_HEAD_MODULES = {
+    "mlm_head": "cls.predictions.transform.dense",
+    "ln_final": "cls.predictions.transform.LayerNorm",
+    "unembed": "cls.predictions.decoder",
+}
 
 _CHECKPOINT_FILES = (
     "model.safetensors",
@@ -120,9 +129,10 @@ def apply_final_norm(model, x: Float[torch.Tensor, "... d_model"]) -> Float[torc
         >>> from tlprobe.access.hooks import resid_stack
         >>> from tlprobe.testing import tiny_model
         >>> model = tiny_model("gpt2")
-        >>> _, cache = model.run_with_cache("her cat")
+        >>> logits, cache = model.run_with_cache("her cat")
         >>> stack = resid_stack(cache)  # [depth, batch, pos, d_model]
-        >>> torch.allclose(apply_final_norm(model, stack)[-1], cache["ln_final.hook_out"])
+        >>> W_U, b_U = unembedding(model)
+        >>> torch.allclose(apply_final_norm(model, stack)[-1] @ W_U + b_U, logits, atol=1e-5)
         True
     """
     ln = getattr(model, "ln_final", None)
@@ -145,7 +155,12 @@ def output_transform(model, logits: torch.Tensor) -> torch.Tensor:
     """
     adapter = getattr(model, "adapter", None)
     fn: Callable[[torch.Tensor], torch.Tensor] | None = getattr(adapter, "apply_output_logits_transform", None)
-    return fn(logits) if callable(fn) else logits
+    if callable(fn):
+        return fn(logits)
+    cap = float(getattr(getattr(model, "cfg", None), "output_logits_soft_cap", -1.0) or -1.0)
+    if model_kind(model) == "hooked" and cap > 0:  # HookedTransformer's Gemma-2 soft cap
+        return cap * torch.tanh(logits / cap)
+    return logits
 
 
 def check_decoder_readout(model) -> None:
@@ -255,6 +270,8 @@ class HeadCheck(Result):
 
 def _component_names(model) -> dict[str, str]:
     """Bridge head component -> its Hugging Face module path (from the adapter's mapping)."""
+    if model_kind(model) == "hooked-encoder":
+        return dict(_BERT_HEAD_MODULES)
     mapping = getattr(getattr(model, "adapter", None), "component_mapping", None) or {}
     out = {}
     for key in MLM_HEAD_COMPONENTS:
@@ -266,6 +283,9 @@ def _component_names(model) -> dict[str, str]:
 
 
 def _checkpoint_source(model) -> str | None:
+    folder = getattr(model, "tlprobe_checkpoint", None)  # set by load_model on a HookedEncoder it built
+    if folder:
+        return str(folder)
     hf = getattr(model, "original_model", None)
     cfg = getattr(hf, "config", None)
     src = getattr(cfg, "_name_or_path", None) or getattr(model.cfg, "model_name", None)
@@ -345,10 +365,17 @@ def mlm_head_check(model) -> HeadCheck:
     names = _component_names(model)
     hf = getattr(model, "original_model", None)
     cfg = getattr(hf, "config", None)
-    archs = tuple(getattr(cfg, "architectures", None) or ())
+    source = _checkpoint_source(model)
+    if model_kind(model) == "hooked-encoder":  # no wrapped HF model: BERT's layout, the saved config
+        saved = _saved_config(source)
+        archs = tuple(saved.get("architectures") or ())
+        prefix, tied = "bert", bool(saved.get("tie_word_embeddings", True))
+    else:
+        archs = tuple(getattr(cfg, "architectures", None) or ())
+        prefix = str(getattr(hf, "base_model_prefix", "") or "")
+        tied = bool(getattr(cfg, "tie_word_embeddings", False))
     if "mlm_head" not in names or "unembed" not in names:
         return HeadCheck("no-head", "the bridge maps no MLM head (mlm_head/unembed components)", architectures=archs)
-    source = _checkpoint_source(model)
     path = _find_checkpoint(source) if source else None
     if path is None:
         return HeadCheck(
@@ -358,8 +385,6 @@ def mlm_head_check(model) -> HeadCheck:
             architectures=archs,
         )
     keys = checkpoint_keys(path)
-    prefix = str(getattr(hf, "base_model_prefix", "") or "")
-    tied = bool(getattr(cfg, "tie_word_embeddings", False))
     required = [names[k] for k in ("mlm_head", "ln_final") if k in names]
     if not tied:
         required.append(names["unembed"])
@@ -381,6 +406,14 @@ def mlm_head_check(model) -> HeadCheck:
         checkpoint=str(path),
         architectures=archs,
     )
+
+
+def _saved_config(source: str | None) -> dict:
+    """``config.json`` next to a local checkpoint (empty if there is none)."""
+    path = pathlib.Path(source) / "config.json" if source else None
+    if path is None or not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 class _Captured(Exception):
@@ -410,8 +443,12 @@ def mlm_transform(model, x: Float[torch.Tensor, "... d_model"]) -> Float[torch.T
     Calls the Hugging Face head module (e.g. BERT's ``cls.predictions``: dense -> activation ->
     LayerNorm -> decoder) and captures the decoder's input with a pre-hook, so the activation
     and norm are exactly the model's, for any architecture whose head is one module. The
-    logits are then ``mlm_transform(x) @ W_U + b_U``.
+    logits are then ``mlm_transform(x) @ W_U + b_U``. A ``HookedEncoder``'s head is its own
+    ``mlm_head`` module (dense -> GELU -> LayerNorm).
     """
+    if model_kind(model) == "hooked-encoder":
+        out: torch.Tensor = model.mlm_head(x.reshape(1, -1, x.shape[-1]))
+        return out.reshape(x.shape)
     head = _head_module(model)
     decoder = getattr(model, "unembed", None)
     if not isinstance(decoder, torch.nn.Module):
