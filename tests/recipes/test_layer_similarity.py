@@ -5,7 +5,7 @@ import json
 import numpy as np
 import torch
 
-from tests.helpers import assert_same_numbers, fixture
+from tests.helpers import assert_fixture_values, assert_same_numbers, fixture
 
 
 def test_same_numbers_as_0_1_0(recipe_output):
@@ -49,7 +49,7 @@ def test_head_maps_of_0_1_0_are_slices_of_the_per_head_results(recipe_output):
             got = np.array(st[summary])[p, ..., st["blocks"].index(block)]
         else:
             got = np.array(new["moments Q|K|V per head"][rest[0]])[p]
-        np.testing.assert_array_equal(got, np.array(values), err_msg=name)  # float32 values, bit for bit
+        assert_fixture_values(got, values, name)  # float32 values, bit for bit on the bridge
 
 
 def test_results_are_labelled_and_the_report_has_every_figure(recipe_output):

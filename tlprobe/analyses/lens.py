@@ -145,13 +145,16 @@ class LensResult(Result):
         mask: ``[batch, pos]`` real (non-padding) positions.
         token_ids: ``[batch, pos]`` the input tokens, when given (``None`` otherwise).
         vocab: the text of every id above (input, top-k and target tokens).
-        compatibility_mode: the model had ``enable_compatibility_mode()`` applied. Its unembedding
-            is then centred: logits shift by a constant per position (the model's own logits do
-            too), probabilities are unchanged.
+        compatibility_mode: the model's weights were processed (a bridge in compatibility mode,
+            or a ``HookedTransformer`` with folded LN / centred weights). A centred unembedding
+            shifts logits by a constant per position (the model's own logits do too);
+            probabilities are unchanged.
         readout: what the last depth reproduces, in words.
         final_max_abs_error: largest difference between the last depth's logits and the model's
             own logits, when those were given (``None`` otherwise).
         model_name: the model's name.
+        numerics: which numerics the activations came from
+            (:func:`tlprobe.access.worlds.numerics`, e.g. ``"bridge (raw Hugging Face weights)"``).
     """
 
     kind: str
@@ -174,6 +177,7 @@ class LensResult(Result):
     readout: str
     final_max_abs_error: float | None
     model_name: str
+    numerics: str = ""
 
     def top(self, k: int | None = None) -> TopK:
         """The ``k`` most probable tokens per depth and position (``k`` <= the computed top-k)."""
@@ -213,6 +217,7 @@ class EmbeddingLensResult(Result):
         mask: ``[batch, pos]`` positions counted (real tokens, usually without special tokens).
         vocab: the text of the input and top-k tokens.
         model_name: the model's name.
+        numerics: which numerics the activations came from (as in :class:`LensResult`).
     """
 
     kind: str
@@ -227,6 +232,7 @@ class EmbeddingLensResult(Result):
     mask: Bool[torch.Tensor, "batch pos"]
     vocab: TokenStrings
     model_name: str
+    numerics: str = ""
 
     def top(self, k: int | None = None) -> TopK:
         """The ``k`` nearest embedding rows per depth and position."""
@@ -524,6 +530,7 @@ def _lens(
         readout=readout,
         final_max_abs_error=err,
         model_name=info.name,
+        numerics=info.numerics,
         axes=_depth_axes(axes, depth),
     )
 
@@ -760,6 +767,7 @@ def embedding_lens(
         mask=m,
         vocab=token_strings(model, top_ids, tok),
         model_name=info.name,
+        numerics=info.numerics,
         axes=_depth_axes(axes, depth),
     )
 

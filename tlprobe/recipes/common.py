@@ -325,7 +325,7 @@ class Run:
         shown = {k: v for k, v in found.items() if k != "model"}
         if self._info is not None:  # the model in three lines; all its fields are in results.json
             info = self._info
-            shown = {"model": info.name, "family": info.family, "compatibility mode": info.compatibility_mode, **shown}
+            shown = {"model": info.name, "family": info.family, "numerics": info.numerics, **shown}
         report.params({**_flat_facts(shown), **versions(), **self.timer.as_params()}, caption="Run facts")
         result = RecipeResult(recipe=self.name, params=params, facts=found, results=dict(results), report=report)
         out = self.options.out

@@ -59,7 +59,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     layers = list(range(info.n_layers))
 
     # 1. Run the sentences once; find the target and a random earlier token in each.
-    names = hook_names(["q", "k", "v", "pattern"], layers) + resid_hook_names(info.n_layers)
+    names = hook_names(["q", "k", "v", "pattern"], layers, model=r.model) + resid_hook_names(r.model)
     batch, tpos, npos = run_targets(r.model, prompts, o.target, names, o.seed, o.progress)
     qkv = torch.stack([fused_qkv(batch.cache, layer) for layer in layers])  # [layer, batch, pos, 3n]
     resid = resid_stack(batch.cache)  # [depth, batch, pos, d_model]

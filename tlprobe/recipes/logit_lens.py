@@ -18,10 +18,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-import torch
-
 from tlprobe.access.hooks import resid_hook_names
-from tlprobe.access.run import run_batch
+from tlprobe.access.run import model_logits, run_batch
 from tlprobe.access.unembed import content_mask, decode_tokens, mlm_head_check
 from tlprobe.analyses.lens import (
     EMBEDDING_LENS,
@@ -95,7 +93,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     # 1. The prompt, run once with the residual stream cached.
     prompt = o.prompt or (DEFAULT_PROMPT + (f" {m.tokenizer.mask_token}." if kind == "mlm" else ""))
     targets = DEFAULT_TARGETS[kind] if o.targets is None else tuple(o.targets)
-    batch = run_batch(m, [prompt], names=resid_hook_names(info.n_layers))
+    batch = run_batch(m, [prompt], names=resid_hook_names(m))
     facts = {"prompt": prompt, "targets": list(targets), "lens": kind, "lens_reason": why}
     facts |= {"tokens": decode_tokens(m, batch.tokens[0].tolist()), "token_ids": batch.tokens[0].tolist()}
     report = Report(text["title"].format(model=short, lens=LENS_NAMES[kind]), subtitle=DESCRIPTION)
@@ -106,8 +104,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     #    lens is refused (its head is random) and the embedding lens reads token identity instead.
     results: dict[str, Result] = {"mlm_head": mlm_head_check(m)} if info.is_encoder else {}
     if kind in ("logit", "mlm"):
-        with torch.inference_mode():
-            logits = m(batch.tokens, attention_mask=batch.attention_mask)
+        logits = model_logits(m, batch.tokens, batch.attention_mask)
         lens = logit_lens if kind == "logit" else mlm_lens
         res = lens(
             batch.cache, targets, top_k=o.top_k, logits=logits, attention_mask=batch.attention_mask, tokens=batch.tokens
@@ -135,7 +132,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
         # 3. The embedding lens over many sentences: how long does the input token stay recoverable?
         if (o.sentences or "").lower() != "none":
             corpus = read_lines(o.sentences or data_path("her_sentences.txt"))
-            many = run_batch(m, corpus, names=resid_hook_names(info.n_layers), progress=o.progress)
+            many = run_batch(m, corpus, names=resid_hook_names(m), progress=o.progress)
             mask = content_mask(m, many.tokens, many.attention_mask)
             # top_k=1: the recovery fractions come from the ranks of the input tokens, not from the top-k
             rec = embedding_lens(many.cache, many.tokens, top_k=1, mask=mask)

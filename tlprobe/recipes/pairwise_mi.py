@@ -60,7 +60,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     text = prose(NAME)
 
     # 1. Hidden states of every layer for the paragraph: [depth, tokens, d_model].
-    batch = run_batch(r.model, [paragraph], names=resid_hook_names(r.info.n_layers), progress=o.progress)
+    batch = run_batch(r.model, [paragraph], names=resid_hook_names(r.model), progress=o.progress)
     n_tok = int(batch.attention_mask[0].sum())
     check_min_samples(n_tok, MIN_TOKENS, "pairwise MI across tokens", "give a longer paragraph (--text FILE)")
     hs = resid_stack(batch.cache)[:, 0, :n_tok].float()

@@ -56,7 +56,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     layer = check_index(info.n_layers // 2 if o.layer is None else o.layer, info.n_layers, "layer")
 
     # 1. Run the sentences, find the target and a random earlier token in each.
-    names = hook_names(["q", "k", "v", "pattern"], [layer])
+    names = hook_names(["q", "k", "v", "pattern"], [layer], model=r.model)
     batch, tpos, npos = run_targets(r.model, prompts, o.target, names, o.seed, o.progress)
     qkv = fused_qkv(batch.cache, layer, head=o.head)  # [batch, pos, 3 * n]
     r.lap("forward")
