@@ -4,6 +4,7 @@ import pathlib
 import re
 
 import tlprobe
+from tests.helpers import requires_hooked
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
@@ -15,8 +16,8 @@ def _run(code, model, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
 
 
-def test_readme_has_three_examples():
-    assert len(BLOCKS) == 3
+def test_readme_has_four_examples():
+    assert len(BLOCKS) == 4
 
 
 def test_readme_qkv_example_runs(minilm, monkeypatch, capsys):
@@ -25,16 +26,32 @@ def test_readme_qkv_example_runs(minilm, monkeypatch, capsys):
     assert "'block': 'QQ'" in out and "'block': 'VV'" in out
 
 
+@requires_hooked
+def test_readme_hooked_transformer_example_runs(monkeypatch, capsys):
+    """The HookedTransformer example, on a tiny GPT-2 processed as from_pretrained does by default."""
+    import transformer_lens
+
+    from tlprobe.testing import tiny_model
+
+    code = BLOCKS[1].replace("layer=6", "layer=1")
+    assert 'HookedTransformer.from_pretrained("gpt2")' in code
+    model = tiny_model("gpt2", kind="hooked", processed=True)
+    monkeypatch.setattr(transformer_lens.HookedTransformer, "from_pretrained", lambda name, **kw: model)
+    exec(compile(code, "README.md", "exec"), {"tlprobe": tlprobe})
+    out = capsys.readouterr().out
+    assert "'block': 'QQ'" in out and "HookedTransformer (folded LN, centred writing weights" in out
+
+
 def test_readme_recipe_from_python_example_runs(minilm, monkeypatch, capsys):
     from tlprobe.recipes import common
 
     monkeypatch.setattr(common, "load_model", lambda name, **kw: minilm)
-    exec(compile(BLOCKS[1].replace("out=None)", "out=None, progress=False)"), "README.md", "exec"), {})
+    exec(compile(BLOCKS[2].replace("out=None)", "out=None, progress=False)"), "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "'population': 'target'" in out and out.rstrip().endswith(" 3")
 
 
 def test_readme_mi_and_lens_example_runs(tiny_models, monkeypatch, capsys):
-    _run(BLOCKS[2], tiny_models["gpt2"], monkeypatch)
+    _run(BLOCKS[3], tiny_models["gpt2"], monkeypatch)
     out = capsys.readouterr().out
     assert "torch.Size([3," in out  # depth = 2 layers + embeddings
