@@ -25,7 +25,7 @@ from importlib import resources
 
 import torch
 
-from tlprobe.access.models import minilm_dir
+from tlprobe.access.models import hooked_sizes, minilm_dir
 from tlprobe.access.worlds import bridge_class, has_bridge, hooked_classes, weight_conversions
 from tlprobe.errors import TlprobeError
 
@@ -238,19 +238,13 @@ def _hooked(family: str, hf, tok, device: str, processed: bool):
         )
         convert = conversions.convert_gpt2_weights
     elif family == "neox":
-        d_head = c.hidden_size // c.num_attention_heads
         d = dict(
-            d_model=c.hidden_size,
-            d_head=d_head,
-            n_heads=c.num_attention_heads,
-            d_mlp=c.intermediate_size,
-            n_layers=c.num_hidden_layers,
-            n_ctx=c.max_position_embeddings,
+            **hooked_sizes(c),
             eps=c.layer_norm_eps,
             act_fn=c.hidden_act,
             normalization_type="LN",
             positional_embedding_type="rotary",
-            rotary_dim=round(_rotary_fraction(c) * d_head),
+            rotary_dim=round(_rotary_fraction(c) * hooked_sizes(c)["d_head"]),
             rotary_base=_rope_theta(c),
             rotary_adjacent_pairs=False,
             parallel_attn_mlp=True,
@@ -259,20 +253,14 @@ def _hooked(family: str, hf, tok, device: str, processed: bool):
         )
         convert = conversions.convert_neox_weights
     else:
-        d_head = c.hidden_size // c.num_attention_heads
         d = dict(
-            d_model=c.hidden_size,
-            d_head=d_head,
-            n_heads=c.num_attention_heads,
+            **hooked_sizes(c),
             n_key_value_heads=c.num_key_value_heads,
-            d_mlp=c.intermediate_size,
-            n_layers=c.num_hidden_layers,
-            n_ctx=c.max_position_embeddings,
             eps=c.rms_norm_eps,
             act_fn="silu",
             normalization_type="RMS",
             positional_embedding_type="rotary",
-            rotary_dim=d_head,
+            rotary_dim=hooked_sizes(c)["d_head"],
             rotary_base=_rope_theta(c),
             rotary_adjacent_pairs=False,
             final_rms=True,

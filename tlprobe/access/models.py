@@ -159,12 +159,7 @@ def _minilm_encoder(device, dtype: torch.dtype):
     hf = BertForPreTraining.from_pretrained(str(folder), **dtype_kw)
     c = hf.config
     cfg = HookedTransformerConfig(
-        d_model=c.hidden_size,
-        d_head=c.hidden_size // c.num_attention_heads,
-        n_heads=c.num_attention_heads,
-        d_mlp=c.intermediate_size,
-        n_layers=c.num_hidden_layers,
-        n_ctx=c.max_position_embeddings,
+        **hooked_sizes(c),
         eps=c.layer_norm_eps,
         d_vocab=c.vocab_size,
         act_fn="gelu",
@@ -179,6 +174,20 @@ def _minilm_encoder(device, dtype: torch.dtype):
     model.load_state_dict(weight_conversions().convert_bert_weights(hf, cfg), strict=False)
     model.tlprobe_checkpoint = str(folder)  # where mlm_head_check finds the checkpoint's parameter names
     return model
+
+
+def hooked_sizes(hf_config) -> dict[str, int]:
+    """``HookedTransformerConfig`` sizes from a Hugging Face config that uses the common names
+    (``hidden_size``, ``num_attention_heads``, ...: BERT, NeoX, LLaMA), as TransformerLens maps them."""
+    c = hf_config
+    return dict(
+        d_model=c.hidden_size,
+        d_head=c.hidden_size // c.num_attention_heads,
+        n_heads=c.num_attention_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=c.max_position_embeddings,
+    )
 
 
 def _new_transformers() -> bool:
