@@ -155,8 +155,15 @@ def _minilm_encoder(device, dtype: torch.dtype):
     from transformers import AutoTokenizer, BertForPreTraining  # ~1 s to import: only when this model is built
 
     folder = minilm_dir()
+    from transformers.utils import logging as hf_logging  # part of transformers, imported above
+
     dtype_kw: dict[str, Any] = {"dtype" if _new_transformers() else "torch_dtype": dtype}
-    hf = BertForPreTraining.from_pretrained(str(folder), **dtype_kw)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized: cls.predictions..." notice: mlm_head_check reports it
+    try:
+        hf = BertForPreTraining.from_pretrained(str(folder), **dtype_kw)
+    finally:
+        hf_logging.set_verbosity(level)
     c = hf.config
     cfg = HookedTransformerConfig(
         **hooked_sizes(c),
