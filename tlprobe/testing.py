@@ -268,6 +268,8 @@ def _hooked(family: str, hf, tok, device: str, processed: bool):
             original_architecture="LlamaForCausalLM",
         )
         convert = conversions.convert_llama_weights
+    if processed:  # as from_pretrained's config does when it folds LN: weightless norm modules
+        d["normalization_type"] = f"{d['normalization_type']}Pre"
     cfg = HookedTransformerConfig(d_vocab=c.vocab_size, model_name=f"tiny-{family}", device=device, **d)
     model = HookedTransformer(cfg, tokenizer=tok, move_to_device=True)
     state = convert(hf, cfg)
