@@ -192,3 +192,29 @@ def test_ln_final_hook_on_hooked_models_is_explained():
     _, cache = tiny_model("gpt2", kind="hooked").run_with_cache(PROMPT)
     with pytest.raises(HookNotFoundError, match="apply_final_norm"):
         get_activation(cache, "ln_final")
+
+
+@requires_hooked
+@pytest.mark.parametrize("processed", [False, True])
+def test_load_model_hooked_passes_the_processing_and_picks_the_class(monkeypatch, processed):
+    """The hub path (unreachable here): decoders go to HookedTransformer.from_pretrained with every
+    processing flag equal to compatibility_mode, BERT-type configs to HookedEncoder.from_pretrained."""
+    import transformers
+
+    from tlprobe.access.worlds import hooked_classes
+
+    HookedTransformer, HookedEncoder, _ = hooked_classes()
+    calls = []
+    tiny = tiny_model("gpt2", kind="hooked")
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", lambda name, **kw: calls.append(("ht", kw)) or tiny)
+    monkeypatch.setattr(HookedEncoder, "from_pretrained", lambda name, **kw: calls.append(("he", kw)) or tiny)
+    for model_type in ("gpt2", "bert"):
+        config = transformers.PretrainedConfig()
+        config.model_type = model_type
+        monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda name, config=config: config)
+        load_model("some/model", kind="hooked", device="cpu", compatibility_mode=processed)
+    (which_d, kw_d), (which_e, kw_e) = calls
+    assert (which_d, which_e) == ("ht", "he")
+    flags = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+    assert {f: kw_d[f] for f in flags} == dict.fromkeys(flags, processed)
+    assert kw_d["device"] == kw_e["device"] == "cpu"

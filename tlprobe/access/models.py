@@ -215,7 +215,14 @@ def _hooked_from_pretrained(name: str, device, dtype: torch.dtype, processed_wei
         kwargs["device"] = device
     if model_type in ENCODER_MODEL_TYPES:
         return HookedEncoder.from_pretrained(name, dtype=dtype, **kwargs)
-    flags = dict(fold_ln=processed_weights, center_writing_weights=processed_weights, center_unembed=processed_weights)
+    # from_pretrained's defaults process everything; without compatibility_mode none of it, as
+    # from_pretrained_no_processing does, so the numbers are the raw model's (the bridge's)
+    flags = dict(
+        fold_ln=processed_weights,
+        center_writing_weights=processed_weights,
+        center_unembed=processed_weights,
+        fold_value_biases=processed_weights,
+    )
     return HookedTransformer.from_pretrained(name, dtype=dtype, **flags, **kwargs)
 
 
