@@ -69,7 +69,7 @@ def unembedding(model) -> tuple[Float[torch.Tensor, "d_model d_vocab"], Float[to
     Example:
         >>> from tlprobe.testing import tiny_model
         >>> W_U, b_U = unembedding(tiny_model("llama"))
-        >>> tuple(W_U.shape), tuple(b_U.shape), float(b_U.abs().sum())
+        >>> tuple(W_U.shape), tuple(b_U.shape), float(b_U.detach().abs().sum())
         ((64, 600), (600,), 0.0)
     """
     W_U = getattr(model, "W_U", None)
