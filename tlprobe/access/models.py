@@ -24,8 +24,8 @@ from tlprobe.access.worlds import (
     is_encoder,
     model_kind,
     numerics,
-    processed,
     weight_conversions,
+    weight_processing,
 )
 from tlprobe.errors import ModelLoadError
 
@@ -152,11 +152,11 @@ def _minilm_encoder(device, dtype: torch.dtype):
     head (:func:`tlprobe.access.unembed.mlm_head_check`).
     """
     _, HookedEncoder, HookedTransformerConfig = hooked_classes()  # first: a clear error on TL 4
-    from transformers import AutoTokenizer, BertForPreTraining  # ~1 s to import: only when this model is built
+    # ~1 s to import: only when this model is built
+    from transformers import AutoTokenizer, BertForPreTraining
+    from transformers.utils import logging as hf_logging
 
     folder = minilm_dir()
-    from transformers.utils import logging as hf_logging  # part of transformers, imported above
-
     dtype_kw: dict[str, Any] = {"dtype" if _new_transformers() else "torch_dtype": dtype}
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized: cls.predictions..." notice: mlm_head_check reports it
@@ -302,6 +302,7 @@ def model_info(model) -> ModelInfo:
     family = next((fam for key, fam in _FAMILIES if key in low), "other")
     n_heads = int(cfg.n_heads)
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+    processing = weight_processing(model)  # once: it reads W_E and W_U
     return ModelInfo(
         name=str(getattr(cfg, "model_name", "")),
         family=family,
@@ -316,7 +317,7 @@ def model_info(model) -> ModelInfo:
         d_vocab=int(cfg.d_vocab),
         rotary=getattr(cfg, "positional_embedding_type", "standard") == "rotary",
         parallel_blocks=bool(getattr(cfg, "parallel_attn_mlp", False)),
-        compatibility_mode=processed(model),
+        compatibility_mode=any(processing.values()),
         kind=model_kind(model),
-        numerics=numerics(model),
+        numerics=numerics(model, processing=processing),
     )

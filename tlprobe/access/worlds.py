@@ -41,8 +41,10 @@ def tl_version() -> tuple[int, int, int]:
         True
     """
     text = importlib.metadata.version("transformer-lens")
-    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in text.split(".")[:3]]
-    return (parts + [0, 0, 0])[0], (parts + [0, 0, 0])[1], (parts + [0, 0, 0])[2]
+    major, minor, patch = ([int("".join(ch for ch in p if ch.isdigit()) or 0) for p in text.split(".")[:3]] + [0, 0])[
+        :3
+    ]
+    return major, minor, patch
 
 
 def tl_version_string() -> str:
@@ -156,24 +158,23 @@ def weight_processing(model) -> dict[str, bool]:
     except ``hook_v``'s bias and is not detected.
     """
     kind = model_kind(model)
-    if kind == "bridge":
-        on = bool(getattr(model, "compatibility_mode", False))
+    if kind in ("bridge", "hooked-encoder"):  # HookedEncoder.from_pretrained never processes weights
+        on = kind == "bridge" and bool(getattr(model, "compatibility_mode", False))
         return {"folded_ln": on, "centred_writing_weights": on, "centred_unembed": on}
     norm = str(getattr(getattr(model, "cfg", None), "normalization_type", None))
-    try:
-        W_U = getattr(model, "W_U", None)
-        W_E = getattr(model, "W_E", None)
-    except AttributeError:  # pragma: no cover - a model without the usual weight properties
-        W_U = W_E = None
     return {
         "folded_ln": norm in ("LNPre", "RMSPre"),
-        "centred_writing_weights": _centred(W_E, -1),
-        "centred_unembed": _centred(W_U, -1),
+        "centred_writing_weights": _centred(getattr(model, "W_E", None), -1),
+        "centred_unembed": _centred(getattr(model, "W_U", None), -1),
     }
 
 
-def numerics(model) -> str:
+def numerics(model, *, processing: dict[str, bool] | None = None) -> str:
     """Which numerics a model's activations come from, in words (recorded with every result).
+
+    Args:
+        model: the model.
+        processing: its :func:`weight_processing`, if already computed (it reads whole matrices).
 
     Example:
         >>> from tlprobe.testing import tiny_model
@@ -188,7 +189,7 @@ def numerics(model) -> str:
     if kind == "hooked-encoder":
         return "HookedEncoder (raw Hugging Face weights)"
     if kind == "hooked":
-        p = weight_processing(model)
+        p = weight_processing(model) if processing is None else processing
         done = [
             text
             for key, text in (
@@ -200,8 +201,3 @@ def numerics(model) -> str:
         ]
         return f"HookedTransformer ({', '.join(done)})" if done else "HookedTransformer (raw Hugging Face weights)"
     return f"{type(model).__name__} (not a TransformerLens model class)"
-
-
-def processed(model) -> bool:
-    """Weights were folded or centred (bridge compatibility mode, or a processed HookedTransformer)."""
-    return any(weight_processing(model).values())
