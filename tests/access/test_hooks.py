@@ -166,3 +166,16 @@ def test_offline_hub_id_gives_clear_error():
 
     with pytest.raises(ModelLoadError, match="--model minilm"):
         load_model("gpt2", device="cpu")
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("family", ["gpt2", "neox", "llama"])
+def test_tokenize_prompts_pads_as_transformer_lens_does(tiny_models, family, side):
+    """The padded batch is TL's own to_tokens(list); the mask marks exactly each prompt's own tokens."""
+    from tlprobe.access import tokenize_prompts
+
+    model = tiny_models[family]
+    tokens, mask = tokenize_prompts(model, PROMPTS + ["her"], padding_side=side)
+    assert torch.equal(tokens, model.to_tokens(PROMPTS + ["her"], padding_side=side, truncate=False))
+    for i, prompt in enumerate(PROMPTS + ["her"]):
+        assert torch.equal(tokens[i][mask[i].bool()], model.to_tokens(prompt, truncate=False)[0])

@@ -115,25 +115,31 @@ def tokenize_prompts(
     check_choice(padding_side, ("right", "left"), "padding_side")
     n_ctx = int(model.cfg.n_ctx)
     if model_kind(model) == "hooked-encoder":
-        if padding_side == "left" and len({len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]}) > 1:
-            raise TlprobeError(
-                "a HookedEncoder numbers positions from the first token, padding included, so left padding "
-                "would shift every position embedding; use padding_side='right' (encoders need no left padding)"
-            )
         tok = model.tokenizer
         old = tok.padding_side
-        tok.padding_side = padding_side
+        tok.padding_side = "right"  # left padding is refused below, so right is the only side used
         try:
             enc = tok(list(prompts), return_tensors="pt", padding=True, truncation=False)
         finally:
             tok.padding_side = old
         tokens, mask = enc["input_ids"], enc["attention_mask"]
         lengths = mask.sum(-1).tolist()
+        if padding_side == "left" and len(set(lengths)) > 1:
+            raise TlprobeError(
+                "a HookedEncoder numbers positions from the first token, padding included, so left padding "
+                "would shift every position embedding; use padding_side='right' (encoders need no left padding)"
+            )
     else:
-        lengths = [int(model.to_tokens(p, truncate=False).shape[-1]) for p in prompts]
-        tokens = model.to_tokens(list(prompts), padding_side=padding_side, truncate=False)
-        pos = torch.arange(tokens.shape[-1])
-        n = torch.tensor(lengths)[:, None]
+        rows = [model.to_tokens(p, truncate=False)[0] for p in prompts]  # BOS as the model's config says
+        lengths = [len(r) for r in rows]
+        pad = model.tokenizer.pad_token_id
+        pad = model.tokenizer.eos_token_id if pad is None else pad
+        # padded exactly as to_tokens(list) pads (with the pad token), but each row's length is known
+        tokens = torch.nn.utils.rnn.pad_sequence(
+            rows, batch_first=True, padding_value=0 if pad is None else int(pad), padding_side=padding_side
+        )
+        pos = torch.arange(tokens.shape[-1], device=tokens.device)
+        n = torch.tensor(lengths, device=tokens.device)[:, None]
         mask = (pos < n) if padding_side == "right" else (pos >= tokens.shape[-1] - n)
     too_long = [i for i, n in enumerate(lengths) if n > n_ctx]
     if too_long:
