@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import operator
+import os
 from collections.abc import Sequence
 
 import torch
@@ -10,13 +13,116 @@ from tlprobe.errors import TlprobeError
 
 
 def as_tensor(x, name: str) -> torch.Tensor:
-    """Return ``x`` as a tensor (numpy arrays and lists are converted, devices kept)."""
-    if isinstance(x, torch.Tensor):
-        return x
+    """Return ``x`` as a real tensor (numpy arrays and lists are converted, devices kept).
+
+    A tensor that requires grad is detached (statistics are not differentiated); complex input
+    is refused (its imaginary part would be lost); ``None`` and other objects are refused.
+    """
+    if not isinstance(x, torch.Tensor):
+        if x is None or isinstance(x, (str, bytes, dict)):
+            raise TlprobeError(f"{name} must be a tensor or array, got {type(x).__name__}")
+        try:
+            x = torch.as_tensor(x)
+        except Exception as exc:
+            raise TlprobeError(f"{name} must be a tensor or array of numbers, got {type(x).__name__}") from exc
+    if x.is_complex():
+        raise TlprobeError(f"{name} is complex ({x.dtype}); pass a real tensor (e.g. x.real or x.abs())")
+    return x.detach() if x.requires_grad else x
+
+
+def as_int(value, what: str, *, minimum: int | None = None, maximum: int | None = None, fix: str = "") -> int:
+    """``value`` as a Python int: ints, numpy integers and one-element integer tensors are accepted.
+
+    Booleans, floats (also ``3.0``) and strings are refused, as are values outside
+    ``[minimum, maximum]``; the message names ``what`` and, if given, ``fix``.
+
+    Example:
+        >>> import numpy as np
+        >>> as_int(np.int64(3), "layer"), as_int(torch.tensor(2), "layer", minimum=0)
+        (3, 2)
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.reshape(()).item()
+    out = None
+    if not isinstance(value, bool) and not (hasattr(value, "dtype") and str(value.dtype) == "bool"):
+        try:
+            out = operator.index(value)
+        except TypeError:
+            out = None
+    tail = f"; {fix}" if fix else ""
+    if out is None:
+        raise TlprobeError(f"{what} must be an integer, got {value!r} ({type(value).__name__}){tail}")
+    if minimum is not None and out < minimum or maximum is not None and out > maximum:
+        lo = "" if minimum is None else f">= {minimum}"
+        hi = "" if maximum is None else f"<= {maximum}"
+        raise TlprobeError(f"{what} must be {' and '.join(b for b in (lo, hi) if b)}, got {out}{tail}")
+    return out
+
+
+def as_float(
+    value, what: str, *, minimum: float | None = None, positive: bool = False, maximum: float | None = None
+) -> float:
+    """``value`` as a finite Python float (NaN and inf refused), optionally ``> 0`` or within bounds.
+
+    Example:
+        >>> as_float(0.5, "noise", minimum=0.0)
+        0.5
+    """
+    if isinstance(value, bool) or isinstance(value, (str, bytes)):
+        raise TlprobeError(f"{what} must be a number, got {value!r}")
     try:
-        return torch.as_tensor(x)
-    except Exception as exc:  # pragma: no cover - message path
-        raise TlprobeError(f"{name} must be a tensor or array, got {type(x).__name__}") from exc
+        out = float(value)
+    except (TypeError, ValueError) as exc:
+        raise TlprobeError(f"{what} must be a number, got {value!r}") from exc
+    if not math.isfinite(out):
+        raise TlprobeError(f"{what} must be a finite number, got {out}")
+    if positive and out <= 0:
+        raise TlprobeError(f"{what} must be > 0, got {out}")
+    if minimum is not None and out < minimum:
+        raise TlprobeError(f"{what} must be >= {minimum}, got {out}")
+    if maximum is not None and out > maximum:
+        raise TlprobeError(f"{what} must be <= {maximum}, got {out}")
+    return out
+
+
+def available_memory(device: torch.device | str | None = None) -> int:
+    """Bytes that can be allocated now on ``device``: free CUDA memory, else the host's available RAM."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda" and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(dev)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 1 << 62
+
+
+#: Largest fraction of the available memory one planned allocation may take.
+MEMORY_FRACTION = 0.8
+
+
+def gib(n_bytes: float) -> str:
+    """``3.2e9 -> '2.98 GiB'``."""
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def check_memory(n_bytes: float, what: str, fix: str, *, device: torch.device | str | None = None) -> None:
+    """Refuse, before allocating, a working set of ``n_bytes`` that would not fit on ``device``.
+
+    Raises when ``n_bytes`` exceeds :data:`MEMORY_FRACTION` of :func:`available_memory`, with the
+    estimate, what is available, and ``fix`` (the option to change), e.g. ``needs ~4.47 GiB for
+    the histograms of bins=100000000; 20.1 GiB available; lower --bins``.
+    """
+    avail = available_memory(device)
+    if n_bytes > MEMORY_FRACTION * avail:
+        raise TlprobeError(f"{what} needs ~{gib(n_bytes)}; {gib(avail)} available; {fix}")
 
 
 def check_ndim(x: torch.Tensor, name: str, min_ndim: int, shape_doc: str) -> None:
@@ -46,9 +152,11 @@ def check_min_samples(n: int, minimum: int, what: str, fix: str = "") -> None:
 
 
 def check_index(i: int, n: int, what: str) -> int:
-    """Return ``i`` as a non-negative index into ``range(n)`` (negative counts from the end)."""
-    if not isinstance(i, int) or isinstance(i, bool):
-        raise TlprobeError(f"{what} must be an integer, got {i!r}")
+    """Return ``i`` as a non-negative index into ``range(n)`` (negative counts from the end).
+
+    numpy and torch integer scalars are accepted.
+    """
+    i = as_int(i, what)
     if not -n <= i < n:
         raise TlprobeError(f"{what} {i} is out of range: the model has {n} (valid: 0..{n - 1})")
     return i % n
