@@ -94,3 +94,58 @@ def test_positions_gather():
     acts = torch.arange(24.0).reshape(2, 3, 4)
     p = Positions(torch.tensor([0, 1]), torch.tensor([2, 0]))
     assert torch.equal(p.gather(acts), torch.stack([acts[0, 2], acts[1, 0]]))
+
+
+@pytest.mark.parametrize(("target", "other"), [("😀", "🙃"), ("猫", "狗")])
+def test_unknown_target_is_refused_not_matched_by_unk(wordpiece_tokenizer, target, other):
+    # Before the fix both tokenised to [UNK], and the sentence's unknown `other` was "found".
+    tok = wordpiece_tokenizer
+    texts = [f"she saw {other} today", f"a {other} and a {other}"]
+    ids, mask = _batch(tok, texts)
+    assert tok.unk_token_id in ids.tolist()[0]
+    with pytest.raises(TlprobeError) as err:
+        find_token_positions(tok, ids, target, mask, prompts=texts)
+    msg = str(err.value)
+    assert f"target {target!r} is unknown to the tokenizer {tok.name_or_path}" in msg
+    assert "tokenises to ['[UNK]']" in msg and "choose a word the tokenizer knows" in msg
+    assert f"tokenizer.tokenize({target!r})" in msg and "\n" not in msg
+    with pytest.raises(TlprobeError, match="is unknown to the tokenizer"):
+        find_token_positions(tok, ids, f"cat {target}", mask)  # contains the unknown token
+
+
+def test_literal_special_token_target_is_refused(wordpiece_tokenizer, bpe_tokenizer):
+    ids, mask = _batch(wordpiece_tokenizer, ["her cat"])
+    with pytest.raises(TlprobeError, match=r"holds a special token .* \(\['\[UNK\]'\]\)"):
+        find_token_positions(wordpiece_tokenizer, ids, "[UNK]", mask)
+    ids, mask = _batch(bpe_tokenizer, ["her cat"], bos=bpe_tokenizer.bos_token_id)
+    with pytest.raises(TlprobeError, match="holds a special token"):  # the BOS, also the BPE's unk token
+        find_token_positions(bpe_tokenizer, ids, "<|endoftext|>", mask)
+
+
+def test_unknown_characters_in_a_sentence_never_match(wordpiece_tokenizer):
+    tok = wordpiece_tokenizer
+    texts = ["a cat😀 sat", "the cat sat"]  # WordPiece: "cat😀" is one unknown word, [UNK]
+    ids, mask = _batch(tok, texts)
+    with pytest.raises(TokenNotFoundError, match=r"prompt 0: 'a cat😀 sat' \(it holds 1 \[UNK\] token\(s\)"):
+        find_token_positions(tok, ids, "cat", mask, prompts=texts)
+    allp = find_token_positions(tok, ids, "cat", mask, occurrence="all")
+    assert allp.batch.tolist() == [1] and tok.convert_ids_to_tokens(int(ids[1, allp.pos[0]])) == "cat"
+
+
+def test_byte_level_bpe_knows_every_character(bpe_tokenizer):
+    # Byte-level BPE has no unknown token for text: emoji are bytes, and only the right one matches.
+    tok = bpe_tokenizer
+    ids, mask = _batch(tok, ["she saw 😀 today", "a 🙃 and a 😀"], bos=tok.bos_token_id)
+    pos = find_token_positions(tok, ids, "😀", mask, occurrence="all")
+    assert pos.batch.tolist() == [0, 1]
+    assert [tok.decode(ids[b, : p + 1].tolist()).endswith("😀") for b, p in zip(pos.batch, pos.pos)] == [True, True]
+    with pytest.raises(TokenNotFoundError, match="prompt 0"):
+        find_token_positions(tok, ids, "🙃", mask)
+
+
+def test_prompts_as_one_string_and_length_checked(wordpiece_tokenizer):
+    ids, mask = _batch(wordpiece_tokenizer, ["his dog"])
+    with pytest.raises(TokenNotFoundError, match="in prompt 0: 'his dog'"):
+        find_token_positions(wordpiece_tokenizer, ids, "her", mask, prompts="his dog")
+    with pytest.raises(TlprobeError, match="prompts has 2 texts for 1 rows of tokens"):
+        find_token_positions(wordpiece_tokenizer, ids, "her", mask, prompts=["his dog", "x"])

@@ -7,6 +7,7 @@ BERT WordPiece ``"her"``), so ``"her"`` never matches inside ``"herself"`` or ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,19 +66,56 @@ def _ends_word(tokenizer, tok_id: int) -> bool:
     return bool(text) and (text[-1].isalnum() or text[-1] == "_")
 
 
+def _unk_id(tokenizer) -> int | None:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return None if unk is None else int(unk)
+
+
+def _tokenizer_name(tokenizer) -> str:
+    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
 def target_variants(tokenizer, target: str) -> list[list[int]]:
-    """Token-id sequences that spell ``target`` as a word: as written and with a leading space."""
+    """Token-id sequences that spell ``target`` as a word: as written and with a leading space.
+
+    Raises:
+        TlprobeError: ``target`` is not a non-empty string; it tokenises to (or contains) the
+            unknown token (``[UNK]`` stands for *every* character the tokenizer does not know, so
+            the target would match any of them); or it holds a special token (``[CLS]``, BOS).
+
+    Example:
+        >>> from tlprobe.testing import tiny_tokenizer
+        >>> target_variants(tiny_tokenizer("wordpiece"), "猫")
+        Traceback (most recent call last):
+        tlprobe.errors.TlprobeError: target '猫' is unknown to the tokenizer ...: it tokenises to ['[UNK]'], ...
+    """
     if not isinstance(target, str) or not target.strip():
         raise TlprobeError(f"target must be a non-empty string, got {target!r}")
     word = target.strip()
+    unk = _unk_id(tokenizer)
+    specials = _special_ids(tokenizer)
     variants: list[list[int]] = []
     for text in (word, " " + word):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
         # SentencePiece may emit a lone word-start marker token before the word: drop it.
         while ids and tokenizer.decode([ids[0]]).strip() == "" and len(ids) > 1:
             ids = ids[1:]
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        # A literal "[UNK]" typed as the target is a special token, not an unknown character.
+        if unk is not None and unk in ids and str(tokenizer.unk_token) not in word:
+            raise TlprobeError(
+                f"target {target!r} is unknown to the tokenizer {_tokenizer_name(tokenizer)}: it tokenises "
+                f"to {pieces}, and {tokenizer.unk_token} stands for every character the tokenizer does not "
+                f"know, so it would match any of them; choose a word the tokenizer knows (check with "
+                f"tokenizer.tokenize({word!r}))"
+            )
+        if specials & set(ids):
+            raise TlprobeError(
+                f"target {target!r} holds a special token of the tokenizer {_tokenizer_name(tokenizer)} "
+                f"({pieces}), which marks structure, not a word; choose a word"
+            )
         if ids and ids not in variants:
-            variants.append(list(ids))
+            variants.append(ids)
     return variants
 
 
@@ -88,7 +126,7 @@ def find_token_positions(
     attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
     *,
     occurrence: Literal["first", "last", "all"] = "first",
-    prompts: list[str] | None = None,
+    prompts: Sequence[str] | None = None,
 ) -> Positions:
     """Find a target word in every prompt of a padded token batch.
 
@@ -101,7 +139,8 @@ def find_token_positions(
         target: the word, e.g. ``"her"``; a leading space is optional.
         attention_mask: ``[batch, pos]``, 1 for real tokens; padding is never matched.
         occurrence: ``"first"``, ``"last"`` (one position per prompt) or ``"all"``.
-        prompts: the prompt texts, only to quote them in error messages.
+        prompts: the prompt texts (one per row of ``tokens``; a lone string is one prompt), only
+            to quote them in error messages.
 
     Returns:
         :class:`Positions`; for ``"first"``/``"last"`` exactly one per prompt, in prompt order.
@@ -109,6 +148,8 @@ def find_token_positions(
     Raises:
         TokenNotFoundError: the word is missing from a prompt (``first``/``last``), or from every
             prompt (``all``); the message names the prompts.
+        TlprobeError: the target is unknown to the tokenizer (it tokenises to ``[UNK]``, which
+            stands for every unknown character) or holds a special token; see :func:`target_variants`.
 
     Example:
         >>> from tlprobe.testing import tiny_tokenizer
@@ -122,7 +163,14 @@ def find_token_positions(
         raise TlprobeError(f"tokens has shape {tuple(tokens.shape)}; expected [batch, pos]")
     toks = tokens.detach().cpu()
     mask = torch.ones_like(toks, dtype=torch.bool) if attention_mask is None else attention_mask.detach().cpu().bool()
+    if isinstance(prompts, str):
+        prompts = [prompts]  # one prompt, not its characters
+    if prompts is not None and len(prompts) != toks.shape[0]:
+        raise TlprobeError(
+            f"prompts has {len(prompts)} texts for {toks.shape[0]} rows of tokens; pass the prompts that were tokenised"
+        )
     specials = _special_ids(tokenizer)
+    unk = _unk_id(tokenizer)
     wordpiece = _is_wordpiece(tokenizer)
     variants = target_variants(tokenizer, target)
 
@@ -133,7 +181,11 @@ def find_token_positions(
             continue
         win = toks.unfold(1, n, 1)  # [batch, pos - n + 1, n]
         mwin = mask.unfold(1, n, 1).all(-1)
+        # Never a match by [UNK] identity: an unknown character is not the target (the variants
+        # hold no [UNK]; this keeps it so for any id sequence).
         cand = (win == torch.tensor(var)).all(-1) & mwin
+        if unk is not None:
+            cand &= ~(win == unk).any(-1)
         for b, start in cand.nonzero().tolist():
             end = start + n  # first position after the match
             if start > 0 and mask[b, start - 1] and int(toks[b, start - 1]) not in specials:
@@ -168,8 +220,15 @@ def _missing_msg(target, missing, prompts, tokenizer, toks, mask) -> str:
     else:
         shown = repr(tokenizer.decode(toks[i][mask[i]].tolist())[:80])
     more = f" (and {len(missing) - 1} more: {missing[1:6]})" if len(missing) > 1 else ""
+    unk = _unk_id(tokenizer)
+    n_unk = 0 if unk is None else int((toks[i][mask[i]] == unk).sum())
+    unknown = (
+        f" (it holds {n_unk} {tokenizer.unk_token} token(s): words with characters the tokenizer does not know)"
+        if n_unk
+        else ""
+    )
     return (
-        f"target {target!r} not found as a whole word in prompt {i}{more}: {shown}. "
+        f"target {target!r} not found as a whole word in prompt {i}{more}: {shown}{unknown}. "
         "Check the spelling, or drop prompts without it"
     )
 
