@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib.metadata as md
+import json
 import os
 import pathlib
 import sys
@@ -42,9 +44,12 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from tlprobe.access import ModelInfo, find_token_positions, load_model, model_info, run_batch, sample_positions
-from tlprobe.checks import check_min_samples
+from tlprobe.access.run import Batch, forward_cache, tokenize_prompts
+from tlprobe.access.tokens import Positions
+from tlprobe.checks import as_float, as_int, check_min_samples
 from tlprobe.errors import TlprobeError, guarded
 from tlprobe.report.html import Report, human_size
+from tlprobe.report.outputs import check_out_dir, write_outputs
 from tlprobe.result import Result, jsonable
 
 OptionsT = TypeVar("OptionsT", bound="CommonOptions")
@@ -77,7 +82,21 @@ class CommonOptions:
     png: bool = option(
         False, doc="also save every figure as OUT/figures/*.png (needs kaleido and Chromium/Chrome)", record=False
     )
+    force: bool = option(
+        False, doc="replace a report.html / results.json in OUT that tlprobe did not write", record=False
+    )
     quiet: bool = option(False, doc="print nothing", cli=False, record=False)
+
+    def __post_init__(self):
+        # Every option is checked where it is set (command line or Python), before any work:
+        # integer-like numpy/torch scalars become ints, floats must be finite, the seed must fit.
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            fixed = _checked_option(f, hints[f.name], value)
+            if fixed is not value:
+                object.__setattr__(self, f.name, fixed)
+        as_int(self.seed, "--seed", minimum=0, maximum=MAX_SEED)
 
     def record(self) -> dict[str, Any]:
         """The options that shape the results, by name (the ``params`` of ``results.json``)."""
@@ -101,6 +120,26 @@ class ModelOptions(CommonOptions):
         if not isinstance(self.model, str):  # a loaded model: record its name, not its repr
             out["model"] = model_info(self.model).name
         return out
+
+
+#: Largest seed (torch and numpy generators take seeds below 2**63 on every platform).
+MAX_SEED = 2**63 - 1
+
+
+def _checked_option(f: dataclasses.Field, hint, value):
+    """``value`` for option ``f``: integer-like scalars as ints, numbers finite, as annotated."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if _is_union(hint) else [hint]
+    if int in args and not (float in args and isinstance(value, float)):
+        return as_int(value, _flag(f))
+    if float in args:
+        return as_float(value, _flag(f))
+    return value
+
+
+def _is_union(hint) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
 def resolve(kind: type[OptionsT], options: OptionsT | None, overrides: Mapping[str, Any]) -> OptionsT:
@@ -258,6 +297,8 @@ class RecipeResult(Result):
         facts: what the run found about its inputs (model, sample counts, positions, ...).
         results: the analyses' results by name.
         report: the report (not saved in ``results.json``).
+        run_id: a digest of the results (:meth:`digest`), shown in the report too, so a report and
+            its ``results.json`` can be matched.
         paths: the files written (``report``, ``results``, ``figures``); empty with ``out=None``.
     """
 
@@ -265,8 +306,16 @@ class RecipeResult(Result):
     params: dict[str, Any]
     facts: dict[str, Any]
     results: dict[str, Result]
+    run_id: str = ""
     report: Report | None = field(default=None, metadata={"save": False})
     paths: dict[str, pathlib.Path] = field(default_factory=dict, metadata={"save": False})
+
+    def digest(self) -> str:
+        """A digest of the saved content (without ``run_id``): the run id that the report and
+        ``results.json`` both show. Runs with the same options and model give the same id."""
+        data = {k: v for k, v in self.to_dict().items() if k != "run_id"}
+        text = json.dumps(jsonable(data), sort_keys=True, allow_nan=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def figures(self) -> list:
         """The report's plotly figures, in order."""
@@ -328,22 +377,27 @@ class Run:
             shown = {"model": info.name, "family": info.family, "numerics": info.numerics, **shown}
         report.params({**_flat_facts(shown), **versions(), **self.timer.as_params()}, caption="Run facts")
         result = RecipeResult(recipe=self.name, params=params, facts=found, results=dict(results), report=report)
+        result = dataclasses.replace(result, run_id=result.digest())
+        report.run_id = result.run_id
         out = self.options.out
         if out is None:
             return result
-        out = pathlib.Path(out)
-        paths = {"report": report.write(out / "report.html"), "results": result.save(out / "results.json")}
-        quiet = self.options.quiet
-        if not quiet:
-            print(f"report: {paths['report']} ({human_size(paths['report'].stat().st_size)})")
-            print(f"results: {paths['results']}")
-        if self.options.png:
-            from tlprobe.report.png import export_png  # needs kaleido, an optional dependency
+        quiet, png = self.options.quiet, self.options.png
+        figures = report.figures() if png else []
 
-            figures = report.figures()
-            export_png(figures, out / "figures")
-            paths["figures"] = out / "figures"
-            if not quiet:
+        def write(staging: pathlib.Path) -> None:
+            result.save(staging / "results.json")
+            report.write(staging / "report.html")
+            if figures:
+                from tlprobe.report.png import export_png  # needs kaleido, an optional dependency
+
+                export_png(figures, staging / "figures")
+
+        paths = write_outputs(pathlib.Path(out), write, force=self.options.force)
+        if not quiet:
+            print(f"report: {paths['report']} ({human_size(paths['report'].stat().st_size)}, run {result.run_id})")
+            print(f"results: {paths['results']}")
+            if figures:
                 print(f"figures: {len(figures)} PNG in {paths['figures']}")
         return dataclasses.replace(result, paths=paths)
 
@@ -366,6 +420,8 @@ def setup(name: str, options: CommonOptions) -> Run:
     randomly initialised weights of a model loaded here), then load the model (a name, a
     directory or a loaded model) and its info. Every random draw of a recipe still takes its own
     seeded generator; the global seed is a guard, not the source of its randomness."""
+    if options.out is not None:  # before the model loads: a bad folder fails now, not after the work
+        check_out_dir(options.out, force=options.force, png=options.png)
     torch.manual_seed(options.seed)
     run = Run(name, options)
     if isinstance(options, ModelOptions):
@@ -385,11 +441,28 @@ def data_path(filename: str) -> pathlib.Path:
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
-    """Non-empty lines of a UTF-8 text file, skipping ``#`` comments."""
-    p = pathlib.Path(path)
+    """Non-empty lines of a UTF-8 text file (a byte-order mark is dropped), skipping ``#`` comments.
+
+    Raises:
+        TlprobeError: the file is missing, a folder, unreadable, or not UTF-8 (the message names
+            the file, the offending byte and how to convert it).
+    """
+    p = pathlib.Path(path).expanduser()
+    if p.is_dir():
+        raise TlprobeError(f"{p} is a folder; pass a text file with one sentence per line")
     if not p.is_file():
         raise TlprobeError(f"file not found: {p}")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start : exc.start + 1].hex()
+        raise TlprobeError(
+            f"{p} is not UTF-8 text (byte 0x{bad} at offset {exc.start}); save it as UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8 {p} > {p.stem}-utf8{p.suffix}"
+        ) from None
+    except OSError as exc:
+        raise TlprobeError(f"cannot read {p} ({exc.strerror or exc}); check the path and its permissions") from exc
+    lines = [ln.strip() for ln in text.splitlines()]
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
@@ -424,6 +497,13 @@ def target_sentences(path: str | os.PathLike | None, what: str) -> list[str]:
     """The sentences of ``--sentences`` (default: the bundled ones), at least :data:`MIN_SENTENCES`."""
     prompts = read_lines(path or data_path("her_sentences.txt"))
     check_min_samples(len(prompts), MIN_SENTENCES, what, "give more sentences containing the target (--sentences FILE)")
+    distinct = len(set(prompts))
+    if distinct < MIN_SENTENCES:
+        raise TlprobeError(
+            f"only {distinct} distinct sentences among the {len(prompts)} given ({len(prompts) - distinct} are "
+            f"repeats): a repeated sentence gives the target the same vectors again, so {what} needs at least "
+            f"{MIN_SENTENCES} different sentences; add different sentences containing the target"
+        )
     return prompts
 
 
@@ -436,3 +516,82 @@ def run_targets(model, prompts: list[str], target: str, names, seed: int, progre
     tpos = find_token_positions(model.tokenizer, batch.tokens, target, batch.attention_mask, prompts=prompts)
     npos = sample_positions(batch.attention_mask, tpos, batch.tokens, model.tokenizer, where="before", seed=seed)
     return batch, tpos, npos
+
+
+@dataclass
+class TargetActivations:
+    """A target-word run's activations at two positions of every sentence, gathered batch by batch.
+
+    Only ``[n, 1, ...]`` rows are kept (the target, and one random earlier token), never the
+    ``[sentences, pos, ...]`` activations of the whole run, so memory grows with the number of
+    sentences, not with sentences x tokens x hooks.
+
+    Attributes:
+        tokens: ``[batch, pos]`` token ids of every sentence (right-padded).
+        attention_mask: ``[batch, pos]``.
+        target_positions, non_target_positions: where the rows were taken.
+        target, non_target: ``ActivationCache`` objects whose hooks are ``[n, 1, ...]`` (the
+            position axis kept, of length 1), so ``fused_qkv(acts.target, layer)[:, 0]`` works.
+        first: a :class:`~tlprobe.access.run.Batch` of the first sentence with ``view_names``
+            (e.g. attention patterns for a circuitsvis view).
+    """
+
+    tokens: torch.Tensor
+    attention_mask: torch.Tensor
+    target_positions: Positions
+    non_target_positions: Positions
+    target: Any
+    non_target: Any
+    first: Batch
+
+
+def gather_targets(
+    model,
+    prompts: list[str],
+    target: str,
+    names: list[str],
+    seed: int,
+    progress: bool,
+    *,
+    view_names: list[str] | None = None,
+    batch_size: int = 32,
+) -> TargetActivations:
+    """Run the sentences; keep the hooks in ``names`` at the target and at a random earlier token.
+
+    ``names`` are hooks with a position axis after the batch axis (q, k, v, residual stream, ...);
+    attention patterns go in ``view_names``, cached for the first sentence only.
+    """
+    from transformer_lens import ActivationCache  # ~3 s to import: only when a model runs
+
+    tokens, mask = tokenize_prompts(model, prompts)
+    tpos = find_token_positions(model.tokenizer, tokens, target, mask, prompts=prompts)
+    npos = sample_positions(mask, tpos, tokens, model.tokenizer, where="before", seed=seed)
+    kept: dict[str, dict[str, torch.Tensor]] = {"target": {}, "non_target": {}}
+    starts = range(0, len(prompts), batch_size)
+    if progress and len(starts) > 1:
+        from tqdm.auto import tqdm  # only for multi-batch runs with a progress bar
+
+        starts = tqdm(starts, desc="forward", unit="batch")
+    with torch.no_grad():
+        for s in starts:
+            e = min(len(prompts), s + batch_size)
+            cache = forward_cache(model, tokens[s:e], mask[s:e], names=list(names))
+            for which, pos in (("target", tpos), ("non_target", npos)):
+                rows = ((pos.batch >= s) & (pos.batch < e)).nonzero().flatten()
+                for k in cache.keys():
+                    x = cache[k]
+                    if k not in kept[which]:
+                        kept[which][k] = x.new_empty((len(pos), 1, *x.shape[2:]))
+                    got = x[pos.batch[rows].to(x.device) - s, pos.pos[rows].to(x.device)]
+                    kept[which][k][rows.to(x.device)] = got.unsqueeze(1)
+            del cache
+    first = run_batch(model, prompts[:1], names=view_names or [])
+    return TargetActivations(
+        tokens=tokens,
+        attention_mask=mask,
+        target_positions=tpos,
+        non_target_positions=npos,
+        target=ActivationCache(kept["target"], model),
+        non_target=ActivationCache(kept["non_target"], model),
+        first=first,
+    )

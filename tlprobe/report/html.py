@@ -128,6 +128,8 @@ class Report:
     def __init__(self, title: str, subtitle: str | None = None):
         self.title = title
         self.subtitle = subtitle
+        #: The run id of the results this report shows (set by a recipe; also in results.json).
+        self.run_id: str | None = None
         self._items: list[_Item] = []
 
     def heading(self, text: str, level: int = 2) -> None:
@@ -222,6 +224,9 @@ class Report:
             "<meta charset='utf-8'><meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<meta name='generator' content='tlprobe'><title>{html.escape(self.title)}</title><style>{_CSS}</style>"
         ]
+        if self.run_id:
+            head.append(f"<meta name='tlprobe-run-id' content='{html.escape(self.run_id)}'>")
+        run = f" Run {html.escape(self.run_id)} (the run_id of its results.json)." if self.run_id else ""
         if any(i.kind == "figure" for i in self._items):
             head.append(f"<script>{plotly_js()}</script>")
         if n_view:
@@ -237,7 +242,7 @@ class Report:
             "<noscript><p class='err'>This report draws its figures with JavaScript; enable it to see them.</p></noscript>"
             f"<h1>{html.escape(self.title)}</h1>{sub}{nav}\n"
             + "\n".join(body)
-            + f"\n<footer>Made by tlprobe on {stamp}. Self-contained: opens offline, no network requests.</footer>"
+            + f"\n<footer>Made by tlprobe on {stamp}.{run} Self-contained: opens offline, no network requests.</footer>"
             "</body></html>\n"
         )
 
