@@ -52,15 +52,19 @@ def _common():
 
 
 def cmd_export(args) -> int:
+    from tlprobe.checks import as_float, as_int
     from tlprobe.report.html import read_figures  # plotly and kaleido: only for this command
     from tlprobe.report.png import export_png
 
+    scale = as_float(args.scale, "--scale", positive=True, maximum=16)
+    width = None if args.width is None else as_int(args.width, "--width", minimum=1, maximum=20000)
+    height = None if args.height is None else as_int(args.height, "--height", minimum=1, maximum=20000)
     report = pathlib.Path(args.report)
     if report.is_dir():
         report = report / "report.html"
     figures = read_figures(report)
     out = pathlib.Path(args.out) if args.out else report.parent / "figures"
-    paths = export_png(figures, out, scale=args.scale, width=args.width, height=args.height)
+    paths = export_png(figures, out, scale=scale, width=width, height=height)
     for p in paths:
         print(p)
     return 0

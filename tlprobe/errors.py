@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 #: Exit code of the command line for bad input (the message names the problem and the fix).
 EXIT_BAD_INPUT = 2
+#: Exit code of the command line for an unexpected internal error (a bug in tlprobe).
+EXIT_BUG = 1
 
 
 class TlprobeError(ValueError):
@@ -37,15 +39,50 @@ class UnsupportedModelError(TlprobeError):
 
 
 def guarded(fn: Callable[[], int], debug: bool = False) -> int:
-    """Run ``fn`` for the command line: a :class:`TlprobeError` becomes one line on stderr and
-    exit code 2 (``debug`` re-raises it for the traceback); Ctrl-C exits with 130."""
+    """Run ``fn`` for the command line, so that every failure is one line on stderr.
+
+    A :class:`TlprobeError` (bad input; the message names the fix) and running out of memory exit
+    with code 2; any other exception is a bug in tlprobe: one line saying so, exit code 1. With
+    ``debug`` the exception is re-raised for its traceback. Ctrl-C exits with 130.
+    """
     try:
         return fn()
-    except TlprobeError as exc:
-        if debug:
-            raise
-        print(f"tlprobe: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("tlprobe: interrupted", file=sys.stderr)
         return 130
+    except TlprobeError as exc:
+        if debug:
+            raise
+        print(f"tlprobe: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError as exc:  # torch.OutOfMemoryError (CUDA, MPS) too
+        if debug:
+            raise
+        print(
+            f"tlprobe: error: out of memory ({_one_line(exc) or type(exc).__name__}); "
+            "use fewer sentences or a smaller model, or run on a device with more memory",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if debug:
+            raise
+        if _is_oom(exc):
+            print(f"tlprobe: error: out of memory ({_one_line(exc)[:200]}); use fewer sentences", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(
+            f"tlprobe: internal error: {type(exc).__name__}: {_one_line(exc)[:300]}. This is a bug in tlprobe; "
+            "rerun with --debug for the traceback and report it",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """torch's out-of-memory errors (``torch.OutOfMemoryError`` is a ``RuntimeError``)."""
+    text = str(exc).lower()
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
