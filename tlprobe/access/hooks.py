@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float
 
 from tlprobe.access.worlds import model_kind
-from tlprobe.checks import as_tensor, check_index, check_ndim
+from tlprobe.checks import as_int, as_tensor, check_index, check_ndim
 from tlprobe.errors import HookNotFoundError, TlprobeError
 
 _HOOKS = {
@@ -85,7 +85,7 @@ def hook_name(kind: str, layer: int | None = None, *, model=None) -> str:
     if "{layer}" in template:
         if layer is None:
             raise TlprobeError(f"activation kind {kind!r} needs a layer")
-        return template.format(layer=layer)
+        return template.format(layer=as_int(layer, "layer", minimum=0))
     return template
 
 
@@ -101,7 +101,17 @@ def hook_names(kinds: Iterable[str], layers: Iterable[int], *, model=None) -> li
     return out
 
 
+def _check_cache(cache) -> None:
+    """Raise unless ``cache`` maps hook names to tensors (an ``ActivationCache`` or a dict)."""
+    if not (hasattr(cache, "keys") and hasattr(cache, "__getitem__")):
+        raise TlprobeError(
+            f"cache must be an ActivationCache (from model.run_with_cache(...)) or a dict of hook name -> "
+            f"tensor, got {type(cache).__name__}"
+        )
+
+
 def _n_layers(cache) -> int | None:
+    _check_cache(cache)
     model = getattr(cache, "model", None)
     cfg = getattr(model, "cfg", None)
     return int(cfg.n_layers) if cfg is not None else None
@@ -120,6 +130,7 @@ def get_activation(cache, kind: str, layer: int | None = None) -> torch.Tensor:
             the model never fires it, e.g. ``hook_resid_mid`` on parallel blocks, q/k/v on a
             vLLM ``RemoteBridge``).
     """
+    _check_cache(cache)
     if layer is not None:
         layer = _check_layer(cache, layer)
     name = hook_name(kind, layer, model=getattr(cache, "model", None))
@@ -278,9 +289,12 @@ def resid_stack(
     """
     n = _n_layers(cache)
     if n is None:
-        n = 1 + max(
+        found = [
             int(k.split(".")[1]) for k in cache.keys() if k.startswith("blocks.") and k.endswith("hook_resid_post")
-        )
+        ]
+        if not found:
+            raise HookNotFoundError("the cache holds no blocks.N.hook_resid_post; cache the residual stream hooks")
+        n = 1 + max(found)
     idx = list(range(n + 1)) if layers is None else [check_index(i, n + 1, "depth index") for i in layers]
     parts = [
         get_activation(cache, "resid_pre", 0) if i == 0 else get_activation(cache, "resid_post", i - 1) for i in idx

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Int
 
 from tlprobe.access.worlds import model_kind
-from tlprobe.checks import check_choice
+from tlprobe.checks import as_int, check_choice
 from tlprobe.errors import TlprobeError
 
 
@@ -74,7 +74,10 @@ def run_batch(
     from transformer_lens import ActivationCache
 
     check_choice(padding_side, ("right", "left"), "padding_side")
-    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+    batch_size = as_int(batch_size, "batch_size", minimum=1, fix="prompts per forward pass, e.g. 32")
+    if isinstance(prompts, str):
+        raise TlprobeError(f"prompts must be a list of strings, got one string ({prompts[:40]!r}); pass [prompt]")
+    if not prompts or not all(isinstance(p, str) for p in prompts):
         raise TlprobeError("prompts must be a non-empty list of strings")
     prompts = list(prompts)
     tokens, mask = tokenize_prompts(model, prompts, padding_side=padding_side)
