@@ -129,7 +129,7 @@ def test_too_few_sentences(tmp_path, capsys):
 def test_error_from_subprocess_is_one_line_and_debug_shows_traceback(tmp_path):
     proc = _cli("run", "qkv-similarity", "--layer", "99", "--out", str(tmp_path))
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("tlprobe: error: layer 99")
+    assert proc.stderr.strip().splitlines()[-1].startswith("tlprobe: error: --layer 99")
     assert "Traceback" not in proc.stderr
     proc = _cli("--debug", "run", "qkv-similarity", "--layer", "99", "--out", str(tmp_path))
     assert proc.returncode != 0 and "Traceback" in proc.stderr

@@ -114,7 +114,7 @@ def test_ls_lists_every_recipe(capsys):
         (["pairwise-mi", "--bins", "1"], "bins must be >= 2"),
         (["mi-vs-covariance", "--samples", "1"], "too few samples for the simulation"),
         (["logit-lens", "--prompt", " "], "--prompt is empty"),
-        (["logit-lens", "--top-k", "0"], "top_k must be an integer"),
+        (["logit-lens", "--top-k", "0"], "top_k must be"),
         (["layer-similarity", "--target", "zzzq"], "target 'zzzq' not found as a whole word in prompt 0"),
         (["qkv-similarity", "--bins", "0"], "bins must be"),
     ],

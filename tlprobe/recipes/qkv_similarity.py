@@ -24,10 +24,10 @@ from tlprobe.figures.similarity import block_histogram_figure, extreme_fraction_
 from tlprobe.recipes.common import (
     RecipeResult,
     TargetOptions,
+    gather_targets,
     option,
     prose,
     resolve,
-    run_targets,
     script_main,
     setup,
     target_sentences,
@@ -53,29 +53,31 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     prompts = target_sentences(o.sentences, "the Q/K/V similarity")
     r = setup(NAME, o)
     info, text = r.info, prose(NAME)
-    layer = check_index(info.n_layers // 2 if o.layer is None else o.layer, info.n_layers, "layer")
+    layer = check_index(info.n_layers // 2 if o.layer is None else o.layer, info.n_layers, "--layer")
+    head = None if o.head is None else check_index(o.head, info.n_heads, "--head")  # -1: the last head
 
     # 1. Run the sentences, find the target and a random earlier token in each.
-    names = hook_names(["q", "k", "v", "pattern"], [layer], model=r.model)
-    batch, tpos, npos = run_targets(r.model, prompts, o.target, names, o.seed, o.progress)
-    qkv = fused_qkv(batch.cache, layer, head=o.head)  # [batch, pos, 3 * n]
+    # Only the two positions of each sentence are kept, batch by batch (memory ~ sentences, not tokens).
+    names, view = hook_names(["q", "k", "v"], [layer], model=r.model), hook_names(["pattern"], [layer], model=r.model)
+    acts = gather_targets(r.model, prompts, o.target, names, o.seed, o.progress, view_names=view)
+    tpos, npos = acts.target_positions, acts.non_target_positions
     r.lap("forward")
 
     # 2. Four populations of [samples, features]: targets, non-targets, and two null models.
-    targets = tpos.gather(qkv)
+    targets = fused_qkv(acts.target, layer, head=head)[:, 0]  # [samples, 3 * n]
     nulls = [shuffle_values(targets, mode, seed=o.seed) for mode in ("all", "within-feature")]
-    pops = torch.stack([targets, npos.gather(qkv), *nulls])
+    pops = torch.stack([targets, fused_qkv(acts.non_target, layer, head=head)[:, 0], *nulls])
     stats = {m: qkv_block_similarity(pops, m, bins=o.bins, axes={"population": POPULATIONS}) for m in METHODS}
     # Per-head drill-down (all heads at once): each head's own Q|K|V slice, targets only.
     per_head = {}
-    if o.head is None:
+    if head is None:
         heads = {"head": head_labels(info.n_heads, layer=layer)}
         slices = split_heads(targets, info.n_heads)  # [head, samples, 3 * d_head]
         per_head = {m: qkv_block_similarity(slices, m, bins=o.bins, axes=heads) for m in METHODS}
     r.lap("analysis")
 
     # 3. Figures and report.
-    scope = f"layer {layer}" + (f", head {o.head}" if o.head is not None else ", all heads")
+    scope = f"layer {layer}" + (f", head {head}" if head is not None else ", all heads")
     model = info.name.rsplit("/", 1)[-1]
     report = Report(text["title"].format(target=o.target, model=model, scope=scope), subtitle=DESCRIPTION)
     report.heading("What this shows")
@@ -93,11 +95,12 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
         report.figure(head_block_figure(per_head, "std"))
     report.heading("Attention at this layer")
     report.text(text["attention"].format(layer=layer))
+    batch = acts.first
     pattern = attention_pattern(batch.cache, layer)[0]
-    if o.head is not None:
-        pattern = pattern[o.head : o.head + 1]
+    if head is not None:
+        pattern = pattern[head : head + 1]
     tokens, causal = batch.str_tokens(0), not info.is_encoder
-    heads_shown = None if o.head is None else [o.head]
+    heads_shown = None if head is None else [head]
     report.view(
         attention_heads_view(pattern, tokens, layer, causal=causal, heads=heads_shown, mask=batch.attention_mask[0])
     )
