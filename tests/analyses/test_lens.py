@@ -211,7 +211,7 @@ def test_bad_inputs(decoder):
         logit_lens(batch.cache, targets=["herself and other things"])
     with pytest.raises(TlprobeError, match="top_k"):
         logit_lens(batch.cache, top_k=0)
-    with pytest.raises(TlprobeError, match="chunk_size must be a positive integer"):
+    with pytest.raises(TlprobeError, match="chunk_size must be >= 1, got 0; pass a positive integer or None"):
         logit_lens(batch.cache, chunk_size=0)
     with pytest.raises(TlprobeError, match="logits has shape"):
         logit_lens(batch.cache, logits=logits[:, :-1])
@@ -386,6 +386,33 @@ def test_target_ids_are_named_by_their_token(decoder):
     tid = target_token_ids(model, [" her"])[0]
     res = logit_lens(batch.cache, [tid, " the"], top_k=2)
     assert res.target_names == (" her", " the") and res.target_ids.tolist() == target_token_ids(model, [" her", " the"])
+
+
+def test_a_lone_target_string_is_one_target(decoder):
+    # Before, targets=" her" ranked the four characters " ", "h", "e", "r".
+    model, batch, _ = decoder
+    one = logit_lens(batch.cache, targets=" her", top_k=2)
+    listed = logit_lens(batch.cache, targets=[" her"], top_k=2)
+    assert one.target_names == listed.target_names == (" her",)
+    assert torch.equal(one.target_ids, listed.target_ids) and torch.equal(one.target_ranks, listed.target_ranks)
+    tid = int(listed.target_ids[0])
+    for lone in (tid, np.int64(tid), torch.tensor(tid)):
+        res = logit_lens(batch.cache, targets=lone, top_k=2)
+        assert res.target_names == (" her",) and torch.equal(res.target_probs, listed.target_probs)
+    ids = target_token_ids(model, np.array([tid, tid]))
+    assert ids == [tid, tid] and all(type(i) is int for i in ids)
+    with pytest.raises(TlprobeError, match="targets must be a token string, a token id or a list of them, got set"):
+        logit_lens(batch.cache, targets={" her", " the"})
+    with pytest.raises(TlprobeError, match="target 2.5 must be a token string or id"):
+        logit_lens(batch.cache, targets=[2.5])
+    assert logit_lens(batch.cache, top_k=np.int64(2), chunk_size=np.int32(100)).top_ids.shape[-1] == 2
+
+
+def test_unknown_mlm_target_is_refused(minilm):
+    model, _ = minilm
+    with pytest.raises(TlprobeError, match=r"target '猫' is unknown to the tokenizer .*tokenises to \[UNK\]"):
+        target_token_ids(model, "猫")
+    assert target_token_ids(model, "paris") == [model.tokenizer.convert_tokens_to_ids("paris")]
 
 
 def test_depth_labels_can_be_given_and_must_fit(decoder):

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tests.helpers import assert_same_numbers, fixture, requires_bridge
 from tlprobe.analyses.lens import EMBEDDING_LENS, LOGIT_LENS, EmbeddingLensResult, LensResult
+from tlprobe.errors import TlprobeError
 from tlprobe.recipes import logit_lens
 from tlprobe.recipes.common import parse_options
-from tlprobe.testing import tiny_tokenizer
+from tlprobe.testing import tiny_model, tiny_tokenizer
 
 COLUMNS = ("top1_recovery", "top5_recovery", "mean_cosine_with_input_token")
 
@@ -92,3 +94,19 @@ def test_command_line_keeps_its_flags():
     given = parse("--targets", " Paris", "x", "--top-k", "3", "--sentences", "none", "--prompt", "a b")
     assert list(given.targets) == [" Paris", "x"] and given.top_k == 3 and given.sentences == "none"
     assert list(parse("--targets").targets) == []  # no targets at all (not the defaults)
+
+
+def test_one_target_string_is_one_target():
+    # Before, run(targets=" her") followed the four characters " ", "h", "e", "r".
+    model = tiny_model("gpt2")
+    kw = {"model": model, "prompt": "She gave her the book", "top_k": 3, "out": None, "progress": False, "quiet": True}
+    one, listed = logit_lens.run(targets=" her", **kw), logit_lens.run(targets=[" her"], **kw)
+    assert one.facts["targets"] == listed.facts["targets"] == [" her"] and one.params["targets"] == [" her"]
+    assert one.results["lens"].target_names == (" her",)
+    assert torch.equal(one.results["lens"].target_probs, listed.results["lens"].target_probs)
+
+
+@pytest.mark.parametrize("top_k", [0, -3, 2.5, "x", None])
+def test_bad_top_k_is_refused_before_the_model_loads(top_k):
+    with pytest.raises(TlprobeError, match=r"top_k must be an integer >= 1 \(--top-k\), got"):
+        logit_lens.run(top_k=top_k, model="no-such-model-is-loaded", out=None, quiet=True)

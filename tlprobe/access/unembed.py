@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from tlprobe.access.worlds import model_kind
+from tlprobe.checks import as_int
 from tlprobe.errors import TlprobeError, UnsupportedModelError
 from tlprobe.result import Result
 
@@ -195,32 +196,76 @@ def is_training(model) -> bool:
     return bool(getattr(model, "training", False))
 
 
-def target_token_ids(model, targets: Iterable[str | int]) -> list[int]:
-    """Token ids of the lens targets: each string must be exactly one token.
+def lens_targets(targets) -> list[str | int]:
+    """The lens targets as a list: a lone string (or id) is one target, not its characters.
+
+    ``None`` is no target; a token id may be any integer (Python, numpy or a one-element tensor).
 
     Raises:
-        TlprobeError: a string is several tokens (the message shows the pieces) or an id is out
-            of range.
+        TlprobeError: ``targets`` is neither a string, an id nor a sequence of them (a set is
+            refused: its order is arbitrary, and the results are in the targets' order).
+
+    Example:
+        >>> lens_targets(" her"), lens_targets([" her", 5]), lens_targets(None)
+        ([' her'], [' her', 5], [])
+    """
+    if targets is None:
+        return []
+    if isinstance(targets, str) or _is_token_id(targets):
+        return [_as_target(targets)]
+    if isinstance(targets, (set, frozenset, dict, bytes)) or not isinstance(targets, Iterable):
+        raise TlprobeError(
+            f"targets must be a token string, a token id or a list of them, got {type(targets).__name__}"
+        )
+    return [_as_target(t) for t in targets]
+
+
+def _is_token_id(t) -> bool:
+    if isinstance(t, torch.Tensor):
+        return t.numel() == 1 and t.ndim == 0 and not t.is_floating_point() and t.dtype != torch.bool
+    # numpy arrays define __index__ too (failing unless they hold one element): scalars only
+    return not isinstance(t, (bool, np.bool_)) and hasattr(t, "__index__") and np.ndim(t) == 0
+
+
+def _as_target(t) -> str | int:
+    if isinstance(t, str):
+        return t
+    if _is_token_id(t):
+        return as_int(t, "target id")
+    raise TlprobeError(f"target {t!r} must be a token string or id")
+
+
+def target_token_ids(model, targets) -> list[int]:
+    """Token ids of the lens targets: each string must be exactly one known token.
+
+    Args:
+        model: the model (its tokenizer and unembedding size).
+        targets: token strings (GPT-2 style BPE: ``" Paris"`` with its space) and/or ids; a lone
+            string or id is one target (:func:`lens_targets`).
+
+    Raises:
+        TlprobeError: a string is several tokens (the message shows the pieces), is the unknown
+            token (``[UNK]`` stands for every character the tokenizer does not know), or an id is
+            out of range.
 
     Example:
         >>> from tlprobe.testing import tiny_model
         >>> model = tiny_model("gpt2")
-        >>> target_token_ids(model, [" her", 5])
-        [..., 5]
+        >>> target_token_ids(model, [" her", 5]), target_token_ids(model, " her") == target_token_ids(model, [" her"])
+        ([..., 5], True)
     """
     tok = model.tokenizer
     W_U, _ = unembedding(model)
     d_vocab = int(W_U.shape[-1])
+    unk = getattr(tok, "unk_token_id", None)
     out: list[int] = []
-    for t in targets:
-        if isinstance(t, bool):
-            raise TlprobeError(f"target {t!r} must be a token string or id")
+    for t in lens_targets(targets):
         if isinstance(t, int):
             if not 0 <= t < d_vocab:
                 raise TlprobeError(f"target id {t} is out of range: the vocabulary has {d_vocab} tokens")
             out.append(t)
             continue
-        if not isinstance(t, str) or t == "":
+        if t == "":
             raise TlprobeError(f"target {t!r} must be a non-empty token string or an id")
         ids = tok(t, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
@@ -231,6 +276,13 @@ def target_token_ids(model, targets: Iterable[str | int]) -> list[int]:
             raise TlprobeError(
                 f"target {t!r} is {len(ids)} tokens {pieces}, but the lens ranks single tokens: pass "
                 f"one token (GPT-2 style BPE marks a preceding space, e.g. ' Paris'){hint}, or a token id"
+            )
+        if unk is not None and int(ids[0]) == int(unk) and t.strip() != str(tok.unk_token):
+            name = getattr(tok, "name_or_path", "") or type(tok).__name__
+            raise TlprobeError(
+                f"target {t!r} is unknown to the tokenizer {name}: it tokenises to {tok.unk_token}, which "
+                "stands for every character the tokenizer does not know; choose a token the tokenizer "
+                f"knows (check with tokenizer.tokenize({t!r}))"
             )
         out.append(int(ids[0]))
     return out

@@ -45,6 +45,7 @@ from tlprobe.access.unembed import (
     decode_tokens,
     embedding_matrix,
     is_training,
+    lens_targets,
     mlm_head_check,
     mlm_transform,
     output_transform,
@@ -52,7 +53,7 @@ from tlprobe.access.unembed import (
     token_strings,
     unembedding,
 )
-from tlprobe.checks import check_choice
+from tlprobe.checks import as_int, check_choice
 from tlprobe.errors import TlprobeError, UnsupportedModelError
 from tlprobe.result import Result
 
@@ -248,8 +249,7 @@ def _top(ids: torch.Tensor, values: torch.Tensor, k: int | None) -> tuple[torch.
     kmax = ids.shape[-1]
     if k is None:
         return ids, values
-    if not isinstance(k, int) or not 1 <= k <= kmax:
-        raise TlprobeError(f"k must be an integer in 1..{kmax} (the top-k the lens was run with), got {k!r}")
+    k = as_int(k, "k", minimum=1, maximum=kmax, fix="the top-k the lens was run with is the largest")
     return ids[..., :k], values[..., :k]
 
 
@@ -261,9 +261,7 @@ def _chunks(d_vocab: int, n_rows: int, chunk_size: int | None) -> list[slice]:
     if chunk_size is None:
         size = max(256, DEFAULT_MAX_ELEMENTS // max(n_rows, 1))
     else:
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-            raise TlprobeError(f"chunk_size must be a positive integer or None (automatic), got {chunk_size!r}")
-        size = chunk_size
+        size = as_int(chunk_size, "chunk_size", minimum=1, fix="pass a positive integer or None (automatic)")
     size = min(size, d_vocab)
     return [slice(s, min(s + size, d_vocab)) for s in range(0, d_vocab, size)]
 
@@ -427,9 +425,8 @@ def _score_fn(r: _Readout) -> tuple[Callable[[slice | torch.Tensor], torch.Tenso
     return scores, h.shape[1]
 
 
-def _check_top_k(top_k: int, d_vocab: int) -> None:
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= d_vocab:
-        raise TlprobeError(f"top_k must be an integer in 1..{d_vocab}, got {top_k!r}")
+def _check_top_k(top_k: int, d_vocab: int) -> int:
+    return as_int(top_k, "top_k", minimum=1, maximum=d_vocab, fix=f"the vocabulary has {d_vocab} tokens")
 
 
 def _batch_shaped(x, name: str, batch: int, pos: int, device) -> torch.Tensor | None:
@@ -466,8 +463,8 @@ def _lens(
     r = _readout(cache, model, lens, trust_head)
     depth, batch, pos, _ = r.hidden.shape
     d_vocab = int(r.W.shape[-1])
-    _check_top_k(top_k, d_vocab)
-    targets = list(targets or [])
+    top_k = _check_top_k(top_k, d_vocab)
+    targets = lens_targets(targets)
     tid_list = target_token_ids(model, targets)
     tids = torch.tensor(tid_list, dtype=torch.long, device=r.W.device)
     token_ids = _batch_shaped(tokens, "tokens", batch, pos, r.W.device)
@@ -537,7 +534,7 @@ def _lens(
 
 def logit_lens(
     cache,
-    targets: Sequence[str | int] | None = None,
+    targets: str | int | Sequence[str | int] | None = None,
     *,
     top_k: int = 10,
     chunk_size: int | None = None,
@@ -558,7 +555,8 @@ def logit_lens(
         cache: an ``ActivationCache`` of the input with the residual hooks
             (``resid_hook_names``) and ``cache.model`` set.
         targets: tokens whose rank and probability to follow per depth: single-token strings
-            (GPT-2 style BPE: ``" Paris"`` with its space) or ids.
+            (GPT-2 style BPE: ``" Paris"`` with its space) or ids; a lone string (``" her"``) or
+            id is one target, not a sequence of characters.
         top_k: tokens kept per depth and position.
         chunk_size: vocabulary columns per matrix product; ``None`` picks a size that keeps one
             ``[depth, rows, chunk]`` block under :data:`DEFAULT_MAX_ELEMENTS`. Several chunks cost
@@ -594,7 +592,7 @@ def logit_lens(
 
 def mlm_lens(
     cache,
-    targets: Sequence[str | int] | None = None,
+    targets: str | int | Sequence[str | int] | None = None,
     *,
     top_k: int = 10,
     chunk_size: int | None = None,
@@ -724,7 +722,7 @@ def embedding_lens(
     """
     model = _model_of(cache, model)
     info = model_info(model)
-    _check_top_k(top_k, info.d_vocab)
+    top_k = _check_top_k(top_k, info.d_vocab)
     stack = resid_stack(cache)
     depth, batch, pos, _ = stack.shape
     W_E = embedding_matrix(model)

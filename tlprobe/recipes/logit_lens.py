@@ -16,7 +16,7 @@ Copy this file (``tlprobe cp logit-lens my_recipe.py``) and change what you need
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tlprobe.access.hooks import resid_hook_names
 from tlprobe.access.run import model_logits, run_batch
@@ -31,6 +31,7 @@ from tlprobe.analyses.lens import (
     logit_lens,
     mlm_lens,
 )
+from tlprobe.checks import as_int
 from tlprobe.errors import TlprobeError, UnsupportedModelError
 from tlprobe.figures.lens import (
     kl_entropy_figure,
@@ -69,7 +70,7 @@ class Options(ModelOptions):
     targets: tuple[str, ...] | None = option(
         None,
         doc="single tokens to follow across layers (default: ' Paris' ' London' for decoders, "
-        "'paris' 'london' for MLM heads; unused by the embedding lens)",
+        "'paris' 'london' for MLM heads; unused by the embedding lens; from Python one string is one target)",
         nargs="*",
     )
     top_k: int = option(10, doc="tokens kept per layer and position")
@@ -85,6 +86,12 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     o = resolve(Options, options, overrides)
     if o.prompt is not None and not o.prompt.strip():
         raise TlprobeError("--prompt is empty; give a text, or leave it out for the default prompt")
+    if isinstance(o.targets, str):  # run(targets=" Paris"): one target, not its characters
+        o = replace(o, targets=(o.targets,))
+    try:
+        as_int(o.top_k, "--top-k", minimum=1)
+    except TlprobeError as exc:
+        raise TlprobeError(f"top_k must be an integer >= 1 (--top-k), got {o.top_k!r}") from exc
     r = setup(NAME, o)  # seeds torch: fixes any randomly initialised head too
     m, info, text = r.model, r.info, prose(NAME)
     kind, why = choose_lens(m)
