@@ -16,6 +16,7 @@ import sys
 from tlprobe import recipes
 from tlprobe.errors import (
     EXIT_BAD_INPUT as EXIT_BAD_INPUT,  # re-exported: the exit code for bad input
+    ArgumentParser,
     TlprobeError,
     guarded,
 )
@@ -52,7 +53,7 @@ def _common():
 
 
 def cmd_export(args) -> int:
-    from tlprobe.checks import as_float, as_int
+    from tlprobe.checks import as_float, as_int  # imports torch: only for this command, not for `tlprobe ls`
     from tlprobe.report.html import read_figures  # plotly and kaleido: only for this command
     from tlprobe.report.png import export_png
 
@@ -71,12 +72,12 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tlprobe",
         description="Measure what happens inside a transformer's layers (TransformerLens).",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     sub.add_parser("ls", help="list recipes")
     p_run = sub.add_parser("run", help="run a recipe (options: tlprobe run NAME --help)", add_help=False)
     p_run.add_argument("name", help="recipe name (see tlprobe ls)")

@@ -6,6 +6,7 @@ message names the problem and the fix. The CLI prints it as one line and exits w
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -36,6 +37,13 @@ class ModelLoadError(TlprobeError):
 
 class UnsupportedModelError(TlprobeError):
     """The model lacks something the analysis needs (e.g. an encoder given to a decoder-only lens)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` with one-line errors (``PROG: error: ...; see PROG --help``), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}; see {self.prog} --help\n")
 
 
 def guarded(fn: Callable[[], int], debug: bool = False) -> int:

@@ -246,7 +246,7 @@ def check_model_dir(path: pathlib.Path) -> None:
 
 
 def _hub_offline() -> bool:
-    import huggingface_hub.constants as hc
+    import huggingface_hub.constants as hc  # read at call time: the offline flag can change
 
     return bool(hc.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
@@ -260,8 +260,9 @@ def _check_hub(name: str) -> None:
     """
     if _hub_offline():
         return
+    # the hub client: only when a hub id is loaded online
     import huggingface_hub as hf
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError  # the hub client, as above
 
     cached = isinstance(hf.try_to_load_from_cache(name, "config.json"), str)
     try:
@@ -289,12 +290,12 @@ def _check_hub(name: str) -> None:
 
 def _go_offline() -> None:
     """Read the hub cache without asking the hub (it is unreachable): Transformers would retry."""
-    import huggingface_hub.constants as hc
+    import huggingface_hub.constants as hc  # the flag the hub client reads on each request
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     hc.HF_HUB_OFFLINE = True
     try:
-        import transformers.utils.hub as th
+        import transformers.utils.hub as th  # transformers 4.x keeps its own copy of the flag
 
         if hasattr(th, "_is_offline_mode"):  # transformers 4.x reads it once, at import
             th._is_offline_mode = True  # type: ignore[attr-defined]

@@ -47,7 +47,7 @@ from tlprobe.access import ModelInfo, find_token_positions, load_model, model_in
 from tlprobe.access.run import Batch, forward_cache, tokenize_prompts
 from tlprobe.access.tokens import Positions
 from tlprobe.checks import as_float, as_int, check_min_samples
-from tlprobe.errors import TlprobeError, guarded
+from tlprobe.errors import ArgumentParser, TlprobeError, guarded
 from tlprobe.report.html import Report, human_size
 from tlprobe.report.outputs import check_out_dir, write_outputs
 from tlprobe.result import Result, jsonable
@@ -200,9 +200,7 @@ def _argument(f: dataclasses.Field, hint) -> tuple[list[str], dict]:
 
 def build_parser(kind: type[CommonOptions], prog: str, description: str, default_out: str) -> argparse.ArgumentParser:
     """The command-line parser of an ``Options`` class: the recipe's own options first."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(kind)
     model = {f.name for f in dataclasses.fields(ModelOptions)} - {f.name for f in dataclasses.fields(CommonOptions)}
     common = {f.name for f in dataclasses.fields(CommonOptions)}

@@ -124,7 +124,7 @@ def _signals_held() -> Iterator[None]:
 def _locked(folder: pathlib.Path) -> Iterator[None]:
     """An exclusive lock on ``folder`` (advisory, between tlprobe runs; a no-op where unsupported)."""
     try:
-        import fcntl
+        import fcntl  # POSIX only: on other systems the lock is skipped
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
