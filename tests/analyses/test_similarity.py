@@ -191,11 +191,14 @@ def test_chunked_and_tiled_equal_unchunked(monkeypatch, method):
     ref = [numpy_block_similarity(x[layer].numpy(), method, 25, 0.9) for layer in range(7)]
     # Tiles of a few rows (a partial last one) and chunks of 1 or 3 layers, the bench's code path.
     monkeypatch.setattr(similarity, "TILE_CELLS", 45)
+    # Sample slabs of a few samples too: the float64 sums (and the norms) are then added in
+    # another order, so the summaries agree to rounding; the bin counts exactly.
     for chunk_size in (1, 3, None):
         part = qkv_block_similarity(x, method, bins=25, chunk_size=chunk_size)
-        for k in ("prob", "frac_extreme", "mean", "std"):
+        for k in ("prob", "frac_extreme"):
             assert torch.equal(getattr(part, k), getattr(full, k)), (chunk_size, k)
-        torch.testing.assert_close(part.mean_abs, full.mean_abs, rtol=1e-14, atol=0)
+        for k in ("mean", "std", "mean_abs"):
+            torch.testing.assert_close(getattr(part, k), getattr(full, k), rtol=1e-13, atol=1e-15)
         np.testing.assert_allclose(part.mean_abs.numpy(), np.stack([r["mean_abs"] for r in ref]), atol=1e-12)
 
 
@@ -298,3 +301,139 @@ def test_bad_input_errors():
         st.rows(block="QQQ")
     with pytest.raises(TlprobeError, match="unknown summary"):
         st.rows(sort_by="median")
+
+
+# -- memory: linear in samples, refused up front when too large ----------------------------------
+
+
+@pytest.mark.parametrize("method", ["cosine", "correlation"])
+def test_many_samples_equal_numpy_and_do_not_depend_on_tiles(monkeypatch, method):
+    # 3000 samples of 3 x 6 coordinates: far more samples than coordinates (the float64 block
+    # tiles route; the Gram route alone would hold 3 x 3000 x 3000 float64 per item).
+    x = _qkv((2,), samples=3000, n=6, seed=7)
+    st = qkv_block_similarity(x, method, bins=20)
+    for p in range(2):
+        ref = numpy_block_similarity(x[p].numpy(), method, 20, 0.9)
+        np.testing.assert_array_equal(st.prob[p].numpy(), ref["prob"])
+        for k in SUMMARIES:
+            np.testing.assert_allclose(getattr(st, k)[p].numpy(), ref[k], rtol=0, atol=1e-12, err_msg=k)
+    # Slabs of 10 samples (TILE_CELLS 200), tiles of a few rows, chunks of 1 and 2 populations.
+    monkeypatch.setattr(similarity, "TILE_CELLS", 200)
+    for chunk_size in (1, 2):
+        part = qkv_block_similarity(x, method, bins=20, chunk_size=chunk_size)
+        assert torch.equal(part.prob, st.prob) and torch.equal(part.frac_extreme, st.frac_extreme)
+        for k in ("mean", "std", "mean_abs"):
+            torch.testing.assert_close(getattr(part, k), getattr(st, k), rtol=1e-12, atol=1e-14)
+
+
+def test_gram_route_in_sample_tiles_equals_numpy(monkeypatch):
+    # Fewer samples than coordinates (the Gram route), its s x s Gram matrices cut into sample tiles.
+    x = _qkv((3,), samples=40, n=30, seed=8)
+    monkeypatch.setattr(similarity, "TILE_CELLS", 400)
+    st = qkv_block_similarity(x, "correlation", bins=17)
+    for p in range(3):
+        ref = numpy_block_similarity(x[p].numpy(), "correlation", 17, 0.9)
+        np.testing.assert_array_equal(st.prob[p].numpy(), ref["prob"])
+        for k in SUMMARIES:
+            np.testing.assert_allclose(getattr(st, k)[p].numpy(), ref[k], rtol=0, atol=1e-12, err_msg=k)
+
+
+def test_histograms_too_large_are_refused_before_allocating():
+    x = _qkv((48,), samples=5, n=2)
+    with pytest.raises(TlprobeError, match=r"needs ~[\d.]+ GiB; [\d.]+ GiB available; lower bins \(--bins\)"):
+        qkv_block_similarity(x, bins=100000000)
+    with pytest.raises(TlprobeError, match="needs ~.*GiB"):
+        feature_similarity(torch.randn(2, 3, 100000))  # a [2, 100000, 100000] result
+
+
+def test_integer_knobs_accept_numpy_and_torch_scalars():
+    x = _qkv((3,))
+    ref = qkv_block_similarity(x, bins=12, chunk_size=2)
+    st = qkv_block_similarity(x, bins=np.int64(12), chunk_size=torch.tensor(2))  # type: ignore[arg-type]
+    assert st == ref
+    with pytest.raises(TlprobeError, match="bins must be an integer"):
+        qkv_block_similarity(x, bins=12.0)  # type: ignore[arg-type]
+    with pytest.raises(TlprobeError, match="chunk_size"):
+        qkv_block_similarity(x, chunk_size=True)  # type: ignore[arg-type]
+    assert torch.equal(shuffle_values(x, seed=np.int64(3)), shuffle_values(x, seed=3))  # type: ignore[arg-type]
+
+
+def test_tensors_that_require_grad_work_and_complex_is_refused():
+    x = _qkv((2,)).requires_grad_(True)
+    st = qkv_block_similarity(x, "correlation", bins=10)
+    assert st == qkv_block_similarity(x.detach(), "correlation", bins=10)
+    sim = feature_similarity(x, "correlation")
+    assert not sim.requires_grad and torch.equal(sim, feature_similarity(x.detach(), "correlation"))
+    z = torch.complex(x.detach(), x.detach())
+    for call in (lambda: qkv_block_similarity(z), lambda: feature_similarity(z)):
+        with pytest.raises(TlprobeError, match="complex"):
+            call()
+
+
+def test_shuffle_of_an_empty_matrix_is_empty():
+    for shape in ((0, 5), (3, 0), (2, 0, 4)):
+        x = torch.empty(shape)
+        for mode in ("all", "within-feature"):
+            out = shuffle_values(x, mode)  # type: ignore[arg-type]
+            assert out.shape == x.shape and out.numel() == 0
+
+
+# -- undefined items: identical samples -----------------------------------------------------------
+
+
+def _with_identical():
+    x = _qkv((2, 3), n=5, seed=9)
+    x[0, 1] = x[0, 1, :1]  # population 0, layer 1: the same vector in every sample
+    return x
+
+
+def test_undefined_raise_says_the_samples_are_identical():
+    x = _with_identical()
+    axes = {"population": ("target", "non-target"), "layer": ("L0", "L1", "L2")}
+    with pytest.raises(
+        TlprobeError,
+        match=r"15 feature\(s\) are constant .*In 1 of 6 item\(s\) \(e.g. leading index \('target', 'L1'\)\) "
+        r"the 25 samples are identical: e.g. a rotary model's layer-0 Q/K/V see only the token, or duplicated "
+        r"sentences\. Drop those features, or pass undefined='nan'",
+    ):
+        qkv_block_similarity(x, "correlation", axes=axes)
+    with pytest.raises(TlprobeError, match="the 25 samples are identical"):
+        feature_similarity(x, "correlation")
+    # one constant coordinate only: no claim about identical samples
+    y = _qkv((2,))
+    y[1, :, 4] = 3.0
+    with pytest.raises(TlprobeError, match=r"1 feature\(s\) are constant") as err:
+        qkv_block_similarity(y, "correlation")
+    assert "identical" not in str(err.value)
+    # cosine is defined on identical (non-zero) samples
+    assert not bool(qkv_block_similarity(x, "cosine", bins=10).std.isnan().any())
+
+
+@pytest.mark.parametrize("bins", [20, 17])
+def test_undefined_nan_equals_the_defined_items_alone(bins):
+    x = _with_identical()
+    st = qkv_block_similarity(x, "correlation", bins=bins, undefined="nan")
+    assert bool(st.prob[0, 1].isnan().all())
+    for k in SUMMARIES:
+        assert bool(getattr(st, k)[0, 1].isnan().all()), k
+    keep = [(0, 0), (0, 2), (1, 0), (1, 1), (1, 2)]
+    alone = qkv_block_similarity(torch.stack([x[i] for i in keep]), "correlation", bins=bins)
+    for row, idx in enumerate(keep):
+        assert torch.equal(st.prob[idx], alone.prob[row])
+        for k in SUMMARIES:
+            torch.testing.assert_close(getattr(st, k)[idx], getattr(alone, k)[row], rtol=0, atol=1e-14)
+    mask = similarity.undefined_features(x, "correlation")
+    assert mask.shape == (2, 3, 15) and bool(mask[0, 1].all()) and int(mask.sum()) == 15
+    with pytest.raises(TlprobeError, match="unknown undefined 'zero'"):
+        qkv_block_similarity(x, undefined="zero")  # type: ignore[arg-type]
+
+
+def test_undefined_rows_are_nan_sorted_last_and_saved_as_null(tmp_path):
+    x = _with_identical()
+    st = qkv_block_similarity(x, "correlation", bins=8, undefined="nan", axes={"population": ("a", "b")})
+    rows = st.rows(block="QK", sort_by="std")
+    assert [r["layer"] if "layer" in r else r["dim1"] for r in rows][-1] == 1
+    assert np.isnan(rows[-1]["std"]) and not np.isnan(rows[0]["std"])
+    d = st.to_dict()
+    assert d["std"][0][1] == [None] * 6
+    assert load(st.save(tmp_path / "st.json")) == st
