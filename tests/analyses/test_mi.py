@@ -20,11 +20,13 @@ from tlprobe.analyses.mi import (
     copnorm,
     cross_mi,
     dependence,
+    dependence_bytes,
     entropy,
     gcmi,
     mi,
     mi_histograms,
     mi_null,
+    mi_working_bytes,
     miller_madow,
     pairwise_mi,
     resolve_bins,
@@ -353,10 +355,10 @@ def test_gcmi_refuses_constant_variable():
         (lambda: pairwise_mi(torch.randn(10, 3), bins=2.5), "bins must be an integer >= 2 or one of"),
         (lambda: pairwise_mi(torch.randn(10, 3), bins="auto"), "unknown bin rule 'auto'"),
         (lambda: pairwise_mi(torch.randn(10, 3), correction="panzeri"), "unknown correction 'panzeri'"),
-        (lambda: pairwise_mi(torch.randn(10, 3), chunk_size=0), "chunk_size must be a positive integer"),
+        (lambda: pairwise_mi(torch.randn(10, 3), chunk_size=0), "chunk_size \\(variables per block\\) must be >= 1"),
         (lambda: pairwise_mi(torch.randn(10)), "expected \\[..., samples, variables\\]"),
         (lambda: pairwise_mi(torch.ones(10, 3), bins="fd"), "'fd' bin rule is undefined.*pass an integer"),
-        (lambda: mi_null(torch.randn(10, 3), n_shuffles=0), "n_shuffles must be a positive integer"),
+        (lambda: mi_null(torch.randn(10, 3), n_shuffles=0), "n_shuffles must be >= 1, got 0"),
         (lambda: cross_mi(torch.randn(10, 3), torch.randn(9, 2)), "x has 10 samples and y 9"),
         (lambda: gcmi(torch.randn(2, 3)), "need at least 3"),
         (lambda: pairwise_mi(torch.randn(10, 3), dtype=torch.float16), "dtype must be torch.float32"),
@@ -436,3 +438,57 @@ def test_dependence_parabola_and_sweep(tmp_path):
     kept = dependence(x, lin, n_shuffles=30, seed=0, keep_samples=True, axes={"rho": ["-0.9", "0", "0.9"]})
     assert torch.equal(kept.x, x) and torch.equal(kept["0.9"].y, lin[2]) and torch.equal(kept.gcmi, d.gcmi)
     assert load(kept.save(tmp_path / "dep.json")) == kept and load(d.save(tmp_path / "d.json")) == d
+
+
+# --- sizes: refused before allocating -----------------------------------------------------------
+
+HUGE_BINS = 100_000_000  # one joint histogram alone would be 1e16 cells
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda x: pairwise_mi(x, bins=HUGE_BINS), "histogram MI with bins=100000000"),
+        (lambda x: mi_null(x, bins=HUGE_BINS), "histogram MI with bins=100000000"),
+        (lambda x: miller_madow(x, bins=HUGE_BINS), "histogram MI with bins=100000000"),
+        (lambda x: token_mi(x, bins=HUGE_BINS), "histogram MI with bins=100000000"),
+        (lambda x: cross_mi(x, x[:, :1], bins=HUGE_BINS), "histogram MI with bins=100000000"),
+        (lambda x: mi(x[:, 0], x[:, 1], bins=HUGE_BINS), "histogram MI with bins=100000000"),
+        (lambda x: entropy(x, bins=10**12), "computing the entropies with bins=1000000000000"),
+        (lambda x: bin_labels(x, bins=10**12), "binning with bins=1000000000000"),
+        (lambda x: dependence(x[:, 0], x[:, 1], bins=HUGE_BINS), "dependence with bins=100000000"),
+        (lambda x: dependence(x[:, 0], x[:, 1], n_shuffles=10**9), "and 1000000000 shuffles"),
+        (lambda x: mi_histograms(x[:4, :4][None], bins=10**11), "histogramming 1 matrices with bins=100000000000"),
+    ],
+)
+def test_huge_sizes_are_refused_before_allocating(call, message):
+    x = torch.rand(50, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TlprobeError, match=message) as err:
+        call(x)
+    msg = str(err.value)
+    assert "GiB" in msg and "available; lower bins" in msg and "\n" not in msg
+
+
+def test_working_bytes_grow_with_the_joint_histograms():
+    small = mi_working_bytes(7, 115, 384, bins=10)
+    assert small < 2**30  # the pairwise-mi recipe on MiniLM: well under a GiB
+    assert mi_working_bytes(1, 2, 1, bins=HUGE_BINS) >= HUGE_BINS**2  # one pair's joint histogram
+    assert mi_working_bytes(1, 115, 384, bins=1000) > mi_working_bytes(1, 115, 384, bins=100)
+    assert dependence_bytes(19, 1000, bins=10, n_shuffles=1000) > 5 * dependence_bytes(
+        19, 1000, bins=10, n_shuffles=100
+    )
+
+
+def test_integer_knobs_accept_numpy_and_torch_integers():
+    x = torch.rand(60, 3, generator=torch.Generator().manual_seed(0))
+    want = mi_null(x, n_shuffles=3, seed=1, bins=4, chunk_size=2)
+    got = mi_null(x, n_shuffles=np.int64(3), seed=torch.tensor(1), bins=np.int32(4), chunk_size=torch.tensor(2))
+    assert torch.equal(want.raw, got.raw) and torch.equal(want.null_mean, got.null_mean) and got.seed == 1
+    d = dependence(x[:, 0], x[:, 1], bins=np.int64(4), n_shuffles=np.int16(5), seed=np.int64(2))
+    assert d.bins == 4 and d.n_shuffles == 5 and d.seed == 2
+    h = mi_histograms(pairwise_mi(x)[None], bins=np.int64(3))
+    assert h.prob.shape == (1, 3)
+    with pytest.raises(TlprobeError, match="seed must be an integer, got 1.5"):
+        mi_null(x, seed=1.5)
+    with pytest.raises(TlprobeError, match="value_range high must be a finite number, got nan"):
+        mi_histograms(pairwise_mi(x)[None], value_range=(0.0, float("nan")))

@@ -42,7 +42,17 @@ import torch
 from jaxtyping import Float, Int
 
 from tlprobe.analyses.similarity import feature_similarity, shuffle_values
-from tlprobe.checks import as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
+from tlprobe.checks import (
+    as_float,
+    as_int,
+    as_tensor,
+    check_choice,
+    check_finite,
+    check_memory,
+    check_min_samples,
+    check_ndim,
+    upcast,
+)
 from tlprobe.errors import TlprobeError
 from tlprobe.result import Result
 
@@ -58,8 +68,9 @@ CORRECTIONS: tuple[str | None, ...] = (None, *typing.get_args(Correction))
 _BLOCK_ELEMENTS = 1 << 20
 
 
-def _is_int(v) -> bool:
-    return not isinstance(v, bool) and hasattr(v, "__index__")
+def _count(value, what: str, minimum: int = 1) -> int:
+    """An integer knob (numpy and torch integers accepted) of at least ``minimum``."""
+    return as_int(value, what, minimum=minimum)
 
 
 def _prepare(x, name: str, shape_doc: str, min_samples: int = 2) -> torch.Tensor:
@@ -109,12 +120,14 @@ def resolve_bins(x: Float[torch.Tensor, "... samples variables"], bins: int | Bi
         >>> resolve_bins(x, "sqrt"), resolve_bins(x, 7)
         (10, 7)
     """
-    if _is_int(bins):
-        if int(bins) < 2:
-            raise TlprobeError(f"bins must be >= 2 (one bin carries no information), got {int(bins)}")
-        return int(bins)
     if not isinstance(bins, str):
-        raise TlprobeError(f"bins must be an integer >= 2 or one of {BIN_RULES}, got {bins!r}")
+        try:
+            k = as_int(bins, "bins")
+        except TlprobeError:
+            raise TlprobeError(f"bins must be an integer >= 2 or one of {BIN_RULES}, got {bins!r}") from None
+        if k < 2:
+            raise TlprobeError(f"bins must be >= 2 (one bin carries no information), got {k}")
+        return k
     check_choice(bins, BIN_RULES, "bin rule")
     x = as_tensor(x, "x").double()
     n = x.shape[-2]
@@ -158,6 +171,8 @@ def bin_labels(
     """
     x = _prepare(x, "x", "[..., samples, variables]", min_samples=1)
     k = resolve_bins(x, bins)
+    need = math.prod(x.shape[:-2]) * x.shape[-1] * (3 * x.shape[-2] + k + 1) * 8
+    check_memory(need, f"binning with bins={k}", "lower bins", device=x.device)
     return _labels(x, k)
 
 
@@ -212,15 +227,79 @@ def _plan(B: int, V_rows: int, V_cols: int, k: int, chunk_size: int | None) -> t
     enough for an efficient matrix product, columns fill the rest of the budget.
     """
     if chunk_size is not None:
-        if not _is_int(chunk_size) or int(chunk_size) < 1:
-            raise TlprobeError(f"chunk_size must be a positive integer (variables per block), got {chunk_size!r}")
-        rows = min(int(chunk_size), V_rows)
+        rows = min(_count(chunk_size, "chunk_size (variables per block)"), V_rows)
     else:
         rows = min(V_rows, max(1, 256 // k))
     cols = min(V_cols, max(1, _BLOCK_ELEMENTS // (rows * k * k)))
     whole = rows == V_rows and cols == V_cols
     groups = max(1, min(B, _BLOCK_ELEMENTS // (V_rows * V_cols * k * k))) if whole else 1
     return groups, rows, cols
+
+
+def mi_working_bytes(
+    lead: int,
+    n: int,
+    v_rows: int,
+    v_cols: int | None = None,
+    *,
+    bins: int,
+    chunk_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> int:
+    """Bytes the histogram MI of one call allocates at its peak, estimated before any allocation.
+
+    Counts the bin labels and edges, the one-hot bin codes (``samples x variables x bins``),
+    the marginal histograms, the reused buffers of one tile of joint histograms (at least
+    ``bins**2`` cells: one pair's joint histogram, whatever ``chunk_size``) and the output. Every
+    MI entry point checks it against the free memory (:func:`tlprobe.checks.check_memory`) and
+    refuses before allocating; recipes call it to name their own option in the refusal.
+
+    Args:
+        lead: leading indices batched together (layers x heads, shuffles x pairs).
+        n: samples per variable.
+        v_rows: variables of ``x``.
+        v_cols: variables of ``y`` (:func:`cross_mi`); ``None`` for the pairwise case.
+        bins: bins per variable (an integer: resolve a rule with :func:`resolve_bins` first).
+        chunk_size, dtype: as :func:`pairwise_mi`.
+        device: where the work runs (sets the dtype of the counts).
+
+    Returns:
+        The estimate in bytes.
+
+    Example:
+        >>> mi_working_bytes(7, 115, 384, bins=10) < 2**30
+        True
+        >>> mi_working_bytes(1, 115, 384, bins=100_000_000) > 2**50  # one joint histogram: 1e16 cells
+        True
+    """
+    lead, n, v_rows = _count(lead, "lead"), _count(n, "n"), _count(v_rows, "v_rows")
+    sym = v_cols is None
+    v_cols = v_rows if v_cols is None else _count(v_cols, "v_cols")
+    k = _count(bins, "bins", minimum=2)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    cdt = _count_dtype(n, dev)
+    cb, db = cdt.itemsize, dtype.itemsize
+    n_vars = v_rows + (0 if sym else v_cols)
+    labels = lead * n * n_vars * 8 * 3 + lead * n_vars * (k + 1) * 8  # float64 copy, ids, labels; edges
+    onehot = lead * n * k * cb * (2 * v_rows + (0 if sym else v_cols))  # scatter target + transposed copy
+    marginals = lead * n_vars * (k + n) * 8
+    groups, rows, cols = _plan(lead, v_rows, v_cols, k, chunk_size)
+    cells = groups * rows * k * cols * k
+    tile = cells * (cb + db + (0 if cdt == dtype else db))
+    out = lead * v_rows * v_cols * db * (3 if sym else 1)  # the mirrored copy of the symmetric case
+    return labels + onehot + marginals + tile + out
+
+
+def _check_mi_memory(lead: int, n: int, v_rows: int, v_cols: int | None, k: int, chunk_size, dtype, device) -> None:
+    need = mi_working_bytes(lead, n, v_rows, v_cols, bins=k, chunk_size=chunk_size, dtype=dtype, device=device)
+    check_memory(
+        need,
+        f"histogram MI with bins={k} ({n} samples, {v_rows} x {v_rows if v_cols is None else v_cols} variables, "
+        f"{lead} leading indices; one joint histogram is {k}^2 cells)",
+        "lower bins, or pass fewer samples or variables per call",
+        device=device,
+    )
 
 
 def _mi_labels(
@@ -339,6 +418,7 @@ def pairwise_mi(
     """
     x, k, dtype = _setup(x, "x", bins, correction, dtype)
     lead, n, V = x.shape[:-2], x.shape[-2], x.shape[-1]
+    _check_mi_memory(math.prod(lead), n, V, None, k, chunk_size, dtype, x.device)
     lab = _labels(x, k).reshape(-1, n, V)
     return _mi_labels(lab, None, k, correction, dtype, chunk_size).reshape(*lead, V, V)
 
@@ -401,6 +481,7 @@ def cross_mi(
     x = x.expand(*lead, n, x.shape[-1])
     y = y.expand(*lead, n, y.shape[-1]).to(x.device)
     k = resolve_bins(torch.cat([x.double(), y.double()], -1), bins)
+    _check_mi_memory(math.prod(lead), n, x.shape[-1], y.shape[-1], k, chunk_size, dtype, x.device)
     lx = _labels(x, k).reshape(-1, n, x.shape[-1])
     ly = _labels(y, k).reshape(-1, n, y.shape[-1])
     return _mi_labels(lx, ly, k, correction, dtype, chunk_size).reshape(*lead, x.shape[-1], y.shape[-1])
@@ -423,6 +504,8 @@ def entropy(
     """
     x, k, dtype = _setup(x, "x", bins, correction, dtype)
     lead, n, V = x.shape[:-2], x.shape[-2], x.shape[-1]
+    need = math.prod(lead) * V * (4 * n + 2 * k + 1) * 8  # labels and edges, then the marginals
+    check_memory(need, f"computing the entropies with bins={k}", "lower bins", device=x.device)
     S, m = _marginal(_labels(x, k).reshape(-1, n, V), k, torch.float64)
     h = math.log(n) - S / n
     if correction == "miller-madow":
@@ -553,15 +636,16 @@ def mi_null(
         (True, True)
     """
     x, k, dtype = _setup(x, "x", bins, None, dtype)
-    if not _is_int(n_shuffles) or int(n_shuffles) < 1:
-        raise TlprobeError(f"n_shuffles must be a positive integer, got {n_shuffles!r}")
+    n_shuffles = _count(n_shuffles, "n_shuffles")
     lead, n, V = x.shape[:-2], x.shape[-2], x.shape[-1]
+    _check_mi_memory(math.prod(lead), n, V, None, k, chunk_size, dtype, x.device)
     lab = _labels(x, k).reshape(-1, n, V)
     raw = _mi_labels(lab, None, k, None, dtype, chunk_size)
-    gen = torch.Generator().manual_seed(int(seed))
+    seed = as_int(seed, "seed")
+    gen = torch.Generator().manual_seed(seed)
     total = torch.zeros_like(raw, dtype=torch.float64)
     total_sq = torch.zeros_like(total)
-    for _ in range(int(n_shuffles)):
+    for _ in range(n_shuffles):
         s = int(torch.randint(0, 2**62, (1,), generator=gen))
         null = _mi_labels(shuffle_values(lab, "within-feature", seed=s), None, k, None, dtype, chunk_size).double()
         total += null
@@ -577,8 +661,8 @@ def mi_null(
         bins=k,
         method="shuffle",
         n_samples=n,
-        n_shuffles=int(n_shuffles),
-        seed=int(seed),
+        n_shuffles=n_shuffles,
+        seed=seed,
         axes=axes or {},
     )
 
@@ -609,6 +693,7 @@ def miller_madow(
     """
     x, k, dtype = _setup(x, "x", bins, None, dtype)
     lead, n, V = x.shape[:-2], x.shape[-2], x.shape[-1]
+    _check_mi_memory(math.prod(lead), n, V, None, k, chunk_size, dtype, x.device)
     lab = _labels(x, k).reshape(-1, n, V)
     raw = _mi_labels(lab, None, k, None, dtype, chunk_size).reshape(*lead, V, V)
     cor = _mi_labels(lab, None, k, "miller-madow", dtype, chunk_size).reshape(*lead, V, V)
@@ -801,20 +886,21 @@ def mi_histograms(
     V = mats.shape[-1]
     if mats.shape[-2] != V or V < 2:
         raise TlprobeError(f"mats has shape {tuple(mats.shape)}; expected [..., V, V] with V >= 2")
-    if not _is_int(bins) or int(bins) < 1:
-        raise TlprobeError(f"bins must be a positive integer, got {bins!r}")
+    bins = _count(bins, "bins")
     lead = mats.shape[:-2]
+    s = math.prod(lead)
+    # bincount, counts, probabilities and densities ([matrices, bins]), and the binned values
+    need = s * bins * 8 * 5 + s * V * (V - 1) // 2 * 8 * 4
+    check_memory(need, f"histogramming {s} matrices with bins={bins}", "lower bins", device=mats.device)
     vals = _upper(mats).reshape(-1, V * (V - 1) // 2)
     check_finite(vals, "mats (off-diagonal values)")
-    s = vals.shape[0]
     if value_range is None:
         lo, hi = float(vals.min()), float(vals.max())
         hi = hi if hi > lo else lo + 1e-9
     else:
-        lo, hi = float(value_range[0]), float(value_range[1])
+        lo, hi = as_float(value_range[0], "value_range low"), as_float(value_range[1], "value_range high")
         if hi <= lo:
             raise TlprobeError(f"value_range must be (low, high) with high > low, got {value_range}")
-    bins = int(bins)
     idx = ((vals - lo) / (hi - lo) * bins).floor().long().clamp_(0, bins - 1)
     flat = torch.arange(s, device=vals.device)[:, None] * bins + idx
     counts = torch.bincount(flat.flatten(), minlength=s * bins).reshape(s, bins).double()
@@ -872,6 +958,25 @@ class Dependence(Result):
     y: Float[torch.Tensor, "... samples"] | None = None
 
 
+def dependence_bytes(lead: int, n: int, *, bins: int, n_shuffles: int, device: torch.device | str | None = None) -> int:
+    """Bytes :func:`dependence` allocates at its peak for ``lead`` pairs of ``n`` samples.
+
+    The shuffle null is batched: ``n_shuffles x lead`` permutations of ``n`` samples and their
+    histogram MI (:func:`mi_working_bytes`), besides the pairs themselves.
+
+    Example:
+        >>> dependence_bytes(19, 1000, bins=10, n_shuffles=100) < 2**30
+        True
+    """
+    lead, n = _count(lead, "lead"), _count(n, "n")
+    n_shuffles = _count(n_shuffles, "n_shuffles")
+    pairs = lead * n * 2 * 8 * 6  # stacked, prepared and float64 copies, labels
+    # per shuffled pair: the random keys (float32), the permutation, the gathered and stacked labels
+    perms = n_shuffles * lead * n * (4 + 8 + 8 + 16)
+    null = mi_working_bytes(n_shuffles * lead, n, 2, bins=bins, dtype=torch.float64, device=device)
+    return pairs + perms + null
+
+
 def dependence(
     x: Float[torch.Tensor, "... samples"],
     y: Float[torch.Tensor, "... samples"],
@@ -916,12 +1021,18 @@ def dependence(
     check_ndim(y, "y", 1, "[..., samples]")
     if x.shape != y.shape:
         raise TlprobeError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same shape")
-    if not _is_int(n_shuffles) or int(n_shuffles) < 1:
-        raise TlprobeError(f"n_shuffles must be a positive integer, got {n_shuffles!r}")
+    n_shuffles = _count(n_shuffles, "n_shuffles")
+    seed = as_int(seed, "seed")
     xy = _prepare(torch.stack([x, y.to(x.device)], -1), "(x, y)", "[..., samples]", min_samples=3)
     xy = xy.double()
     n = xy.shape[-2]
     k = resolve_bins(xy, bins)
+    check_memory(
+        dependence_bytes(math.prod(xy.shape[:-2]), n, bins=k, n_shuffles=n_shuffles, device=xy.device),
+        f"dependence with bins={k}, {n} samples and {n_shuffles} shuffles of {math.prod(xy.shape[:-2])} pair(s)",
+        "lower bins or n_shuffles, or pass fewer samples per call",
+        device=xy.device,
+    )
     cov = feature_similarity(xy, "covariance")[..., 0, 1]
     cor = feature_similarity(xy, "correlation")[..., 0, 1]
     lead = xy.shape[:-2]
@@ -929,12 +1040,12 @@ def dependence(
     raw = _mi_labels(lab, None, k, None, torch.float64, None)[:, 0, 1]
     mm = _mi_labels(lab, None, k, "miller-madow", torch.float64, None)[:, 0, 1]
     # Null: permute y's labels, all shuffles batched as leading indices.
-    gen = torch.Generator().manual_seed(int(seed))
-    perm = torch.rand(int(n_shuffles), lab.shape[0], n, generator=gen).argsort(-1).to(lab.device)
-    ly = lab[..., 1].expand(int(n_shuffles), -1, -1).gather(-1, perm)
-    lx = lab[..., 0].expand(int(n_shuffles), -1, -1)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.rand(n_shuffles, lab.shape[0], n, generator=gen).argsort(-1).to(lab.device)
+    ly = lab[..., 1].expand(n_shuffles, -1, -1).gather(-1, perm)
+    lx = lab[..., 0].expand(n_shuffles, -1, -1)
     null = _mi_labels(torch.stack([lx, ly], -1).reshape(-1, n, 2), None, k, None, torch.float64, None)
-    null = null[:, 0, 1].reshape(int(n_shuffles), -1)
+    null = null[:, 0, 1].reshape(n_shuffles, -1)
     return Dependence(
         covariance=cov,
         correlation=cor,
@@ -947,8 +1058,8 @@ def dependence(
         gcmi=gcmi(xy)[..., 0, 1],
         bins=k,
         n_samples=n,
-        n_shuffles=int(n_shuffles),
-        seed=int(seed),
+        n_shuffles=n_shuffles,
+        seed=seed,
         x=x if keep_samples else None,
         y=y if keep_samples else None,
         axes=axes or {},
