@@ -149,22 +149,31 @@ def _columns(x: torch.Tensor, method: str, name: str) -> _Columns:
     """
     items, s, f = x.shape
     work = _work_dtype(x)
-    step = max(1, TILE_CELLS // max(1, items * f))
-    mean = None if method != "correlation" else x.sum(-2, dtype=work) / s
-    sq = torch.zeros(items, f, dtype=torch.float64, device=x.device)
+    mean = None if method != "correlation" else x.mean(-2, dtype=work)
     lo = torch.full((items, f), math.inf, dtype=work, device=x.device)
     hi = torch.full((items, f), -math.inf, dtype=work, device=x.device)
-    for a in range(0, s, step):
-        slab = x[:, a : a + step].to(work)
-        s_lo, s_hi = torch.aminmax(slab, dim=-2)
-        if not bool(torch.isfinite(s_lo).all() and torch.isfinite(s_hi).all()):
+
+    def scan(part: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Fold ``part`` (``[items', samples', f]``) into lo/hi; its (centred) column norms."""
+        part = part.to(work)
+        p_lo, p_hi = torch.aminmax(part, dim=-2)
+        if not bool(torch.isfinite(p_lo).all() and torch.isfinite(p_hi).all()):
             check_finite(x, name)  # only the error path copies: it names the first bad index
-        torch.minimum(lo, s_lo, out=lo)
-        torch.maximum(hi, s_hi, out=hi)
-        centred = slab if mean is None else slab - mean[:, None]
-        # float32 squares are exact in float64, so one slab gives exactly vector_norm's value
-        sq += torch.linalg.vector_norm(centred, dim=-2).double().square()
-    norm = sq.sqrt().to(work)
+        torch.minimum(lo[rows], p_lo, out=lo[rows])
+        torch.maximum(hi[rows], p_hi, out=hi[rows])
+        return torch.linalg.vector_norm(part if mean is None else part - mean[rows, None], dim=-2)
+
+    if s * f <= TILE_CELLS:  # whole columns, a chunk of items at a time: vector_norm's own values
+        norm = torch.empty(items, f, dtype=work, device=x.device)
+        step = TILE_CELLS // (s * f)
+        for a in range(0, items, step):
+            norm[a : a + step] = scan(x[a : a + step], slice(a, a + step))
+    else:  # a slab of samples at a time, the squares summed in float64
+        sq = torch.zeros(items, f, dtype=torch.float64, device=x.device)
+        step = max(1, TILE_CELLS // (items * f))
+        for a in range(0, s, step):
+            sq += scan(x[:, a : a + step], slice(None)).double().square()
+        norm = sq.sqrt().to(work)
     centre = torch.zeros_like(hi) if mean is None else mean
     amax = torch.maximum(hi - centre, centre - lo)  # max |x - centre|
     eps, spread = torch.finfo(work).eps, hi - lo
@@ -467,8 +476,16 @@ def _square_sums(
     u = torch.empty(c, 3, s, dtype=f64, device=dev)
     diag = torch.zeros(c, 3, n, dtype=f64, device=dev)
     m = torch.zeros(c, 3, 3, dtype=f64, device=dev)
-    mu = None if mean is None else mean.to(f64)
-    nr = norm.to(f64)
+    mu, nr = mean, norm
+    # The values are normalised in the histogram's dtype, then upcast: the sums describe the same
+    # similarities as the histogram, products and sums in float64.
+    tmp = torch.empty(max(TILE_CELLS, 3 * c * n) if norm.dtype != f64 else 0, dtype=norm.dtype, device=dev)
+
+    def normalise64(src: torch.Tensor, m_: torch.Tensor | None, n_: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if out.dtype == n_.dtype:
+            return _normalise(src, m_, n_, out)
+        return out.copy_(_normalise(src, m_, n_, tmp[: out.numel()].view(out.shape)))
+
     if gram:  # operands [c, 3, t, n]; Gram tiles [c, 3, t, t]
         step = max(1, TILE_CELLS // (3 * c * max(n, s)))
         slabs = _slabs(s, step)
@@ -479,7 +496,7 @@ def _square_sums(
         def operand(a: int, b: int, buf: torch.Tensor) -> torch.Tensor:
             src = xv[:, a:b].permute(0, 2, 1, 3)
             out = buf[: c * 3 * (b - a) * n].view(c, 3, b - a, n)
-            return _normalise(src, None if mu is None else mu[:, :, None], nr[:, :, None], out)
+            return normalise64(src, None if mu is None else mu[:, :, None], nr[:, :, None], out)
 
         for k, (a0, a1) in enumerate(slabs):
             xa = operand(a0, a1, buf_a)
@@ -505,7 +522,7 @@ def _square_sums(
         for k, (a, b) in enumerate(slabs):
             if cached is None:
                 out = buf_b[: c * (b - a) * 3 * n].view(c, b - a, 3, n)
-                xb = _normalise(xv[:, a:b], None if mu is None else mu[:, None], nr[:, None], out)
+                xb = normalise64(xv[:, a:b], None if mu is None else mu[:, None], nr[:, None], out)
                 if r0 == 0:
                     u[:, :, a:b] = xb.sum(-1).mT
                     diag += xb.square().sum(1)
