@@ -1,5 +1,7 @@
 """Figures across depth and per head: the result's numbers, under the result's own labels ("L2H1")."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -86,3 +88,25 @@ def test_head_block_figure():
     assert len(fig.data) == 2 and list(fig.data[0].y) == ["L1H0", "L1H1", "L1H2"]
     assert np.array(fig.data[1].z).tolist() == per_head["correlation"].std.tolist()
     assert fig.data[0].text[2][3] == "L1H2 KK"
+
+
+def test_undefined_items_are_gaps_and_blank_cells():
+    """Items computed with undefined="nan" (e.g. a rotary model's layer 0) plot as null: no error, no number."""
+    x = _data()
+    x[0, 0] = x[0, 0, :1]  # target, layer 0: the same vector in every sample
+    st = {m: qkv_block_similarity(x, m, bins=10, axes=POP_LAYER, undefined="nan") for m in ("cosine", "correlation")}
+    assert bool(st["correlation"].std[0, 0].isnan().all()) and not bool(st["cosine"].std.isnan().any())
+    hist = json.loads(depth_histogram_figure({m: s["target"] for m, s in st.items()}).to_json())
+    z = hist["data"][6]["z"]  # correlation QQ
+    assert z[0] == [None] * 10 and None not in z[1]
+    curves = json.loads(str(block_summary_curves_figure(st).to_json()))
+    corr_std = next(t for t in curves["data"][36:] if t["name"] == "QQ (target)" and "std" in t["hovertemplate"])
+    assert corr_std["y"][0] is None and corr_std["y"][1] is not None
+    heads = split_heads(x, 3)
+    per_head = qkv_block_similarity(
+        heads, "correlation", bins=10, axes={**POP_LAYER, "head": head_labels(3)}, undefined="nan"
+    )
+    cells = json.loads(str(head_heatmap_figure(per_head[:1], "frac_extreme").to_json()))["data"][0]["z"]
+    assert cells[0] == [None] * 3 and None not in cells[1]
+    for fig in (hist, curves):
+        json.dumps(fig, allow_nan=False)  # the report's embedding refuses NaN

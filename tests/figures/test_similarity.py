@@ -1,5 +1,7 @@
 """Q/K/V block figures show the result's numbers under the result's own labels."""
 
+import json
+
 import numpy as np
 import torch
 
@@ -44,3 +46,15 @@ def test_index_labels_join_layer_and_head_and_number_the_rest():
         torch.randn(2, 2, 20, 6, dtype=torch.float64), bins=4, axes={"population": ("a", "b"), "layer": ("L0", "L1")}
     )
     assert index_labels(labelled, (2, 2))[1] == "a L1"
+
+
+def test_undefined_items_plot_as_null():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 30, 12, generator=g, dtype=torch.float64)
+    x[1] = x[1, :1]  # non-target: identical samples
+    st = qkv_block_similarity(x, "correlation", bins=10, axes={"population": POPULATIONS}, undefined="nan")
+    hist = json.loads(str(block_histogram_figure(st).to_json()))
+    assert hist["data"][1]["y"] == [None] * 10 and None not in hist["data"][0]["y"]
+    bars = json.loads(str(extreme_fraction_figure(st).to_json()))
+    assert bars["data"][1]["y"] == [None] * 6
+    json.dumps([hist, bars], allow_nan=False)

@@ -3,9 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from tests.helpers import assert_fixture_values, assert_same_numbers, fixture
+from tlprobe.analyses.similarity import BlockStats
+from tlprobe.recipes import layer_similarity
 
 
 def test_same_numbers_as_0_1_0(recipe_output):
@@ -61,3 +64,29 @@ def test_results_are_labelled_and_the_report_has_every_figure(recipe_output):
     assert head.prob.shape == (6, 30) and torch.equal(head.frac_extreme, per_head.frac_extreme[0, 5, 11])
     assert run.results["moments residual stream"].axes["depth"][0] == "embed"
     assert run.results["moments Q|K|V per head"]["non-target"]["L2H3"].n_features == 96
+
+
+@pytest.mark.parametrize("family", ["neox", "llama"])
+def test_rotary_layer_0_correlation_is_undefined_and_reported(tiny_models, tmp_path, family):
+    """Rotary models: layer 0's pre-rotary Q/K/V see only the token, identical in every sentence."""
+    run = layer_similarity.run(model=tiny_models[family], out=tmp_path, quiet=True, progress=False)
+    corr, cos, per_head = (run.results[k] for k in ("correlation", "cosine", "per_head correlation"))
+    assert isinstance(corr, BlockStats) and isinstance(cos, BlockStats) and isinstance(per_head, BlockStats)
+    undefined = corr.std.isnan().all(-1)
+    assert undefined.tolist() == [[True, False], [False, False]]  # [population, layer]: target L0 only
+    assert bool(corr.prob[0, 0].isnan().all()) and not bool(cos.std.isnan().any())
+    assert bool(per_head.std[0, 0].isnan().all())
+    saved = json.loads(run.paths["results"].read_text())
+    assert saved["results"]["correlation"]["std"][0][0] == [None] * 6
+    (finding,) = saved["facts"]["identical_across_sentences"]
+    assert finding == {"population": "target", "layer": "L0", "n_sentences": 48, "max_abs_difference": 0.0}
+    html = run.paths["report"].read_text()
+    assert "at L0 the target vectors are identical in all 48 sentences" in html
+    assert "rotary model" in html and "Position enters inside attention" in html
+
+
+def test_learned_positions_give_no_undefined_items(tiny_models):
+    run = layer_similarity.run(model=tiny_models["gpt2"], out=None, quiet=True, progress=False)
+    for name, st in run.results.items():
+        if isinstance(st, BlockStats):
+            assert not bool(st.std.isnan().any()), name

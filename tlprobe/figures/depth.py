@@ -2,7 +2,9 @@
 
 Each figure takes one result (or a mapping of panel name -> result of one type) and reads its
 labels from the result's axes: the last leading axis is the depth (x or y axis), earlier ones
-are populations (one line each); a ``[layer, head]`` result hovers with "L3H7".
+are populations (one line each); a ``[layer, head]`` result hovers with "L3H7". An undefined
+item (NaN, e.g. the correlation of a rotary model's layer 0) is a gap in a curve and a blank
+row or cell in a heatmap (plotly writes NaN as null).
 """
 
 from __future__ import annotations

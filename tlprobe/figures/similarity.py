@@ -2,11 +2,14 @@
 
 Each figure takes one :class:`~tlprobe.analyses.similarity.BlockStats` or a mapping of panel
 name -> result (e.g. ``{"cosine": ..., "correlation": ...}`` for side-by-side panels) and reads
-every label from the results' axes.
+every label from the results' axes. An undefined item (NaN, see ``undefined`` of
+:func:`~tlprobe.analyses.similarity.qkv_block_similarity`) is drawn as nothing: plotly writes NaN
+as null, a gap in a line, a missing bar, a blank heatmap cell.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import plotly.graph_objects as go
@@ -88,7 +91,7 @@ def extreme_fraction_figure(stats: BlockStats | Mapping[str, BlockStats]) -> go.
                     legendgroup=label,
                     showlegend=c == 1,
                     marker_color=_COLORS[i % len(_COLORS)],
-                    text=[f"{v:.3f}" for v in ext[i].tolist()],
+                    text=["" if math.isnan(v) else f"{v:.3f}" for v in ext[i].tolist()],  # NaN: undefined item
                     textposition="outside",
                     textfont=dict(size=9),
                 ),

@@ -18,7 +18,7 @@ import torch
 from tlprobe.access.hooks import attention_pattern, fused_qkv, hook_names, resid_hook_names, resid_stack, split_heads
 from tlprobe.access.labels import head_labels, layer_labels, resid_labels
 from tlprobe.analyses.moments import sample_moments
-from tlprobe.analyses.similarity import qkv_block_similarity
+from tlprobe.analyses.similarity import qkv_block_similarity, undefined_features
 from tlprobe.figures.attention import attention_heads_view
 from tlprobe.figures.depth import (
     block_summary_curves_figure,
@@ -71,6 +71,23 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     heads = split_heads(qkv_pops, info.n_heads)  # [population, layer, head, samples, 3 * d_head]
     r.lap("forward")
 
+    # Where the correlation across sentences is undefined: a population's vectors at a layer are
+    # the same in every sentence (within float rounding), e.g. layer 0 of a rotary model. Those
+    # items get NaN (blank in the figures, null in results.json) and a finding in the report; any
+    # other constant coordinate still raises.
+    identical = undefined_features(qkv_pops, "correlation").all(-1)  # [population, layer]
+    spread = (qkv_pops.amax(-2) - qkv_pops.amin(-2)).abs().amax(-1)  # largest difference across sentences
+    undefined = "nan" if bool(identical.any()) else "raise"
+    same = [
+        {
+            "population": POPULATIONS[p],
+            "layer": layer_labels(info.n_layers)[layer],
+            "n_sentences": len(prompts),
+            "max_abs_difference": float(spread[p, layer]),
+        }
+        for p, layer in identical.nonzero().tolist()
+    ]
+
     # 2. Moments across samples, block similarity per layer and per head.
     by_layer = {"population": POPULATIONS, "layer": layer_labels(info.n_layers)}
     by_head = {**by_layer, "head": head_labels(info.n_heads)}
@@ -80,8 +97,8 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
         "Q|K|V": sample_moments(qkv_pops, axes=by_layer),
     }
     head_moments = sample_moments(heads, axes=by_head)
-    stats = {m: qkv_block_similarity(qkv_pops, m, bins=o.bins, axes=by_layer) for m in METHODS}
-    head_stats = {m: qkv_block_similarity(heads, m, bins=o.bins, axes=by_head) for m in METHODS}
+    stats = {m: qkv_block_similarity(qkv_pops, m, bins=o.bins, axes=by_layer, undefined=undefined) for m in METHODS}
+    head_stats = {m: qkv_block_similarity(heads, m, bins=o.bins, axes=by_head, undefined=undefined) for m in METHODS}
     r.lap("analysis")
 
     # 3. Figures and report.
@@ -90,6 +107,22 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     report.heading("What this shows")
     report.text(text["shows"].format(n_sentences=len(prompts), target=o.target, n_features=n_features))
     report.text(text["found"])
+    if same:
+        report.heading("Where the correlation is undefined")
+        layers_text = ", ".join(sorted({row["layer"] for row in same}, key=by_layer["layer"].index))
+        pops_text = " and ".join(sorted({row["population"] for row in same}, key=POPULATIONS.index))
+        largest = max(row["max_abs_difference"] for row in same)
+        report.text(
+            text["identical"].format(
+                layers=layers_text,
+                populations=pops_text,
+                n_sentences=len(prompts),
+                max_abs_difference=largest,
+                target=o.target,
+            )
+        )
+        report.text(text["identical_rotary" if info.rotary else "identical_not_rotary"])
+        report.table(same, caption="Vectors identical in every sentence: correlation undefined (NaN)")
     report.heading("Block summaries across depth")
     report.figure(block_summary_curves_figure(stats), caption=text["summary_caption"])
     for pop in POPULATIONS:
@@ -126,6 +159,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
         "n_features": n_features,
         "target_positions": tpos.pos,
         "non_target_positions": npos.pos,
+        "identical_across_sentences": same,
     }
     return r.finish(report, results=results, facts=facts)
 
