@@ -8,7 +8,7 @@ import torch
 
 import tlprobe
 from tests.helpers import punctuation_inputs
-from tlprobe.access.punctuation import token_classes
+from tlprobe.access.punctuation import char_classes, token_classes
 from tlprobe.access.text import tokenize_text
 from tlprobe.analyses.punctuation import (
     PanelResult,
@@ -17,6 +17,7 @@ from tlprobe.analyses.punctuation import (
     punctuation_dependence,
     sample_occurrences,
     window_dependence,
+    window_dependence_bytes,
 )
 from tlprobe.errors import TlprobeError
 from tlprobe.result import Result
@@ -44,7 +45,7 @@ def test_sampling_skips_edges_is_seeded_and_warns_when_short():
         {"class": "internal", "tokens": 11, "with room for a window": 6, "sampled": 5},
         {"class": "terminal", "tokens": 40, "with room for a window": 40, "sampled": 5},
     ]
-    with pytest.raises(TlprobeError, match="n must be a positive integer"):
+    with pytest.raises(TlprobeError, match="n must be >= 1, got 0"):
         sample_occurrences(cls, 0, before=10, after=8)
 
 
@@ -80,7 +81,7 @@ def test_window_dependence_equals_numpy():
     assert mi[0, 1, 5] > mi[0, 1, 4]
     with pytest.raises(TlprobeError, match="centre"):
         window_dependence(h, centre=7)
-    with pytest.raises(TlprobeError, match="chunk_size must be a positive integer"):
+    with pytest.raises(TlprobeError, match=r"chunk_size \(windows per MI call\) must be >= 1, got 0"):
         window_dependence(h, centre=1, chunk_size=0)
 
 
@@ -156,3 +157,28 @@ def test_cluster_panels_end_to_end_and_deterministic(dep, tmp_path):
 def test_gmm_panels(dep):
     panels = cluster_panels(dep, "gmm", k_max=2, seed=0).panels
     assert all(p.clustering.method == "gmm" and p.clustering.k_tried == (1, 2) for p in panels)
+
+
+def test_integer_knobs_accept_numpy_and_torch_integers_and_huge_bins_are_refused():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 3, 5, 32, generator=g)
+    cov, mi = window_dependence(h, centre=2, bins=4, chunk_size=2)
+    cov2, mi2 = window_dependence(h, centre=np.int64(2), bins=np.int64(4), chunk_size=torch.tensor(2))
+    assert torch.equal(cov, cov2) and torch.equal(mi, mi2)
+    with pytest.raises(TlprobeError, match="histogram MI with bins=100000000.*GiB.*lower bins"):
+        window_dependence(h, centre=2, bins=100_000_000)
+    assert window_dependence_bytes(500, 31, 384, bins=10) < 2**30
+    assert window_dependence_bytes(1, 2, 2, bins=100_000_000) >= 100_000_000**2
+    cls = torch.tensor([0, 1, 0, 2, 0, 1, 0, 2, 0, 1, 2, 0])
+    want = sample_occurrences(cls, 2, before=1, after=1, min_count=1, seed=3)
+    got = sample_occurrences(cls, np.int64(2), before=np.int32(1), after=torch.tensor(1), min_count=1, seed=np.int64(3))
+    assert torch.equal(want.pos, got.pos)
+    with pytest.raises(TlprobeError, match="before must be >= 0, got -1"):
+        sample_occurrences(cls, 2, before=-1, after=1)
+
+
+def test_one_abbreviation_string_is_one_word():
+    text = "He met Foo. Then he left."
+    assert int(char_classes(text)[10]) == 2  # a sentence end by default
+    assert int(char_classes(text, abbreviations="foo")[10]) == 0  # was the letters {"f", "o"}
+    assert int(char_classes(text, abbreviations=["foo"])[10]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import pearsonr
@@ -87,7 +88,7 @@ def test_bad_clustering_inputs_are_refused():
     x, y = torch.randn(2, 40, generator=torch.Generator().manual_seed(0))
     with pytest.raises(TlprobeError, match="unknown clustering method 'dbscan'"):
         cluster_points(x, y, "dbscan")  # type: ignore[arg-type]
-    with pytest.raises(TlprobeError, match="k_max must be a positive integer"):
+    with pytest.raises(TlprobeError, match="k_max must be >= 1, got 0"):
         cluster_points(x, y, k_max=0)
     with pytest.raises(TlprobeError, match="too few samples for clustering"):
         cluster_points(x[:12], y[:12], k_max=5)
@@ -107,3 +108,16 @@ def test_results_round_trip(tmp_path):
     assert isinstance(Result.from_dict(cl.to_dict()), Clustering)
     undefined = simpson_check(x[:2], y[:2], torch.tensor([0, 1]))
     assert isinstance(undefined, SimpsonCheck) and Result.from_dict(undefined.to_dict()) == undefined
+
+
+def test_knobs_are_checked_and_accept_numpy_integers():
+    x, y = torch.randn(2, 60, generator=torch.Generator().manual_seed(1))
+    want = cluster_points(x, y, k_max=3, seed=2)
+    got = cluster_points(x, y, k_max=np.int64(3), seed=np.int64(2), sample_size=np.int32(3000))
+    assert torch.equal(want.labels, got.labels)
+    with pytest.raises(TlprobeError, match="min_silhouette must be a finite number, got nan"):
+        cluster_points(x, y, min_silhouette=float("nan"))
+    with pytest.raises(TlprobeError, match="min_abs_r must be >= 0.0, got -0.1"):
+        simpson_check(x, y, torch.zeros(60, dtype=torch.long), min_abs_r=-0.1)
+    with pytest.raises(TlprobeError, match="min_size must be an integer, got 2.5"):
+        simpson_check(x, y, torch.zeros(60, dtype=torch.long), min_size=2.5)

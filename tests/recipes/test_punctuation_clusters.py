@@ -112,3 +112,31 @@ def test_bad_text_and_layers_are_refused(tmp_path):
         punctuation_clusters.run(text=str(tmp_path / "missing.txt"), out=None)
     with pytest.raises(TlprobeError, match=r"--layers \[99\] out of range"):
         punctuation_clusters.run(layers=(99,), out=None, quiet=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"bins": 100_000_000}, r"one joint histogram of --bins 100000000 needs ~.* GiB; .*lower --bins"),
+        ({"bins": 1}, r"--bins must be >= 2, got 1"),
+        ({"n": 0}, r"--n must be >= 1, got 0"),
+        ({"k_max": 0}, r"--k-max must be >= 1, got 0"),
+        ({"batch_size": 0}, r"--batch-size must be >= 1, got 0"),
+        ({"before": -1}, r"--before must be >= 0, got -1"),
+        ({"before": 0, "after": 0}, r"--before and --after are both 0"),
+        ({"layers": (1, -2)}, r"--layers must be >= 0, got -2"),
+    ],
+)
+def test_bad_options_are_refused_before_the_model_loads(overrides, message):
+    with pytest.raises(TlprobeError, match=message):
+        punctuation_clusters.run(out=None, quiet=True, model="no-such-model-is-loaded", **overrides)
+
+
+def test_sizes_are_checked_once_the_model_is_known():
+    options = punctuation_clusters.check_options(punctuation_clusters.Options(layers=1))
+    assert options.layers == (1,)  # one depth from Python
+    punctuation_clusters.check_sizes(options, 2, 384)
+    with pytest.raises(
+        TlprobeError, match=r"the MI of 256 windows of 31 tokens with --bins 200000 .* GiB.*lower --bins"
+    ):
+        punctuation_clusters.check_sizes(punctuation_clusters.Options(bins=200_000), 2, 384)

@@ -59,7 +59,8 @@ def char_classes(
         text: the text.
         internal: characters of class 1.
         terminal: characters of class 2; the period rules apply to ``"."`` only.
-        abbreviations: lower-case words (without the period) that are abbreviations.
+        abbreviations: lower-case words (without the period) that are abbreviations; a lone
+            string is one word.
 
     Returns:
         ``int8`` array of ``len(text)``.
@@ -84,6 +85,8 @@ def char_classes(
         raise TlprobeError(f"characters {sorted(both)} are both internal and terminal; pick one class each")
     if any(ch.isalnum() or ch.isspace() for ch in internal + terminal):
         raise TlprobeError("punctuation classes may not contain letters, digits or spaces")
+    if isinstance(abbreviations, str):
+        abbreviations = (abbreviations,)  # one abbreviation, not its letters
     abbrev = frozenset(a.lower().rstrip(".") for a in abbreviations)
     out = np.zeros(len(text), dtype=np.int8)
     n = len(text)

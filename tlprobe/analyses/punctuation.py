@@ -28,11 +28,28 @@ from jaxtyping import Bool, Float, Int
 
 from tlprobe.access.punctuation import CLASS_NAMES
 from tlprobe.access.text import window_starts
-from tlprobe.analyses.mi import BinRule, Correction, cross_mi, resolve_bins
+from tlprobe.analyses.mi import BinRule, Correction, cross_mi, mi_working_bytes, resolve_bins
 from tlprobe.analyses.stats import Clustering, ClusterMethod, SimpsonCheck, cluster_points, simpson_check
-from tlprobe.checks import as_tensor, check_finite, check_min_samples, check_ndim, upcast
+from tlprobe.checks import as_int, as_tensor, check_finite, check_min_samples, check_ndim, upcast
 from tlprobe.errors import TlprobeError
 from tlprobe.result import Result
+
+#: Windows (over all leading dimensions) per MI call of :func:`window_dependence`.
+WINDOW_CHUNK = 256
+
+
+def window_dependence_bytes(
+    windows: int, tokens: int, dims: int, *, bins: int, chunk_size: int = WINDOW_CHUNK, device=None
+) -> int:
+    """Bytes one MI call of :func:`window_dependence` allocates (``chunk_size`` windows at a time),
+    estimated before any allocation (:func:`tlprobe.analyses.mi.mi_working_bytes`).
+
+    Example:
+        >>> window_dependence_bytes(500, 31, 384, bins=10) < 2**30
+        True
+    """
+    lead = min(as_int(windows, "windows", minimum=1), as_int(chunk_size, "chunk_size", minimum=1))
+    return mi_working_bytes(lead, dims, 1, tokens, bins=bins, device=device)
 
 
 def _class_name(class_id: int) -> str:
@@ -110,8 +127,10 @@ def sample_occurrences(
         >>> occ.cls.tolist(), occ.available
         ([1, 1, 2, 2], {'internal': 3, 'terminal': 3})
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise TlprobeError(f"n must be a positive integer, got {n!r}")
+    n = as_int(n, "n", minimum=1)
+    before, after = as_int(before, "before", minimum=0), as_int(after, "after", minimum=0)
+    min_count = as_int(min_count, "min_count", minimum=1)
+    seed = as_int(seed, "seed")
     classes = torch.as_tensor(classes).cpu()
     candidates = {
         int(c): window_starts(classes.numel(), (classes == c).nonzero().flatten(), before=before, after=after)[0]
@@ -125,7 +144,7 @@ def sample_occurrences(
             f"({what}; need at least {min_count} per class). Give a longer text (--text FILE) or "
             "smaller --before/--after"
         )
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     cls_out, pos_out = [], []
     for c, cand in candidates.items():
         if cand.numel() < n:
@@ -152,7 +171,7 @@ def window_dependence(
     *,
     bins: int | BinRule = 10,
     correction: Correction | None = None,
-    chunk_size: int = 256,
+    chunk_size: int = WINDOW_CHUNK,
 ) -> tuple[Float[torch.Tensor, "... windows tokens"], Float[torch.Tensor, "... windows tokens"]]:
     """Covariance and MI across hidden dimensions between the centre token and every token.
 
@@ -188,12 +207,13 @@ def window_dependence(
     """
     hidden = upcast(as_tensor(hidden, "hidden"))
     check_ndim(hidden, "hidden", 3, "[..., windows, tokens, dims]")
-    if not isinstance(centre, int) or isinstance(centre, bool) or not 0 <= centre < hidden.shape[-2]:
-        raise TlprobeError(f"centre must be a token index in 0..{hidden.shape[-2] - 1}, got {centre!r}")
+    try:
+        centre = as_int(centre, "centre", minimum=0, maximum=hidden.shape[-2] - 1)
+    except TlprobeError:
+        raise TlprobeError(f"centre must be a token index in 0..{hidden.shape[-2] - 1}, got {centre!r}") from None
     check_min_samples(hidden.shape[-1], 2, "covariance across hidden dimensions")
     check_finite(hidden, "hidden")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise TlprobeError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    chunk_size = as_int(chunk_size, "chunk_size (windows per MI call)", minimum=1)
     hc = hidden - hidden.mean(-1, keepdim=True)
     cov = torch.einsum("...d,...td->...t", hc[..., centre, :], hc) / (hidden.shape[-1] - 1)
     if isinstance(bins, str):  # a rule: resolve it once so that every chunk uses the same count

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
-from tlprobe.checks import as_tensor, check_choice, check_finite, check_min_samples
+from tlprobe.checks import as_float, as_int, as_tensor, check_choice, check_finite, check_min_samples
 from tlprobe.errors import TlprobeError
 from tlprobe.result import Result
 
@@ -145,8 +145,10 @@ def cluster_points(
 
     check_choice(method, CLUSTER_METHODS, "clustering method")
     x, y = _pair(x, y)
-    if not isinstance(k_max, int) or k_max < 1:
-        raise TlprobeError(f"k_max must be a positive integer, got {k_max!r}")
+    k_max = as_int(k_max, "k_max", minimum=1)
+    seed = as_int(seed, "seed")
+    sample_size = as_int(sample_size, "sample_size", minimum=2)
+    min_silhouette = as_float(min_silhouette, "min_silhouette", minimum=-1.0, maximum=1.0)
     check_min_samples(x.numel(), max(3 * k_max, 10), "clustering", "give more windows or a smaller k_max")
     pts = torch.stack([x, y], 1)
     check_finite(pts, "points")
@@ -255,6 +257,8 @@ def simpson_check(
         >>> simpson_check(x, y, torch.tensor([0, 0, 0, 1, 1, 1]), min_size=3).flag
         True
     """
+    min_size = as_int(min_size, "min_size", minimum=0)
+    min_abs_r = as_float(min_abs_r, "min_abs_r", minimum=0.0)
     labels = torch.as_tensor(labels).long().flatten()
     pooled = float(pearson_r(x, y)[0])
     within = pearson_r(x, y, labels)

@@ -19,9 +19,19 @@ import torch
 
 from tlprobe.access import resid_hook_names, resid_stack, run_batch
 from tlprobe.access.labels import resid_labels
-from tlprobe.analyses.mi import BinRule, gcmi, mi_histograms, mi_null, pairwise_mi, token_mi
+from tlprobe.analyses.mi import (
+    BIN_RULES,
+    BinRule,
+    gcmi,
+    mi_histograms,
+    mi_null,
+    mi_working_bytes,
+    pairwise_mi,
+    resolve_bins,
+    token_mi,
+)
 from tlprobe.analyses.similarity import shuffle_values
-from tlprobe.checks import check_min_samples
+from tlprobe.checks import as_int, check_choice, check_memory, check_min_samples
 from tlprobe.figures.mi import mi_heatmap_figure, mi_histogram_figure, mi_means_figure
 from tlprobe.recipes.common import (
     ModelOptions,
@@ -52,9 +62,51 @@ class Options(ModelOptions):
     hist_bins: int = option(60, doc="bins of the MI-value histograms")
 
 
+def _hist_bytes(matrices: int, d: int, bins: int) -> int:
+    """What :func:`mi_histograms` holds for ``matrices`` ``[d, d]`` matrices on ``bins`` bins."""
+    return matrices * bins * 8 * 5 + matrices * d * (d - 1) // 2 * 8 * 4
+
+
+def check_options(o: Options) -> None:
+    """Refuse a bad option before the model loads, naming its flag.
+
+    Sizes that cannot fit whatever the model are refused here too: one joint histogram of
+    ``--bins`` is ``bins**2`` cells, and the three bias histograms hold ``3 x --hist-bins`` bins.
+
+    Raises:
+        TlprobeError: ``--bins`` below 2 or an unknown rule, ``--shuffles`` or ``--hist-bins``
+            below 1, or a working set over the available memory (the message names the option).
+
+    Example:
+        >>> check_options(Options(bins=100_000_000))
+        Traceback (most recent call last):
+        tlprobe.errors.TlprobeError: one joint histogram of --bins 100000000 needs ~...; lower --bins
+    """
+    as_int(o.shuffles, "--shuffles", minimum=1)
+    hist_bins = as_int(o.hist_bins, "--hist-bins", minimum=1)
+    if isinstance(o.bins, str):
+        check_choice(o.bins, BIN_RULES, "--bins rule")
+    else:
+        bins = as_int(o.bins, "--bins", minimum=2, fix="one bin carries no information")
+        lower = mi_working_bytes(1, MIN_TOKENS, 2, bins=bins)
+        check_memory(lower, f"one joint histogram of --bins {bins}", "lower --bins")
+    check_memory(_hist_bytes(3, 2, hist_bins), f"the histograms of --hist-bins {hist_bins}", "lower --hist-bins")
+
+
+def check_sizes(o: Options, depth: int, n_tokens: int, d_model: int, *, bins: int, device=None) -> None:
+    """Refuse, before the MI, a working set over the free memory: the pairwise MI of ``depth``
+    layers of ``n_tokens x d_model`` hidden states with ``bins`` bins, and the histograms."""
+    need = mi_working_bytes(depth, n_tokens, d_model, bins=bins, device=device)
+    what = f"pairwise MI of {depth} layers x {d_model} dimensions x {n_tokens} tokens with --bins {o.bins}"
+    check_memory(need, what, "lower --bins, or give a shorter --text", device=device)
+    hist = _hist_bytes(max(depth, 3), d_model, as_int(o.hist_bins, "--hist-bins"))
+    check_memory(hist, f"the histograms of {depth} layers with --hist-bins {o.hist_bins}", "lower --hist-bins")
+
+
 def run(options: Options | None = None, **overrides) -> RecipeResult:
     """Run the recipe (``run(shuffles=3)`` or ``run(Options(...))``); see :class:`Options`."""
     o = resolve(Options, options, overrides)
+    check_options(o)
     paragraph = " ".join(read_lines(o.text or data_path("tea_paragraph.txt")))
     r = setup(NAME, o)
     text = prose(NAME)
@@ -66,6 +118,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     hs = resid_stack(batch.cache)[:, 0, :n_tok].float()
     depth, d_model = hs.shape[0], hs.shape[-1]
     layers = {"layer": resid_labels(r.info.n_layers, style="block")}  # embed, block 0, ...
+    check_sizes(o, depth, n_tok, d_model, bins=resolve_bins(hs, o.bins), device=hs.device)
     r.lap("forward")
 
     # 2. MI between every pair of hidden dimensions, per layer, and its bias.

@@ -17,12 +17,20 @@ from __future__ import annotations
 import pathlib
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from tlprobe.access.punctuation import INTERNAL, TERMINAL, token_classes
 from tlprobe.access.text import cut_windows, run_windows, stdlib_corpus, tokenize_text
-from tlprobe.analyses.punctuation import cluster_panels, punctuation_dependence, sample_occurrences
+from tlprobe.analyses.mi import BIN_RULES
+from tlprobe.analyses.punctuation import (
+    WINDOW_CHUNK,
+    cluster_panels,
+    punctuation_dependence,
+    sample_occurrences,
+    window_dependence_bytes,
+)
+from tlprobe.checks import as_int, check_choice, check_memory
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.punctuation import cluster_position_figure, punctuation_scatter_figure
 from tlprobe.recipes.common import ModelOptions, RecipeResult, option, prose, resolve, script_main, setup
@@ -64,11 +72,58 @@ def read_corpus(path: str | None) -> tuple[str, str]:
     return pathlib.Path(path).read_text(encoding="utf-8"), pathlib.Path(path).name
 
 
+def check_options(o: Options) -> Options:
+    """``o`` with its options checked before the model loads, each refusal naming its flag.
+
+    ``--layers`` may be one depth (from Python, ``layers=3``). One joint histogram of ``--bins``
+    is ``bins**2`` cells whatever the model: a size that cannot fit is refused here.
+
+    Raises:
+        TlprobeError: a count below its minimum (``--n``, ``--k-max``, ``--batch-size`` >= 1,
+            ``--before``/``--after`` >= 0 with at least one neighbour), ``--bins`` below 2 or an
+            unknown rule, a negative depth, or a working set over the available memory.
+
+    Example:
+        >>> check_options(Options(layers=3)).layers
+        (3,)
+    """
+    for flag, value, least in (("--n", o.n, 1), ("--k-max", o.k_max, 1), ("--batch-size", o.batch_size, 1)):
+        as_int(value, flag, minimum=least)
+    before, after = as_int(o.before, "--before", minimum=0), as_int(o.after, "--after", minimum=0)
+    if before + after < 1:
+        raise TlprobeError("--before and --after are both 0: a window needs at least one neighbour of the mark")
+    layers = o.layers
+    if layers is not None:
+        layers = (layers,) if not isinstance(layers, (tuple, list)) else layers
+        layers = tuple(
+            as_int(d, "--layers", minimum=0, fix="0 is the embeddings, l the output of block l-1") for d in layers
+        )
+    if isinstance(o.bins, str):
+        check_choice(o.bins, BIN_RULES, "--bins rule")
+    else:
+        bins = as_int(o.bins, "--bins", minimum=2, fix="one bin carries no information")
+        check_memory(
+            window_dependence_bytes(1, 2, 2, bins=bins), f"one joint histogram of --bins {bins}", "lower --bins"
+        )
+    return replace(o, layers=layers)
+
+
+def check_sizes(o: Options, n_layers: int, d_model: int) -> None:
+    """Refuse, before the text is tokenised, an MI working set over the free memory."""
+    if isinstance(o.bins, str):
+        return  # a rule gives at most about sqrt(d_model) bins
+    windows = n_layers * 2 * o.n
+    need = window_dependence_bytes(windows, o.before + 1 + o.after, d_model, bins=o.bins)
+    what = f"the MI of {min(windows, WINDOW_CHUNK)} windows of {o.before + 1 + o.after} tokens with --bins {o.bins}"
+    check_memory(need, what, "lower --bins")
+
+
 def run(options: Options | None = None, **overrides) -> RecipeResult:
     """Run the recipe (``run(n=60)`` or ``run(Options(...))``); see :class:`Options`."""
     o = resolve(Options, options, overrides)
     if o.text is not None and not pathlib.Path(o.text).is_file():
         raise TlprobeError(f"text file not found: {o.text}")
+    o = check_options(o)
     r = setup(NAME, o)
     # Read after loading the model: the default corpus includes a docstring that transformers
     # (imported by then) attaches to logging.Logger, as when the 0.1.0 numbers were recorded.
@@ -77,6 +132,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     bad = [d for d in depth if not 0 <= d <= r.info.n_layers]
     if bad:
         raise TlprobeError(f"--layers {bad} out of range: 0 (embeddings) to {r.info.n_layers} (last block)")
+    check_sizes(o, len(depth), r.info.d_model)
     text = prose(NAME)
 
     # 1. Tokenise the whole text with offsets; label every token from the characters it spans.
