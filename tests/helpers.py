@@ -76,18 +76,40 @@ def _fixture_tolerance() -> dict[str, float]:
     # Hugging Face to float32 rounding (3e-6, tests/access/test_worlds.py), not bit for bit, so a
     # few samples on a bin edge fall in the next bin: one count moves a histogram probability by
     # ~1e-5 and a binned MI by ~1e-4 (measured: at most 1.4e-5 and 1.1e-4, 0.13 % relative).
-    return {"rtol": 1e-6, "atol": 1e-9} if has_bridge() else {"rtol": 2e-3, "atol": 2e-4}
+    # The bridge's numbers were bit for bit those of the recording machine, but float32 BLAS
+    # kernels differ between CPUs, and so does the bridge there the same way: on another Xeon
+    # (2026-12-02) continuous values moved by up to 2.8e-6 relative and a few samples crossed a
+    # bin edge (histogram probabilities by up to 1.5e-4, a binned MI by 3e-5), within the same
+    # bounds as the HookedEncoder. One tolerance for both.
+    return {"rtol": 2e-3, "atol": 2e-4}
 
 
 FIXTURE_TOLERANCE = _fixture_tolerance()
 
 
 def assert_fixture_values(got, want, msg: str = "") -> None:
-    """Values recorded bit for bit on the bridge: equal there, within FIXTURE_TOLERANCE on a HookedEncoder."""
-    if FIXTURE_TOLERANCE["rtol"] <= 1e-6:
-        np.testing.assert_array_equal(got, np.array(want), err_msg=msg)
-    else:  # a fraction of 1,024 pairs moves by 1/1024 when one pair crosses its threshold (measured once)
-        np.testing.assert_allclose(got, np.array(want), rtol=FIXTURE_TOLERANCE["rtol"], atol=1 / 1024, err_msg=msg)
+    """Per-head fractions recorded on the bridge, within one pair of the smallest block.
+
+    A fraction over a head's QQ block (d_head = 32: 496 pairs) moves by 1/496 when one pair
+    crosses its threshold under another CPU's (or TransformerLens' own BERT code's) rounding.
+    """
+    np.testing.assert_allclose(got, np.array(want), rtol=FIXTURE_TOLERANCE["rtol"], atol=1.001 / 496, err_msg=msg)
+
+
+#: Share of a leaf's values (at least one) that may differ by more than FIXTURE_TOLERANCE: a
+#: binned MI over a vector's few hundred coordinates moves by up to ~1 % when one coordinate sits
+#: on a bin edge under another CPU's rounding (measured: 1 of 1,800 values, 0.8 %, 2026-12-02).
+RARE_BIN_MOVES = 0.002
+
+
+def _assert_close_but_rare_bin_moves(got: np.ndarray, want: np.ndarray, msg: str) -> None:
+    """Within FIXTURE_TOLERANCE, except a rare value (a bin edge crossed) within 2 % relative."""
+    close = np.isclose(got, want, **FIXTURE_TOLERANCE, equal_nan=True)
+    allowed = max(1, int(RARE_BIN_MOVES * close.size))
+    if (~close).sum() <= allowed:
+        np.testing.assert_allclose(got[~close], want[~close], rtol=2e-2, err_msg=msg + " (bin-edge values)")
+    else:
+        np.testing.assert_allclose(got, want, **FIXTURE_TOLERANCE, equal_nan=True, err_msg=msg)
 
 
 def assert_same_numbers(name: str, new: dict, pairs: dict[str, str], ignored: dict[str, str]) -> None:
@@ -114,7 +136,7 @@ def assert_same_numbers(name: str, new: dict, pairs: dict[str, str], ignored: di
         new_path = (target + "/" + leaf[len(best) :].lstrip("/")).strip("/")
         a, b = _array(get_path(old, leaf)), _array(get_path(new, new_path))
         assert a.shape == b.shape, f"{name}: {leaf} has shape {a.shape}, new {new_path} has {b.shape}"
-        np.testing.assert_allclose(b, a, **FIXTURE_TOLERANCE, equal_nan=True, err_msg=f"{name}: {leaf} vs {new_path}")
+        _assert_close_but_rare_bin_moves(b, a, f"{name}: {leaf} vs {new_path}")
         compared += a.size
     assert compared > 0, f"{name}: nothing compared"
 
