@@ -369,9 +369,10 @@ def test_cli_png_option_reaches_finish(monkeypatch, tmp_path, capsys, png):
     assert ("export" in seen) is png
     if png:
         figs, out = seen["export"]
-        assert [n for n, _ in figs] == ["fig01-bars"] and out == tmp_path / "figures"
+        # exported into the run's staging folder inside --out, then moved into place
+        assert [n for n, _ in figs] == ["fig01-bars"] and out.name == "figures" and out.parent.parent == tmp_path
     printed = capsys.readouterr().out
-    assert re.search(r"report: .*report\.html \(\d+\.\d MB\)", printed)
+    assert re.search(r"report: .*report\.html \(\d+\.\d MB, run [0-9a-f]{16}\)", printed)
     assert json.loads((tmp_path / "results.json").read_text())["params"] == {"seed": 0, "k": 2}
 
 

@@ -396,7 +396,7 @@ class Run:
             print(f"report: {paths['report']} ({human_size(paths['report'].stat().st_size)}, run {result.run_id})")
             print(f"results: {paths['results']}")
             if figures:
-                print(f"figures: {len(figures)} PNG in {paths['figures']}")
+                print(f"figures: {len(figures)} PNG in {pathlib.Path(out) / 'figures'}")
         return dataclasses.replace(result, paths=paths)
 
 

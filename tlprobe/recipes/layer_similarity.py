@@ -71,22 +71,10 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     heads = split_heads(qkv_pops, info.n_heads)  # [population, layer, head, samples, 3 * d_head]
     r.lap("forward")
 
-    # Where the correlation across sentences is undefined: a population's vectors at a layer are
-    # the same in every sentence (within float rounding), e.g. layer 0 of a rotary model. Those
-    # items get NaN (blank in the figures, null in results.json) and a finding in the report; any
-    # other constant coordinate still raises.
-    identical = undefined_features(qkv_pops, "correlation").all(-1)  # [population, layer]
-    spread = (qkv_pops.amax(-2) - qkv_pops.amin(-2)).abs().amax(-1)  # largest difference across sentences
-    undefined = "nan" if bool(identical.any()) else "raise"
-    same = [
-        {
-            "population": POPULATIONS[p],
-            "layer": layer_labels(info.n_layers)[layer],
-            "n_sentences": len(prompts),
-            "max_abs_difference": float(spread[p, layer]),
-        }
-        for p, layer in identical.nonzero().tolist()
-    ]
+    # Where a population's vectors are the same in every sentence (layer 0 of a rotary model), the
+    # correlation is undefined: NaN there, and a finding in the report; other constant coordinates raise.
+    same = identical_across_sentences(qkv_pops, layer_labels(info.n_layers))
+    undefined = "nan" if same else "raise"
 
     # 2. Moments across samples, block similarity per layer and per head.
     by_layer = {"population": POPULATIONS, "layer": layer_labels(info.n_layers)}
@@ -108,21 +96,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     report.text(text["shows"].format(n_sentences=len(prompts), target=o.target, n_features=n_features))
     report.text(text["found"])
     if same:
-        report.heading("Where the correlation is undefined")
-        layers_text = ", ".join(sorted({row["layer"] for row in same}, key=by_layer["layer"].index))
-        pops_text = " and ".join(sorted({row["population"] for row in same}, key=POPULATIONS.index))
-        largest = max(row["max_abs_difference"] for row in same)
-        report.text(
-            text["identical"].format(
-                layers=layers_text,
-                populations=pops_text,
-                n_sentences=len(prompts),
-                max_abs_difference=largest,
-                target=o.target,
-            )
-        )
-        report.text(text["identical_rotary" if info.rotary else "identical_not_rotary"])
-        report.table(same, caption="Vectors identical in every sentence: correlation undefined (NaN)")
+        identical_section(report, same, text, target=o.target, rotary=info.rotary)
     report.heading("Block summaries across depth")
     report.figure(block_summary_curves_figure(stats), caption=text["summary_caption"])
     for pop in POPULATIONS:
@@ -162,6 +136,43 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
         "identical_across_sentences": same,
     }
     return r.finish(report, results=results, facts=facts)
+
+
+def identical_across_sentences(qkv_pops: torch.Tensor, layers: tuple[str, ...]) -> list[dict]:
+    """The (population, layer) items whose ``[population, layer, samples, F]`` vectors are identical
+    in every sentence (within float rounding, as :func:`undefined_features` decides), with the
+    measured largest difference across sentences."""
+    identical = undefined_features(qkv_pops, "correlation").all(-1)  # [population, layer]
+    spread = (qkv_pops.amax(-2) - qkv_pops.amin(-2)).abs().amax(-1)
+    return [
+        {
+            "population": POPULATIONS[p],
+            "layer": layers[layer],
+            "n_sentences": int(qkv_pops.shape[-2]),
+            "max_abs_difference": float(spread[p, layer]),
+        }
+        for p, layer in identical.nonzero().tolist()
+    ]
+
+
+def identical_section(report: Report, same: list[dict], text: dict[str, str], *, target: str, rotary: bool) -> None:
+    """The finding "vectors identical in every sentence": which layers, how many sentences, the reason."""
+    report.heading("Where the correlation is undefined")
+    layer_order = [row["layer"] for row in same]
+    layers_text = ", ".join(sorted(set(layer_order), key=layer_order.index))
+    pops_text = " and ".join(sorted({row["population"] for row in same}, key=POPULATIONS.index))
+    largest = max(row["max_abs_difference"] for row in same)
+    report.text(
+        text["identical"].format(
+            layers=layers_text,
+            populations=pops_text,
+            n_sentences=same[0]["n_sentences"],
+            max_abs_difference=largest,
+            target=target,
+        )
+    )
+    report.text(text["identical_rotary" if rotary else "identical_not_rotary"])
+    report.table(same, caption="Vectors identical in every sentence: correlation undefined (NaN)")
 
 
 if __name__ == "__main__":
