@@ -273,3 +273,15 @@ def test_a_bad_out_is_refused_before_the_model_loads(out, files, capsys, monkeyp
     monkeypatch.setattr(common, "load_model", no_model)
     code, err = _run_cli(f"run qkv-similarity --out {out}", files, capsys)
     assert code == 2 and len(err) == 1 and "--out" in err[0] or "tlprobe" in err[0], err
+
+
+def test_an_all_zero_attention_mask_is_refused(gpt2):
+    """The lens summaries over no position read 0.0 (an entropy computed from nothing) before."""
+    from tlprobe.analyses.lens import logit_lens
+
+    _, cache = gpt2.run_with_cache("She gave her the book")
+    mask = torch.zeros(1, cache["hook_embed"].shape[1], dtype=torch.long)
+    with pytest.raises(TlprobeError, match="attention_mask selects no position"):
+        logit_lens(cache, [" her"], attention_mask=mask, model=gpt2)
+    some = logit_lens(cache, [" her"], attention_mask=mask.index_fill(1, torch.tensor([2]), 1), model=gpt2)
+    assert torch.isfinite(some.mean_entropy).all()

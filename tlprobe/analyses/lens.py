@@ -440,9 +440,14 @@ def _batch_shaped(x, name: str, batch: int, pos: int, device) -> torch.Tensor | 
 
 
 def _mask(x, name: str, batch: int, pos: int, device) -> torch.Tensor:
-    """A ``[batch, pos]`` boolean mask (default: every position)."""
+    """A ``[batch, pos]`` boolean mask (default: every position); one that selects nothing is refused
+    (its means would read 0.0, a number computed from no position)."""
     m = _batch_shaped(x, name, batch, pos, device)
-    return torch.ones(batch, pos, dtype=torch.bool, device=device) if m is None else m.bool()
+    if m is None:
+        return torch.ones(batch, pos, dtype=torch.bool, device=device)
+    if not bool(m.bool().any()):
+        raise TlprobeError(f"{name} selects no position (all zeros); pass 1 for the real tokens, or leave it None")
+    return m.bool()
 
 
 def _depth_axes(axes: Mapping[str, Sequence[str]] | None, depth: int) -> Mapping[str, Sequence[str]]:
