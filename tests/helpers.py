@@ -68,23 +68,17 @@ def _array(value) -> np.ndarray:
     return np.array(value, dtype=np.float64)  # None (NaN in JSON) -> nan
 
 
-def _fixture_tolerance() -> dict[str, float]:
-    from tlprobe.access.worlds import has_bridge
-
-    # The fixtures were recorded on a TransformerBridge (TL 4.3), which TL 3.x boots the same way.
-    # On TL 2.x the bundled model is a HookedEncoder: TransformerLens' own BERT code, equal to
-    # Hugging Face to float32 rounding (3e-6, tests/access/test_worlds.py), not bit for bit, so a
-    # few samples on a bin edge fall in the next bin: one count moves a histogram probability by
-    # ~1e-5 and a binned MI by ~1e-4 (measured: at most 1.4e-5 and 1.1e-4, 0.13 % relative).
-    # The bridge's numbers were bit for bit those of the recording machine, but float32 BLAS
-    # kernels differ between CPUs, and so does the bridge there the same way: on another Xeon
-    # (2026-12-02) continuous values moved by up to 2.8e-6 relative and a few samples crossed a
-    # bin edge (histogram probabilities by up to 1.5e-4, a binned MI by 3e-5), within the same
-    # bounds as the HookedEncoder. One tolerance for both.
-    return {"rtol": 2e-3, "atol": 2e-4}
-
-
-FIXTURE_TOLERANCE = _fixture_tolerance()
+# The fixtures were recorded on a TransformerBridge (TL 4.3), which TL 3.x boots the same way.
+# On TL 2.x the bundled model is a HookedEncoder: TransformerLens' own BERT code, equal to
+# Hugging Face to float32 rounding (3e-6, tests/access/test_worlds.py), not bit for bit, so a
+# few samples on a bin edge fall in the next bin: one count moves a histogram probability by
+# ~1e-5 and a binned MI by ~1e-4 (measured: at most 1.4e-5 and 1.1e-4, 0.13 % relative).
+# The bridge's numbers were bit for bit those of the recording machine, but float32 BLAS
+# kernels differ between CPUs, and so does the bridge there the same way: on another Xeon
+# (2026-12-02) continuous values moved by up to 2.8e-6 relative and a few samples crossed a
+# bin edge (histogram probabilities by up to 1.5e-4, a binned MI by 3e-5), within the same
+# bounds as the HookedEncoder. One tolerance for both.
+FIXTURE_TOLERANCE = {"rtol": 2e-3, "atol": 2e-4}
 
 
 def assert_fixture_values(got, want, msg: str = "") -> None:

@@ -23,7 +23,10 @@ from tlprobe.errors import EXIT_BAD_INPUT, EXIT_BUG, ModelLoadError, TlprobeErro
 from tlprobe.recipes import mi_vs_covariance, qkv_similarity
 from tlprobe.testing import tiny_model
 
-SENTENCES = [f"Sentence {i} about her and the {w}." for i, w in enumerate("cat dog sun sea hill tree rain road ship bell key".split())]
+SENTENCES = [
+    f"Sentence {i} about her and the {w}."
+    for i, w in enumerate("cat dog sun sea hill tree rain road ship bell key".split())
+]
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import math
 import operator
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -41,12 +42,13 @@ def as_int(value, what: str, *, minimum: int | None = None, maximum: int | None 
         >>> as_int(np.int64(3), "layer"), as_int(torch.tensor(2), "layer", minimum=0)
         (3, 2)
     """
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        value = value.reshape(()).item()
+    v: Any = value
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point():
+        v = v.reshape(()).item()
     out = None
-    if not isinstance(value, bool) and not (hasattr(value, "dtype") and str(value.dtype) == "bool"):
+    if not isinstance(v, bool) and str(getattr(v, "dtype", "")) != "bool":  # numpy.bool_ is no integer
         try:
-            out = operator.index(value)
+            out = operator.index(v)
         except TypeError:
             out = None
     tail = f"; {fix}" if fix else ""

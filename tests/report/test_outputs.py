@@ -19,8 +19,7 @@ import pytest
 import tlprobe
 from tlprobe.errors import TlprobeError
 from tlprobe.recipes import mi_vs_covariance
-from tlprobe.report import html as report_html
-from tlprobe.report import outputs
+from tlprobe.report import html as report_html, outputs
 from tlprobe.report.outputs import check_out_dir, written_by_tlprobe
 
 FAST = {"samples": 400, "shuffles": 20, "progress": False, "quiet": True}
@@ -61,7 +60,13 @@ def test_report_and_results_carry_one_run_id(tmp_path):
         (lambda p: (p / "f").write_text("x"), "is a file; choose a folder path"),
         (lambda p: ((p / "out").mkdir(), (p / "out" / "report.html").write_text("<html>mine</html>")), "--force"),
         (lambda p: ((p / "out").mkdir(), (p / "out" / "results.json").write_text('{"a": 1}')), "--force"),
-        (lambda p: ((p / "out" / "figures").mkdir(parents=True), (p / "out" / "figures" / "notes.txt").write_text("")), "PNG"),
+        (
+            lambda p: (
+                (p / "out" / "figures").mkdir(parents=True),
+                (p / "out" / "figures" / "notes.txt").write_text(""),
+            ),
+            "PNG",
+        ),
     ],
     ids=["out-is-a-file", "under-a-file", "foreign-report", "foreign-results", "foreign-figures"],
 )
