@@ -151,55 +151,53 @@ def test_out_of_memory_is_bad_input_not_a_bug(monkeypatch, tmp_path, capsys):
     assert len(err) == 1 and "out of memory" in err[0], err
 
 
-def test_unreachable_hub_fails_at_once_without_retries(monkeypatch):
-    """A hub id that is not cached, with the hub unreachable: one call, one line (was 31 s of retries)."""
+@pytest.fixture
+def hub(monkeypatch):
+    """The hub client, online, answering ``model_info`` with ``hub.answer`` and a cache holding ``hub.cached``."""
     import huggingface_hub
     import huggingface_hub.constants as hc
 
-    calls = []
+    class Hub:
+        answer: BaseException = ConnectionError("[Errno -2] Name or service not known")
+        cached: str | None = None
+        calls: list = []
 
-    def unreachable(self, repo_id, timeout=None, **_):
-        calls.append(timeout)
-        raise ConnectionError("[Errno -2] Name or service not known")
+    def model_info(self, repo_id, timeout=None, **_):
+        Hub.calls.append(timeout)
+        raise Hub.answer
 
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: Hub.cached)
+    import transformers.utils.hub as th
+
+    if hasattr(th, "_is_offline_mode"):  # transformers 4.x: restored after the test, as the flags above
+        monkeypatch.setattr(th, "_is_offline_mode", th._is_offline_mode)
+    Hub.calls = []
+    return Hub
+
+
+def test_unreachable_hub_fails_at_once_without_retries(hub):
+    """A hub id that is not cached, with the hub unreachable: one call, one line (was 31 s of retries)."""
     with pytest.raises(ModelLoadError, match="hub is unreachable .* not in the local cache"):
         tlprobe.load_model("gpt2")
-    assert calls == [access_models.HUB_TIMEOUT_S]
+    assert hub.calls == [access_models.HUB_TIMEOUT_S]
 
 
-def test_unreachable_hub_with_a_cached_model_loads_offline(monkeypatch):
-    import huggingface_hub
+def test_unreachable_hub_with_a_cached_model_loads_offline(hub):
     import huggingface_hub.constants as hc
 
-    def unreachable(self, repo_id, timeout=None, **_):
-        raise ConnectionError("no network")
-
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/cache/gpt2/config.json")
+    hub.cached = "/cache/gpt2/config.json"
     access_models._check_hub("gpt2")
     assert hc.HF_HUB_OFFLINE is True  # Transformers then reads the cache without asking the hub
 
 
-def test_unknown_hub_id_is_named(monkeypatch):
-    import huggingface_hub
-    import huggingface_hub.constants as hc
+def test_unknown_hub_id_is_named(hub):
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    def missing(self, repo_id, timeout=None, **_):
-        err = RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # as the client raises on a 404
-        Exception.__init__(err, "404 Client Error: Repository Not Found")
-        raise err
-
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", missing)
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    hub.answer = RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # as the client raises on a 404
+    Exception.__init__(hub.answer, "404 Client Error: Repository Not Found")
     with pytest.raises(ModelLoadError, match="has no such model"):
         tlprobe.load_model("no-such-org/no-such-model")
 
