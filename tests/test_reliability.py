@@ -8,6 +8,7 @@ stderr is exactly one line, and the message fragment. Most fail before a model l
 from __future__ import annotations
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 import torch
 
@@ -21,6 +22,7 @@ from tlprobe.checks import as_int, as_tensor, check_index
 from tlprobe.cli import main
 from tlprobe.errors import EXIT_BAD_INPUT, EXIT_BUG, ModelLoadError, TlprobeError
 from tlprobe.recipes import mi_vs_covariance, qkv_similarity
+from tlprobe.report import Report
 from tlprobe.testing import tiny_model
 
 SENTENCES = [
@@ -47,6 +49,9 @@ def files(tmp_path):
     (tmp_path / "dogs.txt").write_text("\n".join(f"{s} 狗" for s in SENTENCES))
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "report.html").write_text("<html>my own notes</html>")
+    report = Report("A report with one figure")
+    report.figure(go.Figure(go.Bar(y=[1, 2])), caption="bars")
+    report.write(tmp_path / "report" / "report.html")
     return tmp_path
 
 
@@ -82,9 +87,9 @@ CLI_CASES = [
     ("run qkv-similarity --out {tmp}/a-file", "is a file, not a folder", 2),
     ("run qkv-similarity --out {tmp}/a-file/sub", "is a file; choose a folder path", 2),
     ("run qkv-similarity --out {tmp}/foreign", "was not written by tlprobe", 2),
-    ("export {tmp}/foreign --scale 0", "--scale must be > 0", 2),
-    ("export {tmp}/foreign --scale nan", "--scale must be a finite number", 2),
-    ("export {tmp}/foreign --width 0", "--width must be >= 1", 2),
+    ("export {tmp}/report --scale 0", "--scale must be > 0", 2),
+    ("export {tmp}/report --scale nan", "--scale must be a finite number", 2),
+    ("export {tmp}/report --width 0", "--width must be >= 1", 2),
     ("export {tmp}/nothing-here.html", "report not found", 2),
 ]
 
