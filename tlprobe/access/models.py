@@ -140,7 +140,7 @@ def load_model(
         raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
     if kind not in ("auto", "bridge", "hooked"):
         raise ModelLoadError(f"kind must be 'auto', 'bridge' or 'hooked', got {kind!r}")
-    device = check_device(device)
+    check_device(device)  # validated; passed on as given (a string stays a string)
     if name != "minilm":
         _check_source(name)
     if device is None and "device_map" not in load_kwargs:
