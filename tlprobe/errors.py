@@ -63,20 +63,15 @@ def guarded(fn: Callable[[], int], debug: bool = False) -> int:
             raise
         print(f"tlprobe: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except MemoryError as exc:  # torch.OutOfMemoryError (CUDA, MPS) too
-        if debug:
-            raise
-        print(
-            f"tlprobe: error: out of memory ({_one_line(exc) or type(exc).__name__}); "
-            "use fewer sentences or a smaller model, or run on a device with more memory",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
     except Exception as exc:
         if debug:
             raise
-        if _is_oom(exc):
-            print(f"tlprobe: error: out of memory ({_one_line(exc)[:200]}); use fewer sentences", file=sys.stderr)
+        if isinstance(exc, MemoryError) or _is_oom(exc):  # torch.OutOfMemoryError is a RuntimeError
+            print(
+                f"tlprobe: error: out of memory ({_one_line(exc)[:200] or type(exc).__name__}); "
+                "use fewer sentences or a smaller model, or run on a device with more memory",
+                file=sys.stderr,
+            )
             return EXIT_BAD_INPUT
         print(
             f"tlprobe: internal error: {type(exc).__name__}: {_one_line(exc)[:300]}. This is a bug in tlprobe; "

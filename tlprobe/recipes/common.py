@@ -171,7 +171,7 @@ def _argument(f: dataclasses.Field, hint) -> tuple[list[str], dict]:
     kw: dict[str, Any] = {"dest": f.name, "help": f.metadata["help"], **f.metadata.get("argparse", {})}
     flag = _flag(f)
     args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+    if _is_union(hint):
         rest = [a for a in args if a is not type(None)]
         hint = rest[0] if len(rest) == 1 else hint
         if int in rest and all(a is int or a is str or typing.get_origin(a) is Literal for a in rest):
@@ -419,7 +419,7 @@ def setup(name: str, options: CommonOptions) -> Run:
     directory or a loaded model) and its info. Every random draw of a recipe still takes its own
     seeded generator; the global seed is a guard, not the source of its randomness."""
     if options.out is not None:  # before the model loads: a bad folder fails now, not after the work
-        check_out_dir(options.out, force=options.force, png=options.png)
+        check_out_dir(options.out, force=options.force)
     torch.manual_seed(options.seed)
     run = Run(name, options)
     if isinstance(options, ModelOptions):
@@ -511,9 +511,15 @@ def run_targets(model, prompts: list[str], target: str, names, seed: int, progre
     Returns ``(batch, target_positions, non_target_positions)``.
     """
     batch = run_batch(model, prompts, names=names, progress=progress)
-    tpos = find_token_positions(model.tokenizer, batch.tokens, target, batch.attention_mask, prompts=prompts)
-    npos = sample_positions(batch.attention_mask, tpos, batch.tokens, model.tokenizer, where="before", seed=seed)
+    tpos, npos = target_positions(model, batch.tokens, batch.attention_mask, prompts, target, seed)
     return batch, tpos, npos
+
+
+def target_positions(model, tokens, mask, prompts: list[str], target: str, seed: int) -> tuple[Positions, Positions]:
+    """The target in each sentence, and one random earlier token (seeded): ``(target, non-target)``."""
+    tpos = find_token_positions(model.tokenizer, tokens, target, mask, prompts=prompts)
+    npos = sample_positions(mask, tpos, tokens, model.tokenizer, where="before", seed=seed)
+    return tpos, npos
 
 
 @dataclass
@@ -562,8 +568,7 @@ def gather_targets(
     from transformer_lens import ActivationCache  # ~3 s to import: only when a model runs
 
     tokens, mask = tokenize_prompts(model, prompts)
-    tpos = find_token_positions(model.tokenizer, tokens, target, mask, prompts=prompts)
-    npos = sample_positions(mask, tpos, tokens, model.tokenizer, where="before", seed=seed)
+    tpos, npos = target_positions(model, tokens, mask, prompts, target, seed)  # before any forward pass
     kept: dict[str, dict[str, torch.Tensor]] = {"target": {}, "non_target": {}}
     starts = range(0, len(prompts), batch_size)
     if progress and len(starts) > 1:

@@ -57,10 +57,10 @@ def written_by_tlprobe(path: pathlib.Path) -> bool:
     return False
 
 
-def check_out_dir(out: str | os.PathLike, *, force: bool = False, png: bool = False) -> pathlib.Path:
+def check_out_dir(out: str | os.PathLike, *, force: bool = False) -> pathlib.Path:
     """Check ``out`` before any work: a folder that exists or can be made, writable, and not
-    holding a ``report.html`` / ``results.json`` (or, with ``png``, a ``figures/``) that tlprobe did
-    not write (unless ``force``). Creates the folder.
+    holding a ``report.html``, ``results.json`` or ``figures/`` that tlprobe did not write (unless
+    ``force``; a run replaces or removes all three). Creates the folder.
 
     Raises:
         TlprobeError: ``out`` is a file, lies under a file, cannot be created or written, or holds
