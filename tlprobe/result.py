@@ -38,6 +38,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import tempfile
 import types
 import typing
@@ -208,6 +209,107 @@ class Result:
         if isinstance(index, slice):
             axes = {axis: labels[index], **axes}
         changes["axes"] = axes
+        return dataclasses.replace(self, **changes)
+
+    def head(self, key: str | int | tuple[int, int]) -> Self:
+        """One attention head's values from a per-head result; its other leading axes are kept.
+
+        The head axes may sit anywhere among the leading axes (e.g. after a ``population``
+        axis). Three layouts are understood:
+
+        * a ``layer`` axis (``"L0"``, ...) and a ``head`` axis (``"H0"``, ...): both are
+          selected, so the key must name the layer (``"L3H7"`` or ``(3, 7)``);
+        * a ``head`` axis whose labels carry the layer (``"L3H0"``, ...): ``"L3H7"`` or
+          ``(3, 7)``, and also ``"H7"`` or ``7`` when all its heads are from one layer;
+        * a ``head`` axis of bare labels (``"H0"``, ...): ``"H7"`` or ``7`` only. A key with a
+          layer is refused: the result does not record which layer its heads are from, so
+          ``"L3H7"`` could not be checked and would silently give head 7 of whatever layer
+          the result was computed at.
+
+        Args:
+            key: ``"L3H7"``, ``(3, 7)``, ``"H7"`` or ``7``; integers are head numbers (as in
+                ``"H7"``), not positions along the axis.
+
+        Returns:
+            A result of the same type without the ``layer`` and ``head`` axes.
+
+        Raises:
+            TlprobeError: no ``head`` axis, a malformed key, or a head or layer the result does
+                not hold (the message says what it holds).
+
+        Example:
+            >>> @dataclass(frozen=True, eq=False)
+            ... class HeadNorms(Result):
+            ...     norm: Float[torch.Tensor, "..."]
+            >>> r = HeadNorms(torch.arange(6.0).reshape(2, 3), axes={"layer": ("L0", "L1"), "head": ("H0", "H1", "H2")})
+            >>> float(r.head("L1H2").norm), float(r.head((1, 2)).norm), r.head("L1H2").axes
+            (5.0, 5.0, {})
+        """
+        # Imported here, not at the top: tlprobe.access imports this module (some access types are
+        # results), so a top-level import would be circular.
+        from tlprobe.access.labels import head_label, layer_labels, parse_head, parse_head_label
+
+        names = ", ".join(self.axes) or "none"
+        if "head" not in self.axes:
+            raise TlprobeError(
+                f"this result has no head axis (axes: {names}); head() needs a per-head result, "
+                "select along its other axes with result[...]"
+            )
+        layer, number = parse_head(key)
+        wanted = head_label(number, layer)
+        labels = self.axes["head"]
+        try:
+            heads = [parse_head_label(label) for label in labels]
+        except TlprobeError:
+            raise TlprobeError(
+                f"the head axis is labelled {_span(labels)}, not with head names like 'H7' or 'L3H7'; "
+                "select with result[...]"
+            ) from None
+        picks: dict[str, int] = {}
+        if "layer" in self.axes:
+            layers = self.axes["layer"]
+            if layer is None:
+                raise TlprobeError(
+                    f"head {key!r} does not say which layer, and this result has layers {_span(layers)}; "
+                    f"give one, e.g. {head_label(number, 0)!r} or (0, {number})"
+                )
+            (layer_label,) = layer_labels([layer])
+            if layer_label not in layers:
+                raise TlprobeError(f"no head {wanted}: layers are {_span(layers)}")
+            picks["layer"] = layers.index(layer_label)
+            found = [i for i, (lay, h) in enumerate(heads) if h == number and lay in (None, layer)]
+        else:
+            held = sorted({lay for lay, _ in heads if lay is not None})  # the layers the head labels name
+            if not held and layer is not None:
+                raise TlprobeError(
+                    f"this result's heads carry no layer (head axis {_span(labels)}), so {wanted!r} cannot be "
+                    f"checked against it; select with {head_label(number)!r} or {number}"
+                )
+            if layer is None and len(held) > 1:
+                raise TlprobeError(
+                    f"head {key!r} is ambiguous: the head axis holds heads of several layers ({_span(labels)}); "
+                    f"give the layer, e.g. {head_label(number, held[-1])!r}"
+                )
+            if layer is None and held:
+                layer = held[0]
+            elif layer is not None and layer not in held:
+                only = f"from layer {layer_labels(held)[0]} only " if len(held) == 1 else ""
+                raise TlprobeError(f"no head {wanted}: this result's heads are {only}({_span(labels)})")
+            found = [i for i, (lay, h) in enumerate(heads) if (lay, h) == (layer, number)]
+        if not found:
+            raise TlprobeError(f"no head {head_label(number, layer)}: heads are {_span(labels)}")
+        picks["head"] = found[0]
+        return self._take(picks)
+
+    def _take(self, picks: Mapping[str, int]) -> Self:
+        """Index the named leading axes (dropping them), keeping the other axes in their order."""
+        index = tuple(picks.get(axis, slice(None)) for axis in self.axes)
+        changes: dict[str, Any] = {
+            name: getattr(self, name)[index]
+            for name in self._leading_fields()
+            if isinstance(getattr(self, name), torch.Tensor)
+        }
+        changes["axes"] = {axis: labels for axis, labels in self.axes.items() if axis not in picks}
         return dataclasses.replace(self, **changes)
 
     # -- tables, display, figures ----------------------------------------------------------
@@ -443,6 +545,17 @@ def _equal(a, b) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
     return bool(a == b)
+
+
+def _span(labels: Sequence[str]) -> str:
+    """Labels for a message: ``"L0..L5"`` for a consecutive run, else the first few."""
+    parts = [re.fullmatch(r"(.*?)([0-9]+)", label) for label in labels]
+    if len(labels) > 2 and all(parts):
+        stems = {p.group(1) for p in parts if p}
+        numbers = [int(p.group(2)) for p in parts if p]
+        if len(stems) == 1 and numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+            return f"{labels[0]}..{labels[-1]}"
+    return ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
 
 
 def _index(key, labels: Sequence[str], axis: str):

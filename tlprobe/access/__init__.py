@@ -10,13 +10,14 @@ from tlprobe.access.hooks import (
     fused_qkv,
     get_activation,
     get_qkv,
+    head_slice,
     hook_name,
     hook_names,
     resid_hook_names,
     resid_stack,
     split_heads,
 )
-from tlprobe.access.labels import head_labels, layer_labels, resid_labels
+from tlprobe.access.labels import head_label, head_labels, layer_labels, parse_head_label, resid_labels
 from tlprobe.access.models import ModelInfo, load_model, minilm_dir, model_info
 from tlprobe.access.punctuation import char_classes, token_classes
 from tlprobe.access.run import Batch, forward_cache, model_logits, run_batch, tokenize_prompts
@@ -73,7 +74,9 @@ __all__ = [
     "fused_qkv",
     "get_activation",
     "get_qkv",
+    "head_label",
     "head_labels",
+    "head_slice",
     "hook_name",
     "hook_names",
     "is_encoder",
@@ -88,6 +91,7 @@ __all__ = [
     "model_logits",
     "numerics",
     "output_transform",
+    "parse_head_label",
     "resid_hook_names",
     "resid_labels",
     "resid_stack",

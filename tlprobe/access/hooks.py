@@ -8,7 +8,8 @@ model family:
 * the fused ``[Q | K | V]`` vector: ``[batch, pos, 3 * n_heads * d_head]``, head-major inside
   each part (the layout of GPT-2's ``c_attn`` output); :func:`split_heads` cuts it per head;
 * the residual stream over depth: ``[n_layers + 1, batch, pos, d_model]``;
-* attention patterns: ``[batch, head, q_pos, k_pos]``.
+* attention patterns: ``[batch, head, q_pos, k_pos]``;
+* one head's slice of q/k/v/z or of its pattern, named ``"L3H7"``: :func:`head_slice`.
 
 On rotary models (NeoX, LLaMA) ``hook_q``/``hook_k`` hold the vectors *before* the rotary
 embedding is applied: that is what TransformerLens exposes and what these getters return.
@@ -22,11 +23,14 @@ getter returns the same layout for them.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
+from typing import Literal
 
 import torch
 from jaxtyping import Float
 
+from tlprobe.access.labels import head_label, head_labels, layer_labels, parse_head
 from tlprobe.access.worlds import model_kind
 from tlprobe.checks import as_int, as_tensor, check_index, check_ndim
 from tlprobe.errors import HookNotFoundError, TlprobeError
@@ -198,12 +202,21 @@ def get_qkv(
     k = get_activation(cache, "k", layer)
     v = get_activation(cache, "v", layer)
     if expand_kv and k.shape[2] != q.shape[2]:
-        n_q, n_kv = q.shape[2], k.shape[2]
-        if n_q % n_kv:
-            raise TlprobeError(f"cannot expand {n_kv} key/value heads to {n_q} query heads (not a divisor)")
-        k = k.repeat_interleave(n_q // n_kv, dim=2)
-        v = v.repeat_interleave(n_q // n_kv, dim=2)
+        group = _kv_group(q.shape[2], k.shape[2])
+        k = k.repeat_interleave(group, dim=2)
+        v = v.repeat_interleave(group, dim=2)
     return q, k, v
+
+
+def _kv_group(n_heads: int, n_kv_heads: int) -> int:
+    """Query heads per key/value head: query head ``h`` reads key/value head ``h // group``.
+
+    That is the order ``repeat_interleave`` expands grouped-query K/V in (TransformerLens' and
+    Hugging Face's ``repeat_kv`` layout); 1 without grouped-query attention.
+    """
+    if n_kv_heads < 1 or n_heads % n_kv_heads:
+        raise TlprobeError(f"cannot expand {n_kv_heads} key/value heads to {n_heads} query heads (not a divisor)")
+    return n_heads // n_kv_heads
 
 
 def fused_qkv(cache, layer: int, *, head: int | None = None) -> Float[torch.Tensor, "batch pos qkv"]:
@@ -328,3 +341,101 @@ def resid_hook_names(model, depth: Iterable[int] | None = None) -> list[str]:
 def attention_pattern(cache, layer: int) -> Float[torch.Tensor, "batch head q_pos k_pos"]:
     """Attention probabilities at ``layer``: ``[batch, head, q_pos, k_pos]``."""
     return get_activation(cache, "pattern", layer)
+
+
+#: The per-head activations :func:`head_slice` gives.
+HeadKind = Literal["q", "k", "v", "z", "pattern"]
+
+
+def head_slice(
+    cache, head: str | tuple[int, int], kind: HeadKind = "q"
+) -> Float[torch.Tensor, "batch pos d_head"] | Float[torch.Tensor, "batch q_pos k_pos"]:
+    """The activations behind one attention head, e.g. ``head_slice(cache, "L3H7", "pattern")``.
+
+    Only kinds that every TransformerLens world (``TransformerBridge``, ``HookedTransformer``,
+    ``HookedEncoder``) caches under the same name and meaning are offered. Attention scores are
+    not: on a BERT bridge ``hook_attn_scores`` holds the softmax output (it equals the pattern),
+    and masked entries differ between worlds. Per-head outputs (``hook_result``) are not
+    either: they exist only with ``use_attn_result`` or after ``cache.stack_head_results()``.
+
+    Args:
+        cache: an ``ActivationCache`` (``tlprobe.run_batch(...).cache`` or the one from
+            ``model.run_with_cache(...)``, also with ``remove_batch_dim=True``), or a dict of
+            hook name -> tensor.
+        head: ``"L3H7"`` or ``(3, 7)``: layer 3, head 7 (non-negative numbers).
+        kind: ``"q"``, ``"k"``, ``"v"`` (pre-rotary on rotary models, as TransformerLens hooks
+            them), ``"z"`` (the head's pattern-weighted values) or ``"pattern"`` (the
+            attention probabilities).
+
+    Returns:
+        ``[batch, pos, d_head]`` for q/k/v/z; ``[batch, q_pos, k_pos]`` for ``"pattern"``.
+        On grouped-query models k/v are those of the head's key/value group (the head
+        :func:`get_qkv` expands to query head ``h``).
+
+    Raises:
+        TlprobeError: a malformed head, a layer or head the model does not have, an unknown kind.
+        HookNotFoundError: the hook is not in the cache (the message names it and how to cache it).
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> _, cache = tiny_model("llama").run_with_cache("her cat")
+        >>> tuple(head_slice(cache, "L1H3", "k").shape), tuple(head_slice(cache, (1, 3), "pattern").shape)
+        ((1, 4, 16), (1, 4, 4))
+    """
+    kinds = typing.get_args(HeadKind)
+    if kind not in kinds:
+        raise TlprobeError(
+            f"unknown head_slice kind {kind!r}; choose one of {', '.join(kinds)} (attention scores and "
+            "per-head outputs are not offered: their hooks differ between TransformerLens worlds)"
+        )
+    layer, number = parse_head(head)
+    if layer is None:
+        raise TlprobeError(
+            f"head {head!r} does not say which layer; give it, e.g. {head_label(number, 0)!r} or (0, {number})"
+        )
+    label = head_label(number, layer)
+    n_layers = _n_layers(cache)
+    if n_layers is not None and layer >= n_layers:
+        raise TlprobeError(f"no head {label}: the model has {n_layers} layers ({_span(layer_labels(n_layers))})")
+    model = getattr(cache, "model", None)
+    name = hook_name(kind, layer, model=model)
+    if name not in cache:
+        raise HookNotFoundError(
+            f"head_slice(kind={kind!r}) reads {name!r}, which is not in the cache; cache it with "
+            f"tlprobe.run_batch(model, prompts, names=[{name!r}]) or model.run_with_cache(..., names_filter=[{name!r}])"
+        )
+    x = get_activation(cache, kind, layer)
+    if kind == "pattern":
+        _check_head(label, number, x.shape[1])
+        return x[:, number]
+    if kind in ("q", "z"):
+        _check_head(label, number, x.shape[2])
+        return x[:, :, number]
+    n_heads = _n_query_heads(cache, model, layer)
+    _check_head(label, number, n_heads)
+    return x[:, :, number // _kv_group(n_heads, x.shape[2])]
+
+
+def _n_query_heads(cache, model, layer: int) -> int:
+    """Query heads at ``layer``: the model's config, else the cached ``hook_q``."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None:
+        return int(cfg.n_heads)
+    name = hook_name("q", layer)
+    if name in cache:
+        return int(get_activation(cache, "q", layer).shape[2])
+    raise TlprobeError(
+        f"cannot tell which key/value head serves each query head from a dict cache without {name!r}; "
+        "cache that hook too, or pass the ActivationCache from model.run_with_cache(...)"
+    )
+
+
+def _check_head(label: str, number: int, n_heads: int) -> None:
+    if number >= n_heads:
+        raise TlprobeError(f"no head {label}: the model has {n_heads} heads per layer ({_span(head_labels(n_heads))})")
+
+
+def _span(labels: tuple[str, ...]) -> str:
+    """``"H0..H3"`` for a run of labels (these helpers only show whole ranges)."""
+    first, last = labels[0], labels[-1]
+    return first if first == last else f"{first}..{last}"

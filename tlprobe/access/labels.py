@@ -6,7 +6,14 @@ Results keep these labels on their leading axes (``result.axes``), so ``result["
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+from tlprobe.checks import as_int
+from tlprobe.errors import TlprobeError
+
+#: A head's name: ``"L3H7"`` (layer 3, head 7) or ``"H7"`` (head 7 of a layer given elsewhere).
+_HEAD_LABEL = re.compile(r"(?:L([0-9]+))?H([0-9]+)")
 
 
 def layer_labels(layers: int | Sequence[int]) -> tuple[str, ...]:
@@ -30,8 +37,60 @@ def head_labels(n_heads: int, layer: int | None = None) -> tuple[str, ...]:
         >>> head_labels(2), head_labels(2, layer=3)
         (('H0', 'H1'), ('L3H0', 'L3H1'))
     """
-    prefix = "" if layer is None else f"L{int(layer)}"
-    return tuple(f"{prefix}H{h}" for h in range(int(n_heads)))
+    return tuple(head_label(h, layer) for h in range(int(n_heads)))
+
+
+def head_label(head: int, layer: int | None = None) -> str:
+    """One head's label: ``"H7"``, or with a layer ``"L3H7"`` (see :func:`head_labels`).
+
+    Example:
+        >>> head_label(7), head_label(7, layer=3)
+        ('H7', 'L3H7')
+    """
+    return ("" if layer is None else f"L{int(layer)}") + f"H{int(head)}"
+
+
+def parse_head_label(label: str) -> tuple[int | None, int]:
+    """The ``(layer, head)`` a head label names; ``layer`` is ``None`` for a bare ``"H7"``.
+
+    The inverse of :func:`head_label` (and of joining a :func:`layer_labels` label with a
+    :func:`head_labels` one).
+
+    Raises:
+        TlprobeError: ``label`` is not spelled ``"L<layer>H<head>"`` or ``"H<head>"``.
+
+    Example:
+        >>> parse_head_label("L3H7"), parse_head_label("H7")
+        ((3, 7), (None, 7))
+    """
+    match = _HEAD_LABEL.fullmatch(label) if isinstance(label, str) else None
+    if match is None:
+        raise TlprobeError(f"not a head label: {label!r}; write 'L3H7' (layer 3, head 7) or 'H7' (head 7)")
+    layer, head = match.groups()
+    return (None if layer is None else int(layer)), int(head)
+
+
+def parse_head(key) -> tuple[int | None, int]:
+    """The ``(layer, head)`` of a head given as ``"L3H7"``, ``(3, 7)``, ``"H7"`` or ``7``.
+
+    Integers are head numbers (as in ``"H7"``), not positions along an axis; ``layer`` is
+    ``None`` when the key does not name one.
+
+    Raises:
+        TlprobeError: any other key (a negative number, a float, a malformed label, ...).
+
+    Example:
+        >>> parse_head("L3H7"), parse_head((3, 7)), parse_head(7)
+        ((3, 7), (3, 7), (None, 7))
+    """
+    if isinstance(key, str):
+        return parse_head_label(key)
+    fix = "name a head as 'L3H7', (3, 7), 'H7' or 7"
+    if isinstance(key, tuple):
+        if len(key) != 2:
+            raise TlprobeError(f"a head tuple is (layer, head), got {key!r}; {fix}")
+        return as_int(key[0], "layer", minimum=0, fix=fix), as_int(key[1], "head", minimum=0, fix=fix)
+    return None, as_int(key, "head", minimum=0, fix=fix)
 
 
 def resid_labels(n_layers: int, style: str = "L") -> tuple[str, ...]:
