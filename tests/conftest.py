@@ -7,6 +7,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 
+from tests.browser import CHROMIUM_ARGS, unavailable  # noqa: E402
+from tlprobe.errors import TlprobeError  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def minilm():
@@ -51,3 +54,25 @@ def recipe_output(tmp_path_factory):
         return done[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    from tlprobe.report.png import find_browser
+
+    try:
+        return find_browser()
+    except TlprobeError as exc:
+        unavailable(f"no browser for the browser tests: {exc}")
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("Playwright is not installed (pip install playwright; no 'playwright install' needed)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -78,6 +78,8 @@ _EXPORTS: dict[str, str] = {
     "token_mi": "tlprobe.analyses",
     "TopK": "tlprobe.analyses",
     "window_dependence": "tlprobe.analyses",
+    # tlprobe.report.notebook
+    "notebook_mode": "tlprobe.report.notebook",
     # tlprobe.result
     "load": "tlprobe.result",
     "Result": "tlprobe.result",
@@ -120,6 +122,7 @@ __all__ = [
     "MIResult",
     "mlm_lens",
     "model_info",
+    "notebook_mode",
     "ModelInfo",
     "Moments",
     "Occurrences",
@@ -227,6 +230,9 @@ if TYPE_CHECKING:
     )
     from tlprobe.recipes.common import (
         RecipeResult as RecipeResult,
+    )
+    from tlprobe.report.notebook import (
+        notebook_mode as notebook_mode,
     )
     from tlprobe.result import (
         Result as Result,

@@ -12,8 +12,10 @@ class gives every result the same behaviour:
   Tensor fields whose shape (in the jaxtyping annotation) starts with ``...`` carry them;
 * ``result[i]``, ``result["target"]``, ``result["L3H7"]`` (a ``[layer, head]`` result whose
   labels join to the key): selection along the leading axes, labels kept;
-* :meth:`Result._repr_html_`: a compact summary in a notebook; :meth:`Result.figure`: the main
-  figure, drawn by :mod:`tlprobe.figures` (which registers one per result type).
+* :meth:`Result.head`: one head of a per-head result, by ``"L3H7"`` or ``(3, 7)``;
+* :meth:`Result._repr_html_`: a compact summary in a notebook (first rows and the main figure,
+  see :mod:`tlprobe.report.notebook`); :meth:`Result.figure`: the main figure, drawn by
+  :mod:`tlprobe.figures` (which registers one per result type).
 
 Example:
     >>> import torch
@@ -346,11 +348,10 @@ class Result:
         raise TlprobeError(f"{type(self).__name__} has no figure; use rows() for a table")
 
     def _repr_html_(self) -> str:
-        rows = self.rows()
-        axes = ", ".join(f"{k} ({len(v)})" for k, v in self.axes.items())
-        head = f"<b>{html.escape(type(self).__name__)}</b>" + (f" over {html.escape(axes)}" if axes else "")
-        more = f"<p>{len(rows) - REPR_ROWS} more rows: .rows()</p>" if len(rows) > REPR_ROWS else ""
-        return f"<div class='tlprobe-result'><p>{head}</p>{rows_html(rows[:REPR_ROWS])}{more}</div>"
+        """In a notebook: the type and axes, the first rows, and the main figure (offline)."""
+        # Imported here on purpose: notebook display sits in the report layer, above this module.
+        notebook = importlib.import_module("tlprobe.report.notebook")
+        return notebook.result_html(self, max_rows=REPR_ROWS)
 
 
 def register_figure(kind: type[Result]) -> Callable:

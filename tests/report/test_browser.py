@@ -11,7 +11,6 @@ Setup: ``apt-get install -y --no-install-recommends chromium`` and ``pip install
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
 import struct
@@ -21,120 +20,13 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
+from tests.browser import HOSTILE, PWN, PWN_SPACED, inspect_page, problems, unavailable, views_with_tokens
 from tlprobe import recipes
-from tlprobe.errors import TlprobeError
 from tlprobe.figures.attention import attention_heads_view
-from tlprobe.figures.views import CANVAS_TOKEN_COMPONENTS, HTML_TOKEN_COMPONENTS, circuitsvis_view, plotly_text
+from tlprobe.figures.views import CANVAS_TOKEN_COMPONENTS, HTML_TOKEN_COMPONENTS, plotly_text
 from tlprobe.report.html import Report, read_figures
 
-IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-#: Flags that keep a root, offline, GPU-less Chromium quiet (no calls home, no GPU, no /dev/shm).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 MAX_REPORT_BYTES = 10_000_000
-DRAW_TIMEOUT_MS = 30_000
-
-PWN = '<img/src="x"/onerror="window.__pwned=(window.__pwned||0)+1">'
-PWN_SPACED = "<img src=x onerror=window.__pwned=(window.__pwned||0)+1>"
-HOSTILE = [PWN, "</script>", "<s>", "<b>bold</b>", "&amp;", "<!--", PWN_SPACED]
-
-
-def _unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"CI=true but {reason}: CI must run the browser tests", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def chromium_path() -> str:
-    from tlprobe.report.png import find_browser
-
-    try:
-        return find_browser()
-    except TlprobeError as exc:
-        _unavailable(f"no browser for the browser tests: {exc}")
-
-
-@pytest.fixture(scope="session")
-def browser(chromium_path):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("Playwright is not installed (pip install playwright; no 'playwright install' needed)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-# -- the checker -------------------------------------------------------------------------------
-_STATE_JS = """() => {
-  const plots = [...document.querySelectorAll('div.plotly-graph-div')];
-  const views = [...document.querySelectorAll('[data-component]')].map(v => {
-    const cs = [...v.querySelectorAll('canvas')];
-    const drawn = cs.length ? cs.every(c => c.width > 0 && c.height > 0 && !(c.width === 300 && c.height === 150))
-                            : v.children.length > 0 && v.innerText.trim().length > 0;
-    return {id: v.id, component: v.dataset.component, canvases: cs.length, drawn};
-  });
-  return {plots: plots.map(p => ({id: p.id, drawn: !!p.querySelector('.main-svg')})), views};
-}"""
-_ALL_DRAWN_JS = (
-    "() => { const s = (" + _STATE_JS + ")(); return s.plots.every(p => p.drawn) && s.views.every(v => v.drawn); }"
-)
-
-
-def inspect_page(
-    browser,
-    path: pathlib.Path,
-    init_script: str | None = None,
-    settle_ms: int = 300,
-    draw_timeout_ms: int = DRAW_TIMEOUT_MS,
-) -> dict:
-    """Open ``path`` with every non-file request aborted; report errors, requests and what was drawn."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    external: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-
-    def guard(route):
-        url = route.request.url
-        if url.startswith(("file:", "data:", "blob:")):
-            route.continue_()
-        else:
-            external.append(url)
-            route.abort()
-
-    page.route("**/*", guard)
-    if init_script:
-        page.add_init_script(init_script)
-    page.goto(pathlib.Path(path).resolve().as_uri(), wait_until="load")
-    try:
-        page.wait_for_function(_ALL_DRAWN_JS, timeout=draw_timeout_ms)
-    except Exception:  # not drawn in time: the state below says what is missing
-        pass
-    page.wait_for_timeout(settle_ms)
-    state = page.evaluate(_STATE_JS)
-    state.update(errors=errors, external=external, page=page)
-    return state
-
-
-def problems(state: dict) -> list[str]:
-    """Everything that makes a page not self-contained or not fully drawn."""
-    out = [f"page error: {e}" for e in state["errors"]]
-    out += [f"network request: {u}" for u in state["external"]]
-    out += [f"plotly figure {p['id']} not drawn" for p in state["plots"] if not p["drawn"]]
-    out += [f"circuitsvis {v['component']} view {v['id']} not drawn" for v in state["views"] if not v["drawn"]]
-    if not state["plots"] and not state["views"]:
-        out.append("no figure or view on the page")
-    return out
 
 
 # -- every recipe's report (runs shared with the other recipe tests, see conftest) -----------
@@ -205,38 +97,6 @@ def test_checker_fails_cdn_pages(browser, tmp_path):
 
 
 # -- hostile tokens --------------------------------------------------------------------------
-def _views_with_tokens(tokens: list[str]) -> list:
-    n = len(tokens)
-    g = torch.Generator().manual_seed(0)
-    att = torch.rand(2, n, n, generator=g).tril()
-    att = att / att.sum(-1, keepdim=True)
-    idx = list(range(n))
-    return [
-        attention_heads_view(att, tokens, layer=1),
-        circuitsvis_view("AttentionPattern", tokens=tokens, attention=att[0]),
-        circuitsvis_view("AttentionPatterns", tokens=tokens, attention=att),
-        circuitsvis_view("ColoredTokens", tokens=tokens, values=torch.linspace(-1, 1, n)),
-        circuitsvis_view("ColoredTokensMulti", tokens=tokens, values=torch.rand(n, 2, generator=g), labels=["a", "b"]),
-        circuitsvis_view("TextNeuronActivations", tokens=tokens, activations=torch.rand(n, 1, 2, generator=g)),
-        # every token is among the top k, so every one is shown
-        circuitsvis_view(
-            "TopkTokens",
-            tokens=[tokens],
-            topkVals=[[[[1.0 - i / n] * 2 for i in range(n)]]],
-            topkIdxs=[[[[i, i] for i in idx]]],
-            bottomkVals=[[[[0.0] * 2 for _ in idx]]],
-            bottomkIdxs=[[[[i, i] for i in idx]]],
-        ),
-        circuitsvis_view("TopkSamples", tokens=[[[tokens]]], activations=[[[torch.linspace(0, 1, n).tolist()]]]),
-        circuitsvis_view(
-            "TokenLogProbs",
-            prompt=tokens,
-            topKLogProbs=[[-0.1, -2.0]] * (n - 1),
-            topKTokens=[[tokens[(i + 1) % n], tokens[(i + 2) % n]] for i in range(n - 1)],
-            correctTokenRank=[0] * (n - 1),
-            correctTokenLogProb=[-0.1] * (n - 1),
-        ),
-    ]
 
 
 # Record what canvases draw, to check the canvas components show tokens unescaped.
@@ -268,14 +128,14 @@ def _norm(text: str) -> str:
 
 
 def test_hostile_tokens_are_inert_and_literal(browser, tmp_path):
-    assert HTML_TOKEN_COMPONENTS | CANVAS_TOKEN_COMPONENTS == {v.component for v in _views_with_tokens(HOSTILE)}
+    assert HTML_TOKEN_COMPONENTS | CANVAS_TOKEN_COMPONENTS == {v.component for v in views_with_tokens(HOSTILE)}
     r = Report(f"Hostile {PWN}", subtitle=PWN_SPACED)
     r.heading("Tokens </script> <s>")
     r.text("A paragraph: " + " | ".join(HOSTILE))
     r.table([{"token": t, "value": i} for i, t in enumerate(HOSTILE)], caption=PWN)
     r.params({PWN: "</script>"})
     r.figure(go.Figure(go.Bar(x=plotly_text(HOSTILE), y=list(range(len(HOSTILE))))), caption="</script><s>")
-    for v in _views_with_tokens(HOSTILE):
+    for v in views_with_tokens(HOSTILE):
         r.view(v, caption=f"{v.component} <s>")
     path = r.write(tmp_path / "hostile.html")
 
@@ -324,7 +184,7 @@ def test_png_export_one_session(chromium_path, tmp_path):
     try:
         import kaleido  # noqa: F401
     except ImportError:
-        _unavailable("kaleido is not installed (pip install kaleido)")
+        unavailable("kaleido is not installed (pip install kaleido)")
     from tlprobe.report.png import DEFAULT_HEIGHT, DEFAULT_WIDTH, export_png
 
     r = Report("PNG")

@@ -62,6 +62,12 @@ class CircuitsVisView:
     component: str
     props: dict = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:
+        """The view inline in a notebook, offline (see :mod:`tlprobe.report.notebook`)."""
+        from tlprobe.report.notebook import view_html  # notebook display lives in the report layer, above this one
+
+        return view_html(self)
+
 
 def defuse_html(token: str) -> str:
     """``token`` with a U+2060 WORD JOINER after every ``<`` and ``&``: inert as HTML, same text.

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal, TypeVar
 
+import plotly.graph_objects as go
 import torch
 
 from tlprobe.access import ModelInfo, find_token_positions, load_model, model_info, run_batch, sample_positions
@@ -49,6 +50,7 @@ from tlprobe.access.tokens import Positions
 from tlprobe.checks import as_float, as_int, check_min_samples
 from tlprobe.errors import ArgumentParser, TlprobeError, guarded
 from tlprobe.report.html import Report, human_size
+from tlprobe.report.notebook import recipe_html
 from tlprobe.report.outputs import check_out_dir, write_outputs
 from tlprobe.result import Result, jsonable
 
@@ -316,11 +318,15 @@ class RecipeResult(Result):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def figures(self) -> list:
-        """The report's plotly figures, in order."""
-        return [fig for _name, fig in self.report.figures()] if self.report is not None else []
+        """The report's plotly figures, in order: copies, so restyling one leaves the report as it is."""
+        return [go.Figure(fig) for _name, fig in self.report.figures()] if self.report is not None else []
 
     def rows(self) -> list[dict]:
         return [{"result": k, "type": type(v).__name__} for k, v in self.results.items()]
+
+    def _repr_html_(self) -> str:
+        """In a notebook: recipe, model and run id, its results, the files written, the main figure."""
+        return recipe_html(self)
 
 
 class Run:

@@ -28,8 +28,10 @@ from tlprobe.errors import TlprobeError
 from tlprobe.figures.views import COMPONENTS, CircuitsVisView, to_lists
 from tlprobe.result import write_text_atomic
 
+#: The report's styles. Every rule is scoped to the report's root element (``.tlprobe-report``)
+#: by :func:`scoped_css`, so a report shown inside a notebook leaves the host page's styles alone.
 _CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1400px;margin:1.5em auto;padding:0 1.2em;color:#222;line-height:1.4}
+:root{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1400px;margin:1.5em auto;padding:0 1.2em;color:#222;line-height:1.4}
 h1{margin-bottom:.2em;font-size:1.7em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
 h3{margin-top:1.4em}p.note{color:#333;max-width:62em}p.sub{color:#555;margin-top:0}
 p.lead b{color:#222}nav.toc{font-size:.92em;margin:.8em 0 1.2em}nav.toc a{margin-right:1.2em;white-space:nowrap}
@@ -40,6 +42,32 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4
 .params td{text-align:left;font-family:ui-monospace,monospace}.err{color:#b00;font-weight:bold}
 footer{color:#666;font-size:.85em;margin-top:2em;border-top:1px solid #ddd;padding-top:.5em}
 """
+#: The root element's class; inline (notebook) copies also get ``tlprobe-inline``.
+ROOT_CLASS = "tlprobe-report"
+#: Inline, the root fills the output area instead of centring a page-wide column.
+_INLINE_CSS = ".tlprobe-report.tlprobe-inline{max-width:none;margin:0;padding:0}"
+
+
+@lru_cache(maxsize=1)
+def scoped_css() -> str:
+    """The report's CSS with every selector inside ``.tlprobe-report`` (``:root`` is the root itself).
+
+    Example:
+        >>> all(rule.startswith(".tlprobe-report") for rule in scoped_css().split("}") if rule)
+        True
+    """
+    out = []
+    for rule in _CSS.replace("\n", "").split("}"):
+        if not rule.strip():
+            continue
+        selectors, decls = rule.split("{", 1)
+        scoped = [
+            f".{ROOT_CLASS}" if sel.strip() == ":root" else f".{ROOT_CLASS} {sel.strip()}"
+            for sel in selectors.split(",")
+        ]
+        out.append(",".join(scoped) + "{" + decls + "}")
+    return "".join(out) + _INLINE_CSS
+
 
 #: plotly's modebar camera button downloads a 2x PNG; no plotly logo link.
 PLOTLY_CONFIG = {"responsive": True, "displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -184,7 +212,31 @@ class Report:
 
     # -- rendering ---------------------------------------------------------------------------
     def to_html(self) -> str:
-        """The whole page as a string."""
+        """The whole page as a string (one self-contained file)."""
+        body, needs_plotly, needs_cv = self.body()
+        head = [
+            "<meta charset='utf-8'><meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<meta name='generator' content='tlprobe'><title>{html.escape(self.title)}</title>"
+            f"<style>body{{margin:0}}{scoped_css()}</style>"
+        ]
+        if self.run_id:
+            head.append(f"<meta name='tlprobe-run-id' content='{html.escape(self.run_id)}'>")
+        if needs_plotly:
+            head.append(f"<script>{plotly_js()}</script>")
+        if needs_cv:
+            head.append(f"<script>{circuitsvis_js()}</script>")
+        return (
+            "<!DOCTYPE html><html lang='en'><head>" + "".join(head) + "</head><body>"
+            "<noscript><p class='err'>This report draws its figures with JavaScript; enable it to see them.</p></noscript>"
+            f"<div class='{ROOT_CLASS}'>{body}</div></body></html>\n"
+        )
+
+    def body(self, prefix: str = "") -> tuple[str, bool, bool]:
+        """The report's content (inside its root element), and whether it needs plotly.js and circuitsvis.
+
+        Args:
+            prefix: put before every element id, so that several reports can share a page.
+        """
         body: list[str] = []
         toc: list[tuple[str, str]] = []
         names = iter(self.figures())
@@ -192,7 +244,7 @@ class Report:
         for item in self._items:
             if item.kind == "heading":
                 text, level = item.payload
-                anchor = f"s{len(toc) + 1}"
+                anchor = f"{prefix}s{len(toc) + 1}"
                 if level == 2:
                     toc.append((anchor, text))
                     body.append(f'<h2 id="{anchor}">{html.escape(text)}</h2>')
@@ -207,10 +259,10 @@ class Report:
                         body.append(f'<p class="note">{html.escape(para.strip())}</p>')
             elif item.kind == "figure":
                 name, fig = next(names)
-                body.append(self._figure(name, fig, item.caption))
+                body.append(figure_block(prefix + name.split("-", 1)[0], name, fig, item.caption))
             elif item.kind == "view":
                 n_view += 1
-                body.append(self._view(f"cv{n_view}", item.payload, item.caption))
+                body.append(view_block(f"{prefix}cv{n_view}", item.payload, item.caption))
             elif item.kind == "table":
                 rows, float_fmt = item.payload
                 body.append(self._table(rows, float_fmt, item.caption))
@@ -220,76 +272,31 @@ class Report:
                     for k, v in item.payload.items()
                 )
                 body.append(f"<table class='params'><caption>{html.escape(item.caption or '')}</caption>{rows}</table>")
-        head = [
-            "<meta charset='utf-8'><meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<meta name='generator' content='tlprobe'><title>{html.escape(self.title)}</title><style>{_CSS}</style>"
-        ]
-        if self.run_id:
-            head.append(f"<meta name='tlprobe-run-id' content='{html.escape(self.run_id)}'>")
         run = f" Run {html.escape(self.run_id)} (the run_id of its results.json)." if self.run_id else ""
-        if any(i.kind == "figure" for i in self._items):
-            head.append(f"<script>{plotly_js()}</script>")
-        if n_view:
-            head.append(f"<script>{circuitsvis_js()}</script>")
         sub = f"<p class='sub'>{html.escape(self.subtitle)}</p>" if self.subtitle else ""
         nav = ""
         if len(toc) >= 2:
             links = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in toc)
             nav = f'<nav class="toc">{links}</nav>'
         stamp = _dt.date.today().isoformat()
-        return (
-            "<!DOCTYPE html><html lang='en'><head>" + "".join(head) + "</head><body>"
-            "<noscript><p class='err'>This report draws its figures with JavaScript; enable it to see them.</p></noscript>"
+        page = (
             f"<h1>{html.escape(self.title)}</h1>{sub}{nav}\n"
             + "\n".join(body)
             + f"\n<footer>Made by tlprobe on {stamp}.{run} Self-contained: opens offline, no network requests.</footer>"
-            "</body></html>\n"
         )
+        return page, any(i.kind == "figure" for i in self._items), n_view > 0
+
+    def _repr_html_(self) -> str:
+        """The report inline in a notebook (styles scoped to it; see :mod:`tlprobe.report.notebook`)."""
+        from tlprobe.report.notebook import report_html  # notebook display builds on this module
+
+        return report_html(self)
 
     def write(self, path: str | pathlib.Path) -> pathlib.Path:
         """Write the page; returns the path."""
         path = pathlib.Path(path)
         write_text_atomic(path, self.to_html())
         return path
-
-    @staticmethod
-    def _caption(caption: str | None) -> str:
-        return f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-
-    @classmethod
-    def _figure(cls, name: str, fig, caption: str | None) -> str:
-        fid = name.split("-", 1)[0]
-        spec = json.loads(fig.to_json())  # plotly's encoder: numpy arrays as typed-array base64
-        height = fig.layout.height or DEFAULT_HEIGHT
-        # On the page a figure fills the column (a fixed layout width would overflow it), but not
-        # below 3/4 of its designed width (the box scrolls sideways instead). The stored spec
-        # keeps the designed width for PNG export.
-        min_width = int(0.75 * fig.layout.width) if fig.layout.width else 0
-        draw = (
-            f'(function(){{var d=document.getElementById("{fid}");try{{'
-            f'var s=JSON.parse(document.getElementById("{fid}-spec").textContent);'
-            "var L=Object.assign({},s.layout);delete L.width;L.autosize=true;"
-            f"Plotly.newPlot(d,s.data,L,{json.dumps(PLOTLY_CONFIG)});"
-            '}catch(e){d.className+=" err";d.textContent="This figure failed to draw: "+e;throw e;}})();'
-        )
-        return (
-            f'<figure><div class="plotbox"><div id="{fid}" class="plot plotly-graph-div" style="height:{height}px;min-width:{min_width}px">'
-            f'</div></div><script type="application/json" class="tlprobe-figure" id="{fid}-spec" data-name="{name}">'
-            f"{_json_in_html(spec)}</script><script>{draw}</script>{cls._caption(caption)}</figure>"
-        )
-
-    @classmethod
-    def _view(cls, vid: str, view: CircuitsVisView, caption: str | None) -> str:
-        props = _json_in_html(to_lists(view.props))
-        draw = (
-            f'(function(){{var d=document.getElementById("{vid}");try{{'
-            f'CircuitsVis.render("{vid}",CircuitsVis.{view.component},{props});'
-            '}catch(e){d.className+=" err";d.textContent="This view failed to draw: "+e;throw e;}})();'
-        )
-        return (
-            f'<figure><div id="{vid}" class="cv" data-component="{view.component}"></div>'
-            f"<script>{draw}</script>{cls._caption(caption)}</figure>"
-        )
 
     @staticmethod
     def _table(rows: list[dict], float_fmt: str, caption: str | None) -> str:
@@ -306,6 +313,68 @@ class Report:
             body.append(f"<tr>{cells}</tr>")
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         return f"<table>{cap}<tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _caption(caption: str | None) -> str:
+    return f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+
+
+#: Shown in place of a figure or view whose library is not on the page (in a notebook: the output
+#: that carried it was deleted).
+_MISSING = (
+    "{lib} is not on this page: the notebook output that carried it was cleared or deleted. Run "
+    "tlprobe.report.notebook.reset() and this cell again."
+)
+
+
+def figure_block(fid: str, name: str, fig, caption: str | None) -> str:
+    """A plotly figure as HTML: its spec stored once as JSON (read back by :func:`read_figures`) and a
+    one-line script that draws it with the page's ``Plotly``.
+
+    Args:
+        fid: the element id (unique on the page).
+        name: the figure's file-name-safe name (``data-name``, the PNG name on export).
+        fig: a plotly figure.
+        caption: shown under the figure (escaped).
+    """
+    spec = json.loads(fig.to_json())  # plotly's encoder: numpy arrays as typed-array base64
+    height = fig.layout.height or DEFAULT_HEIGHT
+    # On the page a figure fills the column (a fixed layout width would overflow it), but not
+    # below 3/4 of its designed width (the box scrolls sideways instead). The stored spec
+    # keeps the designed width for PNG export.
+    min_width = int(0.75 * fig.layout.width) if fig.layout.width else 0
+    missing = json.dumps(_MISSING.format(lib="plotly.js"))
+    draw = (
+        f'(function(){{var d=document.getElementById("{fid}");try{{'
+        f"if(!window.Plotly)throw new Error({missing});"
+        f'var s=JSON.parse(document.getElementById("{fid}-spec").textContent);'
+        "var L=Object.assign({},s.layout);delete L.width;L.autosize=true;"
+        f"Plotly.newPlot(d,s.data,L,{json.dumps(PLOTLY_CONFIG)});"
+        '}catch(e){d.className+=" err";d.textContent="This figure failed to draw: "+e.message;throw e;}})();'
+    )
+    return (
+        f'<figure><div class="plotbox"><div id="{fid}" class="plot plotly-graph-div" style="height:{height}px;min-width:{min_width}px">'
+        f'</div></div><script type="application/json" class="tlprobe-figure" id="{fid}-spec" data-name="{name}">'
+        f"{_json_in_html(spec)}</script><script>{draw}</script>{_caption(caption)}</figure>"
+    )
+
+
+def view_block(vid: str, view: CircuitsVisView, caption: str | None) -> str:
+    """A circuitsvis view as HTML, drawn with the page's ``CircuitsVis`` (props inert in ``<script>``)."""
+    if not isinstance(view, CircuitsVisView) or view.component not in COMPONENTS:
+        raise TlprobeError("a view must be a CircuitsVisView of a known component (see tlprobe.figures.views)")
+    props = _json_in_html(to_lists(view.props))
+    missing = json.dumps(_MISSING.format(lib="The circuitsvis bundle"))
+    draw = (
+        f'(function(){{var d=document.getElementById("{vid}");try{{'
+        f"if(!window.CircuitsVis)throw new Error({missing});"
+        f'CircuitsVis.render("{vid}",CircuitsVis.{view.component},{props});'
+        '}catch(e){d.className+=" err";d.textContent="This view failed to draw: "+e.message;throw e;}})();'
+    )
+    return (
+        f'<figure><div id="{vid}" class="cv" data-component="{view.component}"></div>'
+        f"<script>{draw}</script>{_caption(caption)}</figure>"
+    )
 
 
 def read_figures(path: str | pathlib.Path) -> list[tuple[str, dict]]:
