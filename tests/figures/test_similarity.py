@@ -28,6 +28,10 @@ def test_histogram_panels_lines_and_labels():
     # the main figure of a BlockStats is its histogram: one row, named by the method
     one = stats["correlation"].figure()
     assert len(one.data) == 6 * 3 and one.layout.annotations[0].text == "correlation: QQ"
+    assert sum(bool(t.showlegend) for t in one.data) == 3  # one legend entry per population
+    # one population (e.g. result.head("L3H7") of a per-head result): one curve per panel, no legend
+    alone = stats["cosine"]["target"].figure()
+    assert len(alone.data) == 6 and not any(t.showlegend for t in alone.data)
 
 
 def test_extreme_fraction_bars_are_the_results_numbers():

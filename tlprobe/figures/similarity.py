@@ -56,7 +56,7 @@ def block_histogram_figure(
                         mode="lines",
                         name=label,
                         legendgroup=label,
-                        showlegend=(r == 1 and c == 1),
+                        showlegend=(r == 1 and c == 1 and len(labels) > 1),  # one curve: nothing to tell apart
                         line=dict(color=_COLORS[i % len(_COLORS)], width=1.5),
                         hovertemplate=f"{label}<br>s=%{{x:.2f}}<br>density=%{{y:.3f}}<extra></extra>",
                     ),
