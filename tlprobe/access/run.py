@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Int
 
 from tlprobe.access.worlds import model_kind
-from tlprobe.checks import as_int, check_choice
+from tlprobe.checks import as_int, check_choice, check_memory, gib
 from tlprobe.errors import TlprobeError
 
 
@@ -59,16 +59,33 @@ def run_batch(
     (``stack_head_results``, ``accumulated_resid``, ``decompose_resid``, ...), which inference
     tensors would refuse.
 
+    ``names=None`` caches every hook, as TransformerLens' ``run_with_cache`` does, and that is
+    large: every hook of every layer at every padded position, attention patterns growing with the
+    square of the length. 48 short sentences (17 tokens padded) through MiniLM give 261 hooks in
+    266 MB (118 tensors: a bridge's canonical duplicates such as ``blocks.0.hook_in`` share the
+    tensor of ``blocks.0.hook_resid_pre``, here too), and a run of several batches holds one
+    batch more while it copies (444 MB at ``batch_size=32``). Pass the hooks you read instead,
+    e.g. ``names=tlprobe.access.resid_hook_names(model)`` (the residual stream: 7 hooks, 8.8 MB
+    there). With ``names=None`` or a predicate and more than one prompt, the first prompt runs
+    alone first, padded to the batch's length (about ``1/len(prompts)`` of the work), to measure
+    the cache per prompt: a cache that would not fit in the free memory is refused before the
+    prompts run.
+
     Args:
         model: a ``TransformerBridge``, ``HookedTransformer`` or ``HookedEncoder``.
         prompts: texts.
-        names: hook names (or a predicate) to cache; ``None`` caches every hook.
+        names: hook names (or a predicate) to cache; ``None`` caches every hook (see above).
         batch_size: prompts per forward pass.
         padding_side: ``"right"`` or ``"left"``.
         progress: show a progress bar over batches.
 
     Returns:
         A :class:`Batch`.
+
+    Raises:
+        TlprobeError: bad prompts or options, a prompt longer than the model's context, or a
+            cache of every hook (``names=None``, or a predicate) larger than the free memory
+            (the message gives the estimate and the fix: ``names=``, or fewer prompts).
     """
     # TransformerLens takes ~3 s to import: loaded on the first run, not with tlprobe
     from transformer_lens import ActivationCache
@@ -81,19 +98,108 @@ def run_batch(
         raise TlprobeError("prompts must be a non-empty list of strings")
     prompts = list(prompts)
     tokens, mask = tokenize_prompts(model, prompts, padding_side=padding_side)
-    chunks: dict[str, list[torch.Tensor]] = {}
-    starts = range(0, len(prompts), batch_size)
+    n = len(prompts)
+    if (names is None or callable(names)) and n > 1:
+        need, per_prompt, n_hooks, device = _cache_size(model, tokens, mask, names=names, batch_size=batch_size)
+        check_memory(
+            need,
+            f"caching {'every hook' if names is None else 'the hooks selected by names'} ({n_hooks} hooks, "
+            f"{gib(per_prompt)} per prompt of {tokens.shape[-1]} padded tokens) for {n} prompts",
+            "pass names= with the hooks you read (e.g. tlprobe.access.resid_hook_names(model)), or fewer prompts",
+            device=device,
+        )
+    starts = range(0, n, batch_size)
     if progress and len(starts) > 1:
         from tqdm.auto import tqdm  # only for multi-batch runs with a progress bar
 
         starts = tqdm(starts, desc="forward", unit="batch")
+    merged: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for s in starts:
             cache = forward_cache(model, tokens[s : s + batch_size], mask[s : s + batch_size], names=names)
-            for k in cache.keys():
-                chunks.setdefault(k, []).append(cache[k])
-    merged = {k: torch.cat(v, 0) if len(v) > 1 else v[0] for k, v in chunks.items()}
+            if n <= batch_size:  # one pass: its cache as it is
+                merged = {k: cache[k] for k in cache.keys()}
+            else:
+                _copy_rows(merged, {k: cache[k] for k in cache.keys()}, s, min(batch_size, n - s), n)
+            del cache
     return Batch(prompts, tokens, mask, ActivationCache(merged, model), model.tokenizer)
+
+
+def _view(x: torch.Tensor) -> tuple:
+    """Where and how ``x`` reads its memory: tensors with equal views hold the same values."""
+    return (x.device, x.dtype, x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), x.stride())
+
+
+def _copy_rows(out: dict[str, torch.Tensor], cache: dict[str, torch.Tensor], start: int, rows: int, n: int) -> None:
+    """Copy one batch's cache (``rows`` prompts) into ``out``'s ``[n, ...]`` tensors at ``start:start + rows``.
+
+    The tensors are allocated once, at the first batch, so the run never holds more than the
+    result and one batch. Hooks that are views of one tensor (a bridge's canonical duplicates:
+    ``blocks.0.hook_in`` is ``blocks.0.hook_resid_pre``) share one result tensor, as in a single
+    pass's cache (MiniLM, 48 sentences: 261 hooks, 118 tensors, 265 MB; concatenated one by one
+    they took 586 MB). A hook of batch size 1 in a batch of several prompts (a bridge's
+    ``pos_embed.hook_in``: the positions, the same for every prompt) stays as the first batch
+    gave it while later batches agree. Hooks that stop sharing in a later batch are split.
+    """
+    first = not out
+    if not first and cache.keys() != out.keys():  # rows left unwritten would hold garbage
+        odd = sorted(cache.keys() ^ out.keys())
+        raise TlprobeError(
+            f"batches cached different hooks ({', '.join(odd[:3])}); pass names= with the hooks to cache"
+        )
+    shared: dict[tuple, torch.Tensor] = {}
+    written: dict[int, tuple] = {}  # id(result tensor) -> the view copied into it in this batch
+    for k, x in cache.items():
+        if x.ndim == 0 or x.shape[0] not in (1, rows):
+            raise TlprobeError(f"hook {k} has shape {tuple(x.shape)}, no batch axis of {rows}; leave it out of names=")
+        view = _view(x)
+        if first:
+            if x.shape[0] == 1 < rows:  # one row for every prompt of the batch
+                out[k] = x
+                continue
+            if view not in shared:
+                shared[view] = x.new_empty((n, *x.shape[1:]))
+            out[k] = shared[view]
+        dest = out[k]
+        if dest.shape[0] == 1 < n:
+            if x.shape[0] == 1 and torch.equal(x, dest):
+                continue  # still the same for every prompt
+            dest = out[k] = dest.expand(n, *dest.shape[1:]).clone()  # no longer: one row per prompt
+        done = written.get(id(dest))
+        if done == view:
+            continue  # the same view as a hook already copied into this tensor
+        if done is not None:  # shared until now, different in this batch: its own copy from here on
+            dest = out[k] = dest.clone()
+        dest[start : start + rows] = x
+        written[id(dest)] = view
+
+
+def _cache_size(
+    model,
+    tokens: Int[torch.Tensor, "batch pos"],
+    attention_mask: Int[torch.Tensor, "batch pos"],
+    *,
+    names: Sequence[str] | Callable[[str], bool] | None,
+    batch_size: int,
+) -> tuple[int, int, int, torch.device]:
+    """What :func:`run_batch` holds for the cache of ``names`` over ``tokens``, measured on one prompt.
+
+    Runs the first prompt alone at the full padded length: every cached hook has one row per
+    prompt, so the result holds ``len(tokens)`` such rows (hooks that are views of one tensor
+    counted once, as :func:`_copy_rows` stores them), and a run of several batches one batch
+    more while it copies. The forward pass's own working memory is not counted.
+
+    Returns:
+        ``(bytes needed, bytes per prompt, hooks cached, device of the cache)``.
+    """
+    with torch.no_grad():
+        cache = forward_cache(model, tokens[:1], attention_mask[:1], names=names)
+    views = {_view(cache[k]): cache[k] for k in cache.keys()}
+    per_prompt = sum(x.numel() * x.element_size() for x in views.values())
+    device = next(iter(views.values())).device if views else tokens.device
+    n = int(tokens.shape[0])
+    in_flight = min(batch_size, n) if n > batch_size else 0
+    return per_prompt * (n + in_flight), per_prompt, len(cache.keys()), device
 
 
 def tokenize_prompts(
