@@ -218,3 +218,15 @@ def test_a_bad_model_object_is_refused_in_one_line(name, bad, type_name, tmp_pat
     assert f"got {type_name}" in message and "TransformerLens model" in message  # the problem
     assert "tlprobe.load_model(name)" in message  # the fix
     assert list(pathlib.Path(tmp_path).iterdir()) == []
+
+
+def test_a_device_option_must_name_the_loaded_models_device(minilm, tmp_path, monkeypatch):
+    from tlprobe.recipes.common import _check_loaded_device
+
+    monkeypatch.chdir(tmp_path)
+    same = run_recipe_fast(recipes.get("qkv-similarity"), None, model=minilm, device="cpu")
+    assert same.paths == {}
+    elsewhere = torch.nn.Linear(2, 2, device="meta")  # a model that is not on the cpu
+    with pytest.raises(TlprobeError, match=r"loaded model is on meta.*does not move your model") as exc:
+        _check_loaded_device(elsewhere, "cpu")
+    assert "\n" not in str(exc.value)

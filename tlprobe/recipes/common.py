@@ -45,6 +45,7 @@ import plotly.graph_objects as go
 import torch
 
 from tlprobe.access import ModelInfo, find_token_positions, load_model, model_info, run_batch, sample_positions
+from tlprobe.access.models import check_device
 from tlprobe.access.run import Batch, forward_cache, tokenize_prompts
 from tlprobe.access.tokens import Positions
 from tlprobe.checks import as_float, as_int, check_min_samples
@@ -430,10 +431,26 @@ def setup(name: str, options: CommonOptions) -> Run:
     run = Run(name, options)
     if isinstance(options, ModelOptions):
         model = options.model
+        if not isinstance(model, str) and options.device is not None:
+            _check_loaded_device(model, options.device)
         run._model = load_model(model, device=options.device) if isinstance(model, str) else model
         run._info = model_info(run._model)
         run.lap("load model")
     return run
+
+
+def _check_loaded_device(model, device: str) -> None:
+    """A loaded model stays where it is: ``device=`` must name its device (or be left out)."""
+    params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    if params is None:
+        return  # not a torch model: model_info refuses it with its own message
+    want, here = check_device(device), params.device
+    assert want is not None
+    if want.type != here.type or (want.index is not None and want.index != here.index):
+        raise TlprobeError(
+            f"device={device!r} but the loaded model is on {here}; a recipe does not move your model: "
+            f"leave device out, or move it first (model.to({device!r}))"
+        )
 
 
 # -- data shipped with the recipes -----------------------------------------------------------
