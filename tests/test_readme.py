@@ -3,6 +3,8 @@
 import pathlib
 import re
 
+import pytest
+
 import tlprobe
 from tests.helpers import requires_hooked
 
@@ -16,8 +18,8 @@ def _run(code, model, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
 
 
-def test_readme_has_four_examples():
-    assert len(BLOCKS) == 4
+def test_readme_has_five_examples():
+    assert len(BLOCKS) == 5
 
 
 def test_readme_qkv_example_runs(minilm, monkeypatch, capsys):
@@ -51,7 +53,21 @@ def test_readme_recipe_from_python_example_runs(minilm, monkeypatch, capsys):
     assert "'population': 'target'" in out and out.rstrip().endswith(" 3")
 
 
+def test_readme_notebook_example_runs(minilm, monkeypatch, capsys):
+    """The notebook example on MiniLM (6 layers: the recipe's middle layer is 3, not gpt2's 6)."""
+    code = BLOCKS[3].replace("L6H3", "L3H3").replace("(6, 3)", "(3, 3)")
+    code = code.replace('target="her", out=None)', 'target="her", out=None, progress=False)')
+    pio = pytest.importorskip("plotly.io")
+    before = pio.renderers.default
+    try:
+        _run(code, minilm, monkeypatch)
+    finally:
+        pio.renderers.default = before  # the example calls tlprobe.notebook_mode()
+    out = capsys.readouterr().out
+    assert "'block': 'QQ'" in out and "torch.Size([1, " in out and out.rstrip().endswith("32])")
+
+
 def test_readme_mi_and_lens_example_runs(tiny_models, monkeypatch, capsys):
-    _run(BLOCKS[3], tiny_models["gpt2"], monkeypatch)
+    _run(BLOCKS[4], tiny_models["gpt2"], monkeypatch)
     out = capsys.readouterr().out
     assert "torch.Size([3," in out  # depth = 2 layers + embeddings
