@@ -69,12 +69,23 @@ def test_every_result_type_round_trips_exactly(made, tmp_path):
 
 
 def test_every_result_type_has_rows_and_a_notebook_summary(made):
+    import tlprobe.figures  # noqa: F401  (registers the main figures)
+    from tlprobe.result import _FIGURES
+
     for kind, r in made.items():
         rows = r.rows()
         assert isinstance(rows, list) and rows and all(isinstance(row, dict) for row in rows), kind.__name__
         assert all(isinstance(k, str) for row in rows for k in row), kind.__name__
         page = r._repr_html_()
-        assert page.startswith("<div class='tlprobe-result'>") and kind.__name__ in page
+        assert "<div class='tlprobe-report tlprobe-inline'>" in page, kind.__name__
+        if kind.__name__ == "RecipeResult":  # titled by its recipe (tests/report/test_notebook_display.py)
+            assert f"<b>{r.recipe}</b>" in page
+            continue
+        assert f"<b>{kind.__name__}</b>" in page
+        # the main figure is drawn inline when the type has one (registered by tlprobe.figures)
+        has_figure = any(k in _FIGURES for k in kind.__mro__)
+        drawn = page.count('class="tlprobe-figure"')
+        assert drawn == 1 or (not drawn and (not has_figure or "no figure here: " in page)), kind.__name__
 
 
 def test_main_figures_draw_from_the_result_alone(made):

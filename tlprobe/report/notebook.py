@@ -178,12 +178,20 @@ def result_html(result: Any, max_rows: int) -> str:
     axes = ", ".join(f"{k} ({len(v)})" for k, v in result.axes.items())
     title = f"<b>{html.escape(type(result).__name__)}</b>" + (f" over {html.escape(axes)}" if axes else "")
     notes = [f"{len(rows) - max_rows} more rows: .rows()"] if len(rows) > max_rows else []
+    figures = []
     try:
         figures = [result.figure()]
         notes.append(".figure(): this figure as a plotly Figure")
-    except TlprobeError:  # a result type without a main figure shows its table only
-        figures = []
+    except TlprobeError as exc:  # no figure for this type, or not for this shape: say which
+        if any(k in _figure_types() for k in type(result).__mro__):
+            notes.append(f"no figure here: {exc}")
     return summary_html(title, rows[:max_rows], figures, notes)
+
+
+def _figure_types() -> set:
+    from tlprobe.result import _FIGURES  # the registry of main figures (filled by tlprobe.figures)
+
+    return set(_FIGURES)
 
 
 def recipe_html(run: Any) -> str:
