@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "run_batch": "tlprobe.access",
     "sample_positions": "tlprobe.access",
     "split_heads": "tlprobe.access",
+    "str_tokens": "tlprobe.access",
     # tlprobe.analyses
     "BlockStats": "tlprobe.analyses",
     "choose_lens": "tlprobe.analyses",
@@ -146,6 +147,7 @@ __all__ = [
     "simpson_check",
     "SimpsonCheck",
     "split_heads",
+    "str_tokens",
     "TlprobeError",
     "token_mi",
     "TopK",
@@ -181,6 +183,7 @@ if TYPE_CHECKING:
         run_batch as run_batch,
         sample_positions as sample_positions,
         split_heads as split_heads,
+        str_tokens as str_tokens,
     )
     from tlprobe.analyses import (
         BlockStats as BlockStats,

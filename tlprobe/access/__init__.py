@@ -20,7 +20,7 @@ from tlprobe.access.hooks import (
 from tlprobe.access.labels import head_label, head_labels, layer_labels, parse_head_label, resid_labels
 from tlprobe.access.models import ModelInfo, load_model, minilm_dir, model_info
 from tlprobe.access.punctuation import char_classes, token_classes
-from tlprobe.access.run import Batch, forward_cache, model_logits, run_batch, tokenize_prompts
+from tlprobe.access.run import Batch, forward_cache, model_logits, run_batch, str_tokens, tokenize_prompts
 from tlprobe.access.text import (
     TokenizedText,
     cut_windows,
@@ -101,6 +101,7 @@ __all__ = [
     "special_token_ids",
     "special_wrapping",
     "split_heads",
+    "str_tokens",
     "stdlib_corpus",
     "target_token_ids",
     "target_variants",

@@ -304,3 +304,20 @@ def model_logits(
         if model_kind(model) == "hooked-encoder":
             return model(tokens, one_zero_attention_mask=attention_mask)
         return model(tokens, attention_mask=attention_mask)
+
+
+def str_tokens(model, text: str) -> list[str]:
+    """The tokens of ``text`` as strings, one per position of ``model.run_with_cache(text)``.
+
+    The same in every TransformerLens world (``to_str_tokens`` is missing on a 2.x ``HookedEncoder``):
+    decoders as ``model.to_tokens`` makes them (BOS as configured), encoders with ``[CLS]``/``[SEP]``.
+
+    Example:
+        >>> from tlprobe.testing import tiny_model
+        >>> str_tokens(tiny_model("gpt2"), "She gave her")[1:]
+        ['She', ' gave', ' her']
+    """
+    if not isinstance(text, str):
+        raise TlprobeError(f"text must be one string, got {type(text).__name__}; for several, call it once per text")
+    tokens, _mask = tokenize_prompts(model, [text])
+    return [model.tokenizer.decode([int(i)]) for i in tokens[0].tolist()]
