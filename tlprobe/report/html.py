@@ -327,6 +327,17 @@ _MISSING = (
 )
 
 
+def _draw_script(el_id: str, lib: str, lib_name: str, what: str, body: str) -> str:
+    """JavaScript running ``body`` (with ``d`` the element) once the global ``lib`` is there; a
+    failure is written into the element instead of leaving it blank."""
+    missing = json.dumps(_MISSING.format(lib=lib_name))
+    return (
+        f'(function(){{var d=document.getElementById("{el_id}");try{{'
+        f"if(!window.{lib})throw new Error({missing});{body}"
+        f'}}catch(e){{d.className+=" err";d.textContent="This {what} failed to draw: "+e.message;throw e;}}}})();'
+    )
+
+
 def figure_block(fid: str, name: str, fig, caption: str | None) -> str:
     """A plotly figure as HTML: its spec stored once as JSON (read back by :func:`read_figures`) and a
     one-line script that draws it with the page's ``Plotly``.
@@ -343,14 +354,14 @@ def figure_block(fid: str, name: str, fig, caption: str | None) -> str:
     # below 3/4 of its designed width (the box scrolls sideways instead). The stored spec
     # keeps the designed width for PNG export.
     min_width = int(0.75 * fig.layout.width) if fig.layout.width else 0
-    missing = json.dumps(_MISSING.format(lib="plotly.js"))
-    draw = (
-        f'(function(){{var d=document.getElementById("{fid}");try{{'
-        f"if(!window.Plotly)throw new Error({missing});"
+    draw = _draw_script(
+        fid,
+        "Plotly",
+        "plotly.js",
+        "figure",
         f'var s=JSON.parse(document.getElementById("{fid}-spec").textContent);'
         "var L=Object.assign({},s.layout);delete L.width;L.autosize=true;"
-        f"Plotly.newPlot(d,s.data,L,{json.dumps(PLOTLY_CONFIG)});"
-        '}catch(e){d.className+=" err";d.textContent="This figure failed to draw: "+e.message;throw e;}})();'
+        f"Plotly.newPlot(d,s.data,L,{json.dumps(PLOTLY_CONFIG)});",
     )
     return (
         f'<figure><div class="plotbox"><div id="{fid}" class="plot plotly-graph-div" style="height:{height}px;min-width:{min_width}px">'
@@ -364,12 +375,12 @@ def view_block(vid: str, view: CircuitsVisView, caption: str | None) -> str:
     if not isinstance(view, CircuitsVisView) or view.component not in COMPONENTS:
         raise TlprobeError("a view must be a CircuitsVisView of a known component (see tlprobe.figures.views)")
     props = _json_in_html(to_lists(view.props))
-    missing = json.dumps(_MISSING.format(lib="The circuitsvis bundle"))
-    draw = (
-        f'(function(){{var d=document.getElementById("{vid}");try{{'
-        f"if(!window.CircuitsVis)throw new Error({missing});"
-        f'CircuitsVis.render("{vid}",CircuitsVis.{view.component},{props});'
-        '}catch(e){d.className+=" err";d.textContent="This view failed to draw: "+e.message;throw e;}})();'
+    draw = _draw_script(
+        vid,
+        "CircuitsVis",
+        "The circuitsvis bundle",
+        "view",
+        f'CircuitsVis.render("{vid}",CircuitsVis.{view.component},{props});',
     )
     return (
         f'<figure><div id="{vid}" class="cv" data-component="{view.component}"></div>'
