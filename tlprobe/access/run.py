@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Int
 
+from tlprobe.access.unembed import decode_tokens
 from tlprobe.access.worlds import model_kind
 from tlprobe.checks import as_int, check_choice, check_memory, gib
 from tlprobe.errors import TlprobeError
@@ -320,4 +321,4 @@ def str_tokens(model, text: str) -> list[str]:
     if not isinstance(text, str):
         raise TlprobeError(f"text must be one string, got {type(text).__name__}; for several, call it once per text")
     tokens, _mask = tokenize_prompts(model, [text])
-    return [model.tokenizer.decode([int(i)]) for i in tokens[0].tolist()]
+    return decode_tokens(model, tokens[0].tolist())
