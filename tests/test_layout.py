@@ -20,6 +20,7 @@ LAYERS = {
     "tlprobe.errors": 0,
     "tlprobe.checks": 0,
     "tlprobe.result": 0,
+    "tlprobe.findings": 0,
     "tlprobe.access": 1,
     "tlprobe.testing": 2,
     "tlprobe.analyses": 2,

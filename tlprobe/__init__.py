@@ -81,6 +81,8 @@ _EXPORTS: dict[str, str] = {
     "window_dependence": "tlprobe.analyses",
     # tlprobe.report.notebook
     "notebook_mode": "tlprobe.report.notebook",
+    # tlprobe.findings
+    "Finding": "tlprobe.findings",
     # tlprobe.result
     "load": "tlprobe.result",
     "Result": "tlprobe.result",
@@ -107,6 +109,7 @@ __all__ = [
     "entropy",
     "feature_similarity",
     "find_token_positions",
+    "Finding",
     "fused_qkv",
     "gcmi",
     "get_qkv",
@@ -231,6 +234,7 @@ if TYPE_CHECKING:
     from tlprobe.errors import (
         TlprobeError as TlprobeError,
     )
+    from tlprobe.findings import Finding as Finding
     from tlprobe.recipes.common import (
         RecipeResult as RecipeResult,
     )

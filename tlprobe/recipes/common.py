@@ -16,7 +16,8 @@ A recipe's ``run()`` reads top to bottom::
         r = setup(NAME, o)                       # model, model info, seed, timer, output check
         ...                                      # data, analyses (r.lap("analysis"))
         report = Report(...)                     # figures and text
-        return r.finish(report, results={"cosine": stats}, facts={"n_sentences": 48})
+        findings = [check(...), ...]             # the lesson's claims, measured (tlprobe.findings)
+        return r.finish(report, results={"cosine": stats}, facts={"n_sentences": 48}, findings=findings)
 
 ``tlprobe cp NAME my_recipe.py`` copies a recipe; the copy imports public names only and runs as
 ``python my_recipe.py`` (its default output folder is ``tlprobe-out/my_recipe``).
@@ -50,6 +51,7 @@ from tlprobe.access.run import Batch, forward_cache, tokenize_prompts
 from tlprobe.access.tokens import Positions
 from tlprobe.checks import as_float, as_int, check_min_samples
 from tlprobe.errors import ArgumentParser, TlprobeError, guarded
+from tlprobe.findings import Finding, summary
 from tlprobe.report.html import Report, human_size
 from tlprobe.report.notebook import recipe_html
 from tlprobe.report.outputs import check_out_dir, write_outputs
@@ -297,6 +299,8 @@ class RecipeResult(Result):
         params: the options that shape the numbers (the same keys as the report's table).
         facts: what the run found about its inputs (model, sample counts, positions, ...).
         results: the analyses' results by name.
+        findings: the lesson's claims checked on this run (:class:`~tlprobe.findings.Finding`),
+            in the order the report's Findings table shows them.
         report: the report (not saved in ``results.json``).
         run_id: a digest of the results (:meth:`digest`), shown in the report too, so a report and
             its ``results.json`` can be matched.
@@ -307,6 +311,7 @@ class RecipeResult(Result):
     params: dict[str, Any]
     facts: dict[str, Any]
     results: dict[str, Result]
+    findings: list[Finding] = field(default_factory=list)
     run_id: str = ""
     report: Report | None = field(default=None, metadata={"save": False})
     paths: dict[str, pathlib.Path] = field(default_factory=dict, metadata={"save": False})
@@ -362,9 +367,16 @@ class Run:
         self.timer.lap(name)
 
     def finish(
-        self, report: Report, results: Mapping[str, Result], facts: Mapping[str, Any] | None = None
+        self,
+        report: Report,
+        results: Mapping[str, Result],
+        facts: Mapping[str, Any] | None = None,
+        findings: list[Finding] | None = None,
     ) -> RecipeResult:
-        """Add the parameter tables to the report, write ``report.html`` and ``results.json``.
+        """Add the findings and parameter tables to the report, write ``report.html`` and ``results.json``.
+
+        The findings open the report; on the terminal (unless ``quiet``) one line each follows
+        the paths of the files written.
 
         Both files go to the options' ``out`` folder (nothing is written when it is ``None`` and
         the recipe was called from Python with ``out=None``); with ``png``, every figure is also
@@ -381,7 +393,11 @@ class Run:
             info = self._info
             shown = {"model": info.name, "family": info.family, "numerics": info.numerics, **shown}
         report.params({**_flat_facts(shown), **versions(), **self.timer.as_params()}, caption="Run facts")
-        result = RecipeResult(recipe=self.name, params=params, facts=found, results=dict(results), report=report)
+        findings = list(findings or [])
+        report.findings(findings)
+        result = RecipeResult(
+            recipe=self.name, params=params, facts=found, results=dict(results), findings=findings, report=report
+        )
         result = dataclasses.replace(result, run_id=result.digest())
         report.run_id = result.run_id
         out = self.options.out
@@ -404,6 +420,10 @@ class Run:
             print(f"results: {paths['results']}")
             if figures:
                 print(f"figures: {len(figures)} PNG in {pathlib.Path(out) / 'figures'}")
+            if findings:
+                print(f"findings ({summary(findings)}):")
+                for f in findings:
+                    print("  " + f.line())
         return dataclasses.replace(result, paths=paths)
 
 

@@ -26,6 +26,7 @@ from plotly.offline import get_plotlyjs
 
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.views import COMPONENTS, CircuitsVisView, to_lists
+from tlprobe.findings import Finding, summary
 from tlprobe.result import write_text_atomic
 
 #: The report's styles. Every rule is scoped to the report's root element (``.tlprobe-report``)
@@ -41,6 +42,9 @@ table{border-collapse:collapse;font-size:.88em;margin:.6em 0}caption{text-align:
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}td.s,th.s{text-align:left}
 .params td{text-align:left;font-family:ui-monospace,monospace}.err{color:#b00;font-weight:bold}
 footer{color:#666;font-size:.85em;margin-top:2em;border-top:1px solid #ddd;padding-top:.5em}
+table.findings td{text-align:left;vertical-align:top;max-width:34em}table.findings td.v{white-space:nowrap;font-weight:bold}
+.crit{display:block;color:#666;font-size:.9em;margin-top:.2em}.v-holds{color:#1a7f37}.v-differs{color:#b35900}.v-inconclusive{color:#555}
+details{margin:.6em 0}summary{cursor:pointer;color:#333}
 """
 #: The root element's class; inline (notebook) copies also get ``tlprobe-inline``.
 ROOT_CLASS = "tlprobe-report"
@@ -159,6 +163,15 @@ class Report:
         #: The run id of the results this report shows (set by a recipe; also in results.json).
         self.run_id: str | None = None
         self._items: list[_Item] = []
+        self._findings: list = []
+
+    def findings(self, findings) -> None:
+        """This run's findings (:class:`tlprobe.findings.Finding`): shown first, as a table, before
+        any other section (whenever this is called)."""
+        for f in findings:
+            if not isinstance(f, Finding):
+                raise TlprobeError(f"Report.findings takes tlprobe.findings.Finding objects, got {type(f).__name__}")
+        self._findings = list(findings)
 
     def heading(self, text: str, level: int = 2) -> None:
         """A section heading (level 2, listed in the table of contents, or 3)."""
@@ -239,6 +252,9 @@ class Report:
         """
         body: list[str] = []
         toc: list[tuple[str, str]] = []
+        if self._findings:
+            toc.append((f"{prefix}findings", "Findings"))
+            body.append(f'<h2 id="{prefix}findings">Findings</h2>' + findings_table(self._findings))
         names = iter(self.figures())
         n_view = 0
         for item in self._items:
@@ -300,6 +316,7 @@ class Report:
 
     @staticmethod
     def _table(rows: list[dict], float_fmt: str, caption: str | None) -> str:
+        """A table; one longer than :data:`OPEN_ROWS` rows is collapsed under its caption."""
         if not rows:
             return "<p class='note'>(empty table)</p>"
         cols = list(rows[0])
@@ -311,8 +328,30 @@ class Report:
                 for c in cols
             )
             body.append(f"<tr>{cells}</tr>")
+        if len(rows) > OPEN_ROWS:
+            label = html.escape(f"{caption or 'Table'} ({len(rows)} rows; click to show)")
+            return f"<details><summary>{label}</summary><table><tr>{head}</tr>{''.join(body)}</table></details>"
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         return f"<table>{cap}<tr>{head}</tr>{''.join(body)}</table>"
+
+
+#: Tables with more rows than this are collapsed (``<details>``) so they do not push the figures down.
+OPEN_ROWS = 12
+
+
+def findings_table(findings) -> str:
+    """The findings as an HTML table: claim (with its criterion), this run's numbers, verdict, meaning."""
+    rows = []
+    for f in findings:
+        lesson = f"{f.lesson}: " if f.lesson else ""
+        claim = f"{html.escape(lesson + f.claim)}<span class='crit'>criterion: {html.escape(f.criterion)}</span>"
+        rows.append(
+            f"<tr><td>{claim}</td><td>{html.escape(f.numbers_text())}</td>"
+            f"<td class='v v-{f.verdict}'>{html.escape(f.verdict)}</td><td>{html.escape(f.why)}</td></tr>"
+        )
+    cap = html.escape(f"What this run found, claim by claim ({summary(findings)}); also in results.json's findings.")
+    head = "<tr><th class='s'>Claim</th><th class='s'>This run</th><th class='s'>Verdict</th><th class='s'>What it means</th></tr>"
+    return f"<table class='findings'><caption>{cap}</caption>{head}{''.join(rows)}</table>"
 
 
 def _caption(caption: str | None) -> str:

@@ -48,7 +48,15 @@ from plotly.io.base_renderers import MimetypeRenderer
 from tlprobe.checks import check_choice
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.views import CircuitsVisView
-from tlprobe.report.html import Report, circuitsvis_js, figure_block, plotly_js, scoped_css, view_block
+from tlprobe.report.html import (
+    Report,
+    circuitsvis_js,
+    figure_block,
+    findings_table,
+    plotly_js,
+    scoped_css,
+    view_block,
+)
 from tlprobe.result import rows_html
 
 #: Bundles inlined so far in this kernel session, with the cell (id, execution count) that carried each.
@@ -163,10 +171,15 @@ def report_html(report: Report) -> str:
     return _wrap(body, plotly=needs_plotly, circuitsvis=needs_cv)
 
 
-def summary_html(title: str, rows: list[dict], figures: list, notes: list[str] | None = None) -> str:
-    """A compact summary: a title (HTML), a table (escaped), one-line notes, the figures."""
+def summary_html(
+    title: str, rows: list[dict], figures: list, notes: list[str] | None = None, findings: list | None = None
+) -> str:
+    """A compact summary: a title (HTML), the findings, a table (escaped), one-line notes, the figures."""
     uid = _uid()
-    parts = [f"<p>{title}</p>", rows_html(rows)]
+    parts = [f"<p>{title}</p>"]
+    if findings:
+        parts.append(findings_table(findings))
+    parts.append(rows_html(rows))
     parts += [f"<p class='sub'>{html.escape(n)}</p>" for n in notes or []]
     parts += [figure_block(f"{uid}-fig{i:02d}", f"{uid}-fig{i:02d}", fig, None) for i, fig in enumerate(figures, 1)]
     return _wrap("".join(parts), plotly=bool(figures))
@@ -218,4 +231,4 @@ def recipe_html(run: Any) -> str:
                 break
             except TlprobeError:  # this result type has no main figure; try the next
                 continue
-    return summary_html(title, rows, figures, notes)
+    return summary_html(title, rows, figures, notes, findings=list(getattr(run, "findings", [])))
