@@ -30,6 +30,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DRAW_TIMEOUT_MS = 30_000
+#: Console message types a page must not log (plotly.js logs its warnings, e.g. "WARN: Invalid color
+#: specifier", through console.trace).
+CONSOLE_BAD = {"warning", "error", "assert", "trace"}
 
 
 def unavailable(reason: str):
@@ -65,7 +68,9 @@ def inspect_page(
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
     external: list[str] = []
+    console: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}") if msg.type in CONSOLE_BAD else None)
 
     def guard(route):
         url = route.request.url
@@ -85,13 +90,14 @@ def inspect_page(
         pass
     page.wait_for_timeout(settle_ms)
     state = page.evaluate(_STATE_JS)
-    state.update(errors=errors, external=external, page=page)
+    state.update(errors=errors, external=external, console=console, page=page)
     return state
 
 
 def problems(state: dict) -> list[str]:
     """Everything that makes a page not self-contained or not fully drawn."""
     out = [f"page error: {e}" for e in state["errors"]]
+    out += [f"console {m}" for m in state.get("console", [])]
     out += [f"network request: {u}" for u in state["external"]]
     out += [f"plotly figure {p['id']} not drawn" for p in state["plots"] if not p["drawn"]]
     out += [f"circuitsvis {v['component']} view {v['id']} not drawn" for v in state["views"] if not v["drawn"]]

@@ -96,12 +96,14 @@ class Finding(Result):
 
 
 def fmt_number(v: Any) -> str:
-    """A number as shown in findings: 3 significant digits, ``nan`` as ``undefined``.
+    """A number as shown in findings: 3 significant digits, NaN or ``None`` as ``undefined``.
 
     Example:
-        >>> fmt_number(0.123456), fmt_number(12345.6), fmt_number(3), fmt_number(float("nan")), fmt_number("L3")
+        >>> fmt_number(0.123456), fmt_number(12345.6), fmt_number(3), fmt_number(None), fmt_number("L3")
         ('0.123', '1.23e+04', '3', 'undefined', 'L3')
     """
+    if v is None:
+        return "undefined"
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(fmt_number(x) for x in v) + "]"
@@ -125,7 +127,8 @@ def check(
     """A :class:`Finding` from the outcome of a criterion: ``holds`` True, False or None (undecided).
 
     Numbers are stored as plain Python values (tensors and numpy scalars converted), floats
-    rounded to 4 significant digits so that ``results.json`` and the report show the same value.
+    rounded to 4 significant digits so that ``results.json`` and the report show the same value,
+    NaN (undefined) as ``None``.
     """
     verdict = "inconclusive" if holds is None else ("holds" if holds else "differs")
     return Finding(
@@ -157,8 +160,8 @@ def _plain(v: Any) -> Any:
         return v
     if isinstance(v, int):
         return v
-    if isinstance(v, float):
-        return v if math.isnan(v) or math.isinf(v) or v == 0 else float(f"{v:.4g}")
+    if isinstance(v, float):  # NaN (undefined) as None, as results.json stores it
+        return None if math.isnan(v) else v if math.isinf(v) or v == 0 else float(f"{v:.4g}")
     if isinstance(v, Sequence):
         return [_plain(x) for x in v]
     raise TlprobeError(f"a finding's numbers must be numbers, strings or lists of them, got {type(v).__name__}")

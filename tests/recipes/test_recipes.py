@@ -3,6 +3,7 @@ self-explaining CLI, results that load back, copies that import public names onl
 
 import ast
 import dataclasses
+import html
 import json
 import pathlib
 import re
@@ -13,6 +14,7 @@ import tlprobe
 from tests.helpers import run_recipe_fast
 from tlprobe import recipes
 from tlprobe.cli import main
+from tlprobe.findings import VERDICTS
 from tlprobe.recipes.common import CommonOptions, RecipeResult
 from tlprobe.result import Result
 
@@ -43,6 +45,22 @@ def test_results_json_loads_back_equal(name, recipe_output):
     assert loaded.results.keys() == run.results.keys() and all(isinstance(r, Result) for r in loaded.results.values())
     data = json.loads(run.paths["results"].read_text())
     assert data["recipe"] == name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_recipe_states_its_findings_first(name, recipe_output):
+    """Each lesson claim is checked on the run: in results.json, and as the report's first section."""
+    run = recipe_output(name)
+    assert callable(getattr(recipes.get(name), "findings", None)), f"{name} has no findings() function"
+    assert run.findings, f"{name} states no findings"
+    data = json.loads(run.paths["results"].read_text())
+    assert [f["claim"] for f in data["findings"]] == [f.claim for f in run.findings]
+    for f in data["findings"]:
+        assert f["verdict"] in VERDICTS and f["criterion"].strip() and f["numbers"] and f["why"].strip(), f
+    page = run.paths["report"].read_text(encoding="utf-8")
+    assert page.index("Findings</h2>") < page.index("<figure"), "the findings come before any figure"
+    for f in run.findings:
+        assert html.escape(f.claim) in page and html.escape(f.numbers_text()) in page
 
 
 @pytest.mark.parametrize("name", NAMES)

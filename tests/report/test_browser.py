@@ -11,6 +11,7 @@ Setup: ``apt-get install -y --no-install-recommends chromium`` and ``pip install
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import struct
@@ -41,11 +42,32 @@ def test_recipe_report_renders_offline(browser, name, recipe_output, record_prop
     print(
         f"{name}: rendered in {time.perf_counter() - t:.1f} s; {len(state['plots'])} figures, {len(state['views'])} views"
     )
-    state["page"].close()
-    assert problems(state) == []
+    page = state["page"]
+    first = page.evaluate(_FIRST_SCREEN_JS)
+    shots = os.environ.get("TLPROBE_SCREENSHOTS")  # a folder: keep what a reader sees, to look at
+    if shots:
+        page.screenshot(path=str(pathlib.Path(shots) / f"{name}-first-screen.png"))
+        page.screenshot(path=str(pathlib.Path(shots) / f"{name}-full.png"), full_page=True)
+    page.close()
+    assert problems(state) == []  # includes any console warning (plotly logs bad colours there)
+    # The reader meets this run's findings first: the first section, above every figure and view.
+    assert first["headings"][:1] == ["Findings"], first
+    assert first["findings_rows"] >= 1 and first["findings_top"] < first["first_figure_top"], first
     assert size < MAX_REPORT_BYTES, (
         f"{name} report is {size / 1e6:.1f} MB; keep it under {MAX_REPORT_BYTES / 1e6:.0f} MB"
     )
+
+
+_FIRST_SCREEN_JS = """() => {
+  const top = el => el ? el.getBoundingClientRect().top + window.scrollY : Infinity;
+  const table = document.querySelector('table.findings');
+  return {
+    headings: [...document.querySelectorAll('h2')].map(h => h.innerText.trim()),
+    findings_rows: table ? table.querySelectorAll('tr').length - 1 : 0,
+    findings_top: top(table),
+    first_figure_top: top(document.querySelector('figure')),
+  };
+}"""
 
 
 # -- the checker can fail --------------------------------------------------------------------
@@ -61,6 +83,20 @@ def test_checker_passes_self_contained_report(browser, tmp_path):
     state["page"].close()
     assert problems(state) == []
     assert len(state["plots"]) == 1 and len(state["views"]) == 1
+
+
+def test_checker_fails_on_console_warnings(browser, tmp_path):
+    r = Report("Bad colour")
+    r.figure(go.Figure(go.Scatter(y=[1, 2], mode="markers", marker_color=["#abcdef"] * 2)), caption="bad")
+    page = tmp_path / "bad.html"
+    # plotly's Python validator refuses bad colours, so put one into the page as a stored spec could
+    # hold it; plotly.js then logs "WARN: Invalid color specifier" (console.trace) and draws black
+    r.write(page)
+    page.write_text(page.read_text(encoding="utf-8").replace("#abcdef", "#abcdefgh"), encoding="utf-8")
+    state = inspect_page(browser, page)
+    state["page"].close()
+    found = problems(state)
+    assert any(p.startswith("console trace: WARN: Invalid color specifier") for p in found), found
 
 
 def test_checker_fails_cdn_pages(browser, tmp_path):
