@@ -36,10 +36,44 @@ def stats():
 def test_depth_histogram(stats):
     fig = depth_histogram_figure({m: st["target"] for m, st in stats.items()})
     assert len(fig.data) == 12
-    np.testing.assert_allclose(np.array(fig.data[0].z), stats["cosine"]["target"].density[:, 0].numpy())
+    dens = stats["cosine"]["target"].density[:, 0].numpy()
+    np.testing.assert_allclose(np.array(fig.data[0].customdata), dens)  # hover: the true density
+    floor = 10.0**fig.layout.coloraxis.cmin
+    np.testing.assert_allclose(np.array(fig.data[0].z, dtype=float), np.log10(np.maximum(dens, floor)))
+    linear = depth_histogram_figure({m: st["target"] for m, st in stats.items()}, log_color=False)
+    np.testing.assert_allclose(np.array(linear.data[0].z), dens)
     assert list(fig.data[0].y) == ["L0", "L1", "L2"]
     with pytest.raises(TlprobeError, match="select one population"):
         depth_histogram_figure(stats["cosine"])
+
+
+def _edge_heavy_stats():
+    """Cosine-like histograms: most of the mass in the two +-1 bins, a thin spread in between."""
+    g = torch.Generator().manual_seed(3)
+    offsets = 4 * torch.randn(3, 1, 90, generator=g, dtype=torch.float64)
+    x = torch.randn(3, 25, 90, generator=g, dtype=torch.float64) * torch.tensor([0.05, 0.3, 1.0])[:, None, None]
+    return qkv_block_similarity(x + offsets, "cosine", bins=40, axes={"layer": layer_labels(3)})
+
+
+def test_depth_histogram_colours_are_not_washed_out_by_the_edge_bins():
+    st = _edge_heavy_stats()
+    dens = st.density.numpy()
+    assert dens[0, :, [0, -1]].sum() > 0.5 * dens[0].sum()  # the +-1 bins dominate layer 0
+    fig = depth_histogram_figure(st)
+    axis = fig.layout.coloraxis
+    z = np.array([v for t in fig.data for row in t.z for v in row], dtype=float)
+    position = (z - axis.cmin) / (axis.cmax - axis.cmin)  # where on the colour bar each cell sits
+    assert position.min() >= 0 and position.max() == 1
+    inner = np.array([v for t in fig.data for row in t.customdata for v in row[1:-1]], dtype=float)
+    typical = np.median(inner[inner > 0])  # a typical occupied bin between the edges
+    assert typical / dens.max() < 0.05  # on a linear 0..max scale it would sit in the darkest twentieth
+    assert (np.log10(typical) - axis.cmin) / (axis.cmax - axis.cmin) > 0.3  # on the log scale it is visible
+    assert axis.cmax - axis.cmin <= 3 + 1e-9  # a robust range: 3 decades below the top
+    assert axis.colorscale[0][1] and all(isinstance(c[1], str) for c in axis.colorscale)
+    assert list(axis.colorbar.ticktext)[:1] and all(float(t) > 0 for t in axis.colorbar.ticktext)
+    # linear: the 99th percentile caps the scale, so the tallest bins saturate instead of washing out
+    lin = depth_histogram_figure(st, log_color=False).layout.coloraxis
+    assert lin.cmin == 0 and lin.cmax < dens.max()
 
 
 def test_block_summary_curves(stats):

@@ -9,11 +9,11 @@ row or cell in a heatmap (plotly writes NaN as null).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import plotly.graph_objects as go
-from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from tlprobe.analyses.moments import Moments
@@ -33,10 +33,29 @@ _MOMENT_AXES = {
 }
 
 
-def _contrast_scale(gamma: float, name: str = "Viridis", steps: int = 11) -> list:
-    """A colour scale whose colours are spread as ``position ** gamma``: gamma < 1 brightens low values."""
-    cols = sample_colorscale(name, [i / (steps - 1) for i in range(steps)])
-    return [[(i / (steps - 1)) ** (1 / gamma), c] for i, c in enumerate(cols)]
+#: Decades of density a log colour scale spans below a panel's largest density.
+LOG_DECADES = 3.0
+
+
+def _log_colour(dens: list[list[float]], floor: float) -> list[list[float | None]]:
+    """``log10`` of densities for a log colour scale: 0 (and anything below ``floor``) at the floor's
+    colour, NaN (undefined) as None, a blank cell."""
+    return [
+        [None if math.isnan(v) else math.log10(max(v, floor)) for v in row]  # 0 -> the lowest colour
+        for row in dens
+    ]
+
+
+def _decade_ticks(low: float, high: float) -> tuple[list[float], list[str]]:
+    """Colour bar ticks at 1, 2 and 5 x each power of ten between ``low`` and ``high`` (log10 units)."""
+    vals, text = [], []
+    for e in range(math.floor(low), math.ceil(high) + 1):
+        for m in (1, 2, 5):
+            t = e + math.log10(m)
+            if low - 1e-9 <= t <= high + 1e-9:
+                vals.append(t)
+                text.append(f"{m * 10.0**e:g}")
+    return vals, text
 
 
 def _depth_and_populations(result, lead: tuple[int, ...]) -> tuple[list[str], list[str]]:
@@ -49,7 +68,7 @@ def depth_histogram_figure(
     stats: BlockStats | Mapping[str, BlockStats],
     *,
     title: str = "Similarity per block across depth",
-    gamma: float = 0.5,
+    log_color: bool = True,
 ) -> go.Figure:
     """Stacked per-layer histograms as heatmaps (a 'spectrogram'): layer vs similarity, density as colour.
 
@@ -59,15 +78,15 @@ def depth_histogram_figure(
         stats: block statistics with one leading axis, the layers (``st["target"]`` of a
             ``[population, layer]`` result), or method -> such results.
         title: figure title.
-        gamma: colour contrast; below 1 spreads the colours over low densities, so that a few
-            tall peaks (cosine near +-1 in early layers) do not wash out the rest. Hover and
-            colour bar show the true density.
+        log_color: colour by ``log10`` of the density (the default), over the
+            :data:`LOG_DECADES` decades below each panel's largest density: the few tall bins (cosine
+            near +-1 in early layers) do not wash out the rest, and 0 takes the lowest colour. With
+            False, a linear scale from 0 to the 99th percentile of the panel's densities (the few
+            taller bins saturate). Hover shows the true density.
 
     Raises:
-        TlprobeError: a result without exactly one leading axis, or ``gamma <= 0``.
+        TlprobeError: a result without exactly one leading axis.
     """
-    if not gamma > 0:
-        raise TlprobeError(f"gamma must be > 0, got {gamma}")
     cols = panels(stats, name=stats.method if isinstance(stats, BlockStats) else "")
     blocks = next(iter(cols.values())).blocks
     fig = make_subplots(
@@ -88,15 +107,32 @@ def depth_histogram_figure(
         dens = st.density
         x = st.centers.tolist()
         axis = "coloraxis" if c == 1 else f"coloraxis{c}"
+        finite = [v for v in dens.flatten().tolist() if not math.isnan(v)]
+        positive = sorted(v for v in finite if v > 0)
+        top = positive[-1] if positive else 1.0
+        if log_color:
+            low = max(positive[0], top * 10.0**-LOG_DECADES) if positive else top / 10
+            zmin, zmax = math.log10(low), math.log10(top)
+            if zmax - zmin < 1e-9:  # one density everywhere: a one-decade range around it
+                zmin -= 1
+            tickvals, ticktext = _decade_ticks(zmin, zmax)
+            bar = dict(title=f"{method}<br>density<br>(log)", tickvals=tickvals, ticktext=ticktext)
+        else:
+            zmin, zmax = 0.0, (positive[int(0.99 * (len(positive) - 1))] if positive else 1.0)
+            bar = dict(title=f"{method}<br>density")
         for r, blk in enumerate(st.blocks, start=1):
+            z = dens[:, r - 1].tolist()
             fig.add_trace(
                 go.Heatmap(
                     x=x,
                     y=layers,
-                    z=dens[:, r - 1].tolist(),
+                    z=_log_colour(z, 10.0**zmin) if log_color else z,
+                    customdata=z,
                     coloraxis=axis,
                     name=f"{method} {blk}",
-                    hovertemplate=f"{method} {blk}<br>layer %{{y}}<br>s=%{{x:.2f}}<br>density=%{{z:.3f}}<extra></extra>",
+                    hovertemplate=(
+                        f"{method} {blk}<br>layer %{{y}}<br>s=%{{x:.2f}}<br>density=%{{customdata:.3g}}<extra></extra>"
+                    ),
                 ),
                 row=r,
                 col=c,
@@ -104,8 +140,10 @@ def depth_histogram_figure(
             fig.update_yaxes(title_text="layer", row=r, col=c, type="category")
         fig.update_xaxes(title_text="similarity", row=len(st.blocks), col=c)
         layout[axis] = dict(
-            colorscale=_contrast_scale(gamma),
-            colorbar=dict(title=f"{method}<br>density", x=1.0 + 0.08 * (c - 1), len=0.5),
+            colorscale="Viridis",
+            cmin=zmin,
+            cmax=zmax,
+            colorbar=dict(**bar, x=1.0 + 0.08 * (c - 1), len=0.5),
         )
     fig.update_layout(title=title, height=190 * len(blocks) + 120, width=1150, template="plotly_white", **layout)
     return fig

@@ -75,10 +75,35 @@ def block_histogram_figure(
     return fig
 
 
+def fraction_label(value: float) -> str:
+    """A short bar label for a fraction: ``0.47`` -> ``'47%'``, ``0.0032`` -> ``'0.32%'``,
+    ``2.1e-05`` -> ``'2.1e-5'``, 0 -> ``'0'``, NaN (undefined) -> ``''``.
+
+    Example:
+        >>> [fraction_label(v) for v in (0.4712, 0.0032, 2.07e-05, 0.0, float("nan"))]
+        ['47%', '0.32%', '2.1e-5', '0', '']
+    """
+    if math.isnan(value):
+        return ""
+    if value == 0:
+        return "0"
+    if abs(value) >= 0.1:
+        return f"{100 * value:.0f}%"
+    if abs(value) >= 1e-3:
+        return f"{100 * value:.2g}%"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
 def extreme_fraction_figure(stats: BlockStats | Mapping[str, BlockStats]) -> go.Figure:
-    """Bars of the fraction of |similarity| above the threshold, per block and leading index; one panel per result."""
+    """Bars of the fraction of |similarity| above the threshold, per block and leading index; one panel per result.
+
+    Each panel has its own y scale (correlation's fractions can be thousands of times smaller than
+    cosine's); labels are short and vertical, so neighbouring bars' labels never overlap; a panel
+    whose values are all 0 (or undefined) says so in its middle instead of showing empty axes.
+    """
     cols = panels(stats, name=stats.method if isinstance(stats, BlockStats) else "")
-    fig = make_subplots(rows=1, cols=len(cols), subplot_titles=list(cols), shared_yaxes=True)
+    fig = make_subplots(rows=1, cols=len(cols), subplot_titles=list(cols), horizontal_spacing=0.08)
     for c, st in enumerate(cols.values(), start=1):
         labels = index_labels(st, tuple(st.frac_extreme.shape[:-1]))
         ext = st.frac_extreme.reshape(len(labels), len(st.blocks))
@@ -91,20 +116,39 @@ def extreme_fraction_figure(stats: BlockStats | Mapping[str, BlockStats]) -> go.
                     legendgroup=label,
                     showlegend=c == 1,
                     marker_color=_COLORS[i % len(_COLORS)],
-                    text=["" if math.isnan(v) else f"{v:.3f}" for v in ext[i].tolist()],  # NaN: undefined item
+                    text=[fraction_label(v) for v in ext[i].tolist()],  # NaN: undefined item, no label
                     textposition="outside",
-                    textfont=dict(size=9),
+                    textangle=-90,
+                    cliponaxis=False,
+                    textfont=dict(size=10),
+                    hovertemplate=f"{label}<br>%{{x}}: %{{y:.3g}}<extra></extra>",
                 ),
                 row=1,
                 col=c,
             )
+        values = [v for v in ext.flatten().tolist() if not math.isnan(v)]
+        if not values or max(values) == 0:
+            suffix = "" if c == 1 else str(c)
+            fig.add_annotation(
+                text="all values undefined" if not values else "all values 0",
+                xref=f"x{suffix} domain",
+                yref=f"y{suffix} domain",
+                x=0.5,
+                y=0.5,
+                showarrow=False,
+                font=dict(size=14, color="#555555"),
+            )
+            fig.update_yaxes(range=[0, 1], row=1, col=c)
+        else:  # room above the tallest bar for its vertical label
+            fig.update_yaxes(range=[0, 1.3 * max(values)], row=1, col=c)
     thr = next(iter(cols.values())).extreme
     fig.update_yaxes(title_text=f"fraction |s| > {thr:g}", row=1, col=1)
     fig.update_layout(
         barmode="group",
-        height=380,
+        height=420,
         width=1100,
         template="plotly_white",
         title=f"Fraction of extreme similarities (|s| > {thr:g})",
+        legend=dict(orientation="h", y=-0.15),
     )
     return fig

@@ -10,15 +10,19 @@ Copy this file (``tlprobe cp layer-similarity my_recipe.py``) and change what yo
 
 from __future__ import annotations
 
+import math
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy import stats as sps
 
 from tlprobe.access.hooks import attention_pattern, fused_qkv, hook_names, resid_hook_names, resid_stack, split_heads
 from tlprobe.access.labels import head_labels, layer_labels, resid_labels
-from tlprobe.analyses.moments import sample_moments
-from tlprobe.analyses.similarity import qkv_block_similarity, undefined_features
+from tlprobe.analyses.moments import Moments, sample_moments
+from tlprobe.analyses.similarity import BlockStats, qkv_block_similarity, undefined_features
 from tlprobe.figures.attention import attention_heads_view
 from tlprobe.figures.depth import (
     block_summary_curves_figure,
@@ -26,6 +30,7 @@ from tlprobe.figures.depth import (
     head_heatmap_figure,
     moment_curves_figure,
 )
+from tlprobe.findings import Finding, check, interval_verdict
 from tlprobe.recipes.common import (
     RecipeResult,
     TargetOptions,
@@ -43,6 +48,16 @@ NAME = "layer-similarity"
 DESCRIPTION = "L03: Q/K/V similarity and across-context variance of a target word through all layers, per head too"
 POPULATIONS = ("target", "non-target")
 METHODS = ("cosine", "correlation")
+
+# The criteria of the findings: fixed here, stated in each criterion's text, never tuned to a run.
+#: A depth trend counts when Spearman's rho (statistic vs layer) is beyond this, in the claimed direction.
+TREND_RHO = 0.5
+#: Fewest layers for a trend, and fewest heads per layer (the replicates of a layer's statistic).
+MIN_LAYERS = 3
+MIN_HEADS = 3
+#: Bootstrap resamples and confidence level of every interval.
+N_RESAMPLES = 2000
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -94,7 +109,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     report = Report(text["title"].format(target=o.target, model=model, n_layers=info.n_layers), subtitle=DESCRIPTION)
     report.heading("What this shows")
     report.text(text["shows"].format(n_sentences=len(prompts), target=o.target, n_features=n_features))
-    report.text(text["found"])
+    report.text(text["lesson_result"])
     if same:
         identical_section(report, same, text, target=o.target, rotary=info.rotary)
     report.heading("Block summaries across depth")
@@ -121,6 +136,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     report.table(stats["cosine"]["target"].rows(), caption="Cosine, targets: summary per layer and block")
     r.lap("figures")
 
+    found = findings(stats, head_stats["cosine"], head_moments, seed=o.seed)
     results = {
         **stats,
         **{f"per_head {m}": st for m, st in head_stats.items()},
@@ -135,7 +151,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
         "non_target_positions": npos.pos,
         "identical_across_sentences": same,
     }
-    return r.finish(report, results=results, facts=facts)
+    return r.finish(report, results=results, facts=facts, findings=found)
 
 
 def identical_across_sentences(qkv_pops: torch.Tensor, layers: tuple[str, ...]) -> list[dict]:
@@ -173,6 +189,188 @@ def identical_section(report: Report, same: list[dict], text: dict[str, str], *,
     )
     report.text(text["identical_rotary" if rotary else "identical_not_rotary"])
     report.table(same, caption="Vectors identical in every sentence: correlation undefined (NaN)")
+
+
+# -- findings: the lesson's claims, checked on this run's results ----------------------------
+
+
+def findings(
+    stats: Mapping[str, BlockStats], head_cosine: BlockStats, head_moments: Moments, *, seed: int = 0
+) -> list[Finding]:
+    """The claims of lesson L03, each checked on this run's results (no model needed).
+
+    The replicates of a layer are its heads (each head's own Q|K|V slice): the intervals are
+    seeded percentile bootstraps over them (layer by layer for a difference, over the (layer,
+    head) points for a trend's Spearman rho).
+
+    Args:
+        stats: method -> :class:`BlockStats` over ``[population, layer]``; ``"cosine"`` is read.
+        head_cosine: cosine :class:`BlockStats` over ``[population, layer, head]``.
+        head_moments: :class:`Moments` over ``[population, layer, head]`` (Q|K|V slices).
+        seed: seed of the bootstraps.
+
+    Returns:
+        One :class:`~tlprobe.findings.Finding` per claim.
+    """
+    cos = stats["cosine"]["target"]
+    layers = list(cos.axes.get("layer", [str(i) for i in range(int(cos.frac_extreme.shape[0]))]))
+    per_layer = pooled_fraction(cos)  # [layer]
+    per_head = pooled_fraction(head_cosine["target"])  # [layer, head]
+    rel_var = head_moments["target"].rel_var.double().numpy()  # [layer, head]
+    n_layers, n_heads = per_head.shape
+    too_few = (
+        f"{n_layers} layers x {n_heads} heads: need {MIN_LAYERS} layers and {MIN_HEADS} heads (the replicates)"
+        if n_layers < MIN_LAYERS or n_heads < MIN_HEADS
+        else ""
+    )
+    extreme = f"|s| > {cos.extreme:g}"
+    curve = {"by_layer": [float(v) for v in per_layer]}
+    out = []
+
+    # 1. Early layers crowd near +-1: the first layer has the most extremes.
+    claim = "early layers: cosine similarities crowd near +1 and -1 (the first layer has the most extremes)"
+    crit = (
+        f"targets, cosine fraction {extreme} (all blocks pooled): first layer minus the next highest layer, "
+        f"{CONFIDENCE:.0%} bootstrap interval over heads above 0"
+    )
+    if too_few:
+        out.append(check(claim, crit, curve, holds=None, why=too_few, lesson="L03"))
+    else:
+        rest = 1 + int(np.argmax(per_layer[1:]))
+        low, high = bootstrap_interval([per_head[0], per_head[rest]], _mean_difference, seed, paired=False)
+        holds = interval_verdict(low, high, above=0.0)
+        first, other = f"{percent(per_layer[0])} at {layers[0]}", f"{percent(per_layer[rest])} at {layers[rest]}"
+        why = {
+            True: f"{first} vs at most {other}: the static token identity dominates the first layer",
+            False: f"{first} vs {other}: a deeper layer has as many extremes",
+            None: f"{first} vs {other}; the per-head interval straddles 0",
+        }[holds]
+        nums = {**curve, "next_highest": layers[rest], "interval": [low, high]}
+        out.append(check(claim, crit, nums, holds=holds, why=why, lesson="L03"))
+
+    # 2. Deeper, the distributions converge toward 0: fewer extremes with depth.
+    claim = "deeper layers: the cosine similarities converge toward 0 (fewer extremes with depth)"
+    crit = (
+        f"Spearman rho of the targets' cosine fraction {extreme} per head vs layer < -{TREND_RHO:g}, "
+        f"{CONFIDENCE:.0%} bootstrap interval over (layer, head) points"
+    )
+    if too_few:
+        out.append(check(claim, crit, curve, holds=None, why=too_few, lesson="L03"))
+    else:
+        rho, (low, high) = spearman_trend(per_head, seed)
+        below = interval_verdict(-high, -low, above=TREND_RHO)  # rho wholly below -TREND_RHO
+        trough = int(np.argmin(per_layer))
+        shape = f"falls from {percent(per_layer[0])} to {percent(per_layer[trough])} at {layers[trough]}"
+        if trough < n_layers - 1:
+            again = "rises again to" if per_layer[-1] > per_layer[trough] else "is"
+            shape += f", then {again} {percent(per_layer[-1])} at {layers[-1]}"
+        why = {
+            True: f"the fraction {shape}: a steady fall with depth",
+            False: f"the fraction {shape}: no steady fall with depth (rho {rho:.2f})",
+            None: f"the fraction {shape}; the interval of rho straddles -{TREND_RHO:g}",
+        }[below]
+        nums = {**curve, "rho": rho, "interval": [low, high]}
+        out.append(check(claim, crit, nums, holds=below, why=why, lesson="L03"))
+
+    # 3. The convergence goes on to the last layer (no rebound at the end).
+    claim = "the convergence goes on to the last layer (it is at least as close to 0 as any layer before)"
+    crit = (
+        f"targets' cosine fraction {extreme}: last layer minus the lowest earlier layer, {CONFIDENCE:.0%} "
+        "bootstrap interval over heads not above 0"
+    )
+    if too_few:
+        out.append(check(claim, crit, curve, holds=None, why=too_few, lesson="L03"))
+    else:
+        trough = int(np.argmin(per_layer[:-1]))
+        low, high = bootstrap_interval([per_head[-1], per_head[trough]], _mean_difference, seed, paired=False)
+        rises = interval_verdict(low, high, above=0.0)
+        last, low_text = (
+            f"{percent(per_layer[-1])} at {layers[-1]}",
+            f"{percent(per_layer[trough])} at {layers[trough]}",
+        )
+        why = {
+            True: f"the extremes rise again at the last layer ({last} vs {low_text}): not a monotone convergence",
+            False: f"the last layer has no more extremes than the lowest before it ({last} vs {low_text})",
+            None: f"{last} vs {low_text}; the per-head interval straddles 0",
+        }[rises]
+        nums = {**curve, "lowest_before": layers[trough], "interval": [low, high]}
+        out.append(check(claim, crit, nums, holds=None if rises is None else not rises, why=why, lesson="L03"))
+
+    # 4. Deeper layers carry more context: the target varies more across sentences.
+    claim = "deeper layers encode more context: the target's Q|K|V vary more across sentences with depth"
+    crit = (
+        f"Spearman rho of the targets' relative variance across sentences per head vs layer > {TREND_RHO:g}, "
+        f"{CONFIDENCE:.0%} bootstrap interval over (layer, head) points"
+    )
+    by_layer = [float(v) for v in rel_var.mean(-1)]
+    if too_few:
+        out.append(check(claim, crit, {"rel_var_by_layer": by_layer}, holds=None, why=too_few, lesson="L03"))
+    else:
+        rho, (low, high) = spearman_trend(rel_var, seed)
+        above = interval_verdict(low, high, above=TREND_RHO)
+        change = f"relative variance {by_layer[0]:.2g} at {layers[0]}, {by_layer[-1]:.2g} at {layers[-1]}"
+        why = {
+            True: f"{change}: the target's vectors depend more on their sentence deeper in",
+            False: f"{change} (rho {rho:.2f}): the Q|K|V vectors do not vary more across sentences with depth",
+            None: f"{change}; the interval of rho straddles {TREND_RHO:g}",
+        }[above]
+        nums = {"rel_var_by_layer": by_layer, "rho": rho, "interval": [low, high]}
+        out.append(check(claim, crit, nums, holds=above, why=why, lesson="L03"))
+    return out
+
+
+def pooled_fraction(st: BlockStats) -> np.ndarray:
+    """Fraction of extremes over all blocks' pairs (blocks weighted by their pair counts): ``[...]``."""
+    w = st.count.double() / st.count.sum()
+    return (st.frac_extreme.double() * w).sum(-1).numpy()
+
+
+def spearman_trend(values: np.ndarray, seed: int) -> tuple[float, tuple[float, float]]:
+    """Spearman rho of ``[layer, head]`` values vs the layer index, and its seeded bootstrap interval
+    over the (layer, head) points."""
+    depth = np.repeat(np.arange(values.shape[0], dtype=float), values.shape[1])
+    flat = np.asarray(values, dtype=float).reshape(-1)
+    if not np.isfinite(flat).all() or np.ptp(flat) == 0:
+        return float("nan"), (float("nan"), float("nan"))
+    rho = float(_spearman(depth, flat))
+    return rho, bootstrap_interval([depth, flat], _spearman, seed, paired=True)
+
+
+def bootstrap_interval(data: Sequence, statistic: Callable, seed: int, *, paired: bool) -> tuple[float, float]:
+    """Seeded percentile bootstrap interval of ``statistic(*data, axis=-1)``; NaN when undefined."""
+    arrays = [np.asarray(a, dtype=float) for a in data]
+    if min(a.size for a in arrays) < 2 or not all(np.isfinite(a).all() for a in arrays):
+        return float("nan"), float("nan")
+    res = sps.bootstrap(
+        arrays,
+        statistic,
+        n_resamples=N_RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        paired=paired,
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else (float("nan"), float("nan"))
+
+
+def percent(fraction: float) -> str:
+    """A fraction as a short percentage: ``0.0948`` -> ``'9.5%'``, ``0.62`` -> ``'62%'``, 0 -> ``'0%'``."""
+    if fraction == 0 or math.isnan(fraction):
+        return "0%" if fraction == 0 else "undefined"
+    return f"{100 * fraction:.2g}%" if fraction < 0.1 else f"{100 * fraction:.0f}%"
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return a.mean(axis) - b.mean(axis)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    rx, ry = sps.rankdata(x, axis=axis), sps.rankdata(y, axis=axis)
+    rx, ry = rx - rx.mean(axis, keepdims=True), ry - ry.mean(axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(axis) / np.sqrt((rx**2).sum(axis) * (ry**2).sum(axis))
 
 
 if __name__ == "__main__":
