@@ -1,5 +1,6 @@
 """Figures across depth and per head: the result's numbers, under the result's own labels ("L2H1")."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -122,6 +123,14 @@ def test_head_block_figure():
     assert len(fig.data) == 2 and list(fig.data[0].y) == ["L1H0", "L1H1", "L1H2"]
     assert np.array(fig.data[1].z).tolist() == per_head["correlation"].std.tolist()
     assert fig.data[0].text[2][3] == "L1H2 KK"
+    # each panel its own colour scale: a method with tiny values is not one dark block beside the other
+    assert [t.coloraxis for t in fig.data] == ["coloraxis", "coloraxis2"]
+    assert fig.layout.coloraxis2.colorbar.x > fig.layout.xaxis2.domain[1] > fig.layout.coloraxis.colorbar.x
+    assert not fig.layout.annotations[2:]  # only the two panel titles
+    none = dataclasses.replace(per_head["cosine"], frac_extreme=0 * per_head["cosine"].frac_extreme)
+    zeros = {"cosine": per_head["cosine"], "zeros": none}
+    notes = [a.text for a in head_block_figure(zeros, "frac_extreme").layout.annotations]
+    assert notes[2:] == ["all values 0"]
 
 
 def test_undefined_items_are_gaps_and_blank_cells():

@@ -90,3 +90,102 @@ def test_learned_positions_give_no_undefined_items(tiny_models):
     for name, st in run.results.items():
         if isinstance(st, BlockStats):
             assert not bool(st.std.isnan().any()), name
+
+
+# -- findings: every criterion on synthetic results made to hold, to fail and to be undecided ----
+
+from tlprobe.analyses.moments import Moments  # noqa: E402
+from tlprobe.analyses.similarity import BLOCKS  # noqa: E402
+from tlprobe.recipes.layer_similarity import findings  # noqa: E402
+
+CLAIMS = ("early", "converge", "last", "variance")
+
+
+def _block_stats(frac: np.ndarray, axes: dict) -> BlockStats:
+    """Cosine BlockStats whose every block has the fraction of extremes ``frac`` ([...])."""
+    f = torch.as_tensor(np.ascontiguousarray(frac), dtype=torch.float64)[..., None].expand(*frac.shape, 6).clone()
+    zeros = torch.zeros_like(f)
+    return BlockStats(
+        method="cosine",
+        blocks=tuple(BLOCKS),
+        edges=torch.linspace(-1, 1, 11, dtype=torch.float64),
+        prob=torch.full((*f.shape, 10), 0.1, dtype=torch.float64),
+        mean=zeros,
+        std=zeros + 0.5,
+        mean_abs=zeros + 0.5,
+        frac_extreme=f,
+        count=torch.tensor([10, 20, 20, 10, 20, 10]),
+        extreme=0.9,
+        axes=axes,
+    )
+
+
+def _l03(frac, rel_var=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6), *, heads: int = 12, noise: float = 0.01, var_noise=0.01):
+    """Synthetic L03 results: per-layer fractions of extremes and relative variances, per head with noise."""
+    g = np.random.default_rng(1)
+    frac, rel_var = np.asarray(frac, dtype=float), np.asarray(rel_var, dtype=float)
+    n = len(frac)
+    layers = tuple(f"L{i}" for i in range(n))
+    per_head = np.clip(frac[:, None] + noise * g.standard_normal((n, heads)), 0, 1)
+    var = np.clip(rel_var[:n, None] + var_noise * g.standard_normal((n, heads)), 1e-6, 1)
+    pops = ("target", "non-target")
+    by_layer = {"population": pops, "layer": layers}
+    by_head = {**by_layer, "head": tuple(f"H{h}" for h in range(heads))}
+    stats = {"cosine": _block_stats(np.stack([per_head.mean(-1), per_head.mean(-1) / 10]), by_layer)}
+    head_cosine = _block_stats(np.stack([per_head, per_head / 10]), by_head)
+    rv = torch.as_tensor(np.stack([var, var]), dtype=torch.float64)
+    moments = Moments(n_samples=48, n_features=96, var=rv, mean=0 * rv, mean_abs=0 * rv, rel_var=rv, axes=by_head)
+    return stats, head_cosine, moments
+
+
+def _verdicts(*made, **kw):
+    return dict(zip(CLAIMS, (f.verdict for f in findings(*_l03(*made, **kw), seed=0)), strict=True))
+
+
+FALLING = (0.6, 0.4, 0.25, 0.15, 0.1, 0.05)
+REBOUND = (0.6, 0.3, 0.15, 0.09, 0.1, 0.2)  # MiniLM's shape: down through the middle, up at the end
+
+
+@pytest.mark.parametrize(
+    ("claim", "made", "kw", "verdict"),
+    [
+        ("early", (FALLING,), {}, "holds"),
+        ("early", ((0.2, 0.6, 0.4, 0.3, 0.2, 0.1),), {}, "differs"),
+        ("early", ((0.31, 0.3, 0.2, 0.1, 0.1, 0.1),), {"noise": 0.1}, "inconclusive"),
+        ("converge", (FALLING,), {}, "holds"),
+        ("converge", ((0.1, 0.1, 0.2, 0.3, 0.4, 0.5),), {}, "differs"),
+        ("converge", ((0.3, 0.28, 0.26, 0.24, 0.22, 0.2),), {"noise": 0.08}, "inconclusive"),
+        ("last", (FALLING,), {}, "holds"),
+        ("last", (REBOUND,), {}, "differs"),
+        ("last", ((0.6, 0.3, 0.15, 0.1, 0.1, 0.1),), {"noise": 0.05}, "inconclusive"),
+        ("variance", (FALLING,), {}, "holds"),
+        ("variance", (FALLING, (0.6, 0.5, 0.4, 0.3, 0.2, 0.1)), {}, "differs"),
+        ("variance", (FALLING, (0.3, 0.32, 0.34, 0.36, 0.38, 0.4)), {"var_noise": 0.08}, "inconclusive"),
+    ],
+)
+def test_l03_criteria(claim, made, kw, verdict):
+    assert _verdicts(*made, **kw)[claim] == verdict
+
+
+def test_l03_too_few_layers_or_heads_is_inconclusive():
+    for made, kw in (((0.6, 0.1),), {}), ((FALLING,), {"heads": 2}):
+        found = findings(*_l03(*made, **kw), seed=0)
+        assert [f.verdict for f in found] == ["inconclusive"] * 4 and "need 3 layers and 3 heads" in found[0].why
+
+
+def test_l03_why_describes_the_curve():
+    early, converge, last, variance = findings(*_l03(REBOUND), seed=0)
+    assert "rises again" in converge.why and "L5" in last.why and "not a monotone convergence" in last.why
+    assert early.numbers["next_highest"] == "L1" and len(early.numbers["by_layer"]) == 6
+    assert variance.numbers["rho"] > 0.9 and variance.lesson == "L03"
+
+
+def test_recipe_run_reports_every_claim(recipe_output):
+    run = recipe_output("layer-similarity")
+    saved = json.loads(run.paths["results"].read_text())["findings"]
+    assert len(saved) == len(CLAIMS) and all(f["lesson"] == "L03" and f["criterion"] and f["why"] for f in saved)
+    res = run.results
+    again = findings({"cosine": res["cosine"]}, res["per_head cosine"], res["moments Q|K|V per head"], seed=0)
+    assert [f.to_dict() for f in again] == saved  # a pure function of the saved results
+    html = run.paths["report"].read_text()
+    assert "What the lesson reported on GPT-2 XL" in html and "The lesson (GPT-2 XL" not in html

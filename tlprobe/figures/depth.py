@@ -326,7 +326,9 @@ def head_heatmap_figure(
         )
         fig.update_xaxes(title_text="head", row=r, col=c, dtick=1 if n_heads <= 16 else None)
         fig.update_yaxes(title_text="layer", row=r, col=c, type="category")
-    extra: dict[str, Any] = dict(coloraxis=dict(colorscale="Viridis")) if shared_scale else {}
+    extra: dict[str, Any] = (
+        dict(coloraxis=dict(colorscale="Viridis", colorbar=dict(title=field))) if shared_scale else {}
+    )
     fig.update_layout(
         title=title, height=300 * n_rows + 100, width=min(cols, len(maps)) * 400 + 120, template="plotly_white", **extra
     )
@@ -346,31 +348,44 @@ def head_block_figure(
         title: figure title.
     """
     cols = panels(stats, name=stats.method if isinstance(stats, BlockStats) else "")
-    fig = make_subplots(rows=1, cols=len(cols), subplot_titles=list(cols), horizontal_spacing=0.12)
+    fig = make_subplots(rows=1, cols=len(cols), subplot_titles=list(cols), horizontal_spacing=0.16)
+    thr = next(iter(cols.values())).extreme
+    name = f"fraction |s| > {thr:g}" if summary == "frac_extreme" else summary
+    layout: dict[str, Any] = {}
+    heads: list[str] = []
     for c, (method, st) in enumerate(cols.items(), start=1):
         val = getattr(st, summary)
         heads = index_labels(st, tuple(val.shape[:-1]))
         text = [[f"{h} {b}" for b in st.blocks] for h in heads]
+        # one colour scale per panel: correlation's fractions can be 100 x smaller than cosine's
+        axis = "coloraxis" if c == 1 else f"coloraxis{c}"
         fig.add_trace(
             go.Heatmap(
                 z=val.reshape(len(heads), len(st.blocks)).tolist(),
                 x=list(st.blocks),
                 y=heads,
                 text=text,
-                coloraxis="coloraxis",
+                coloraxis=axis,
                 hovertemplate=f"%{{text}}<br>{summary}=%{{z:.4f}}<extra>{method}</extra>",
             ),
             row=1,
             col=c,
         )
         fig.update_yaxes(type="category", autorange="reversed", row=1, col=c)
-    thr = next(iter(cols.values())).extreme
-    name = f"fraction |s| > {thr:g}" if summary == "frac_extreme" else summary
+        suffix = "" if c == 1 else str(c)
+        domain = getattr(fig.layout, f"xaxis{suffix}").domain
+        layout[axis] = dict(colorscale="Viridis", colorbar=dict(title=name if c == 1 else "", x=domain[1] + 0.01))
+        values = [v for v in val.flatten().tolist() if not math.isnan(v)]
+        if not values or max(values) == min(values):
+            note = "all values undefined" if not values else f"all values {values[0]:g}"
+            fig.add_annotation(
+                text=note, xref=f"x{suffix} domain", yref=f"y{suffix} domain", x=0.5, y=0.5, showarrow=False
+            )
     fig.update_layout(
         title=title or f"Per head: {name}",
         template="plotly_white",
         height=max(320, 22 * len(heads) + 150),
         width=420 * len(cols) + 150,
-        coloraxis=dict(colorscale="Viridis", colorbar=dict(title=name)),
+        **layout,
     )
     return fig

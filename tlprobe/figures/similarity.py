@@ -143,7 +143,9 @@ def extreme_fraction_figure(stats: BlockStats | Mapping[str, BlockStats]) -> go.
             fig.update_yaxes(range=[0, 1.3 * max(values)], row=1, col=c)
     thr = next(iter(cols.values())).extreme
     fig.update_yaxes(title_text=f"fraction |s| > {thr:g}", row=1, col=1)
+    fig.update_yaxes(tickformat=".2~g")  # 0.00004, not plotly's SI "40μ"
     fig.update_layout(
+        uniformtext=dict(minsize=9, mode="show"),  # every label legible, none shrunk to fit its bar
         barmode="group",
         height=420,
         width=1100,

@@ -265,8 +265,8 @@ def findings(
             again = "rises again to" if per_layer[-1] > per_layer[trough] else "is"
             shape += f", then {again} {percent(per_layer[-1])} at {layers[-1]}"
         why = {
-            True: f"the fraction {shape}: a steady fall with depth",
-            False: f"the fraction {shape}: no steady fall with depth (rho {rho:.2f})",
+            True: f"the fraction {shape}: overall it falls with depth",
+            False: f"the fraction {shape}: no clear fall with depth (rho {rho:.2f})",
             None: f"the fraction {shape}; the interval of rho straddles -{TREND_RHO:g}",
         }[below]
         nums = {**curve, "rho": rho, "interval": [low, high]}
