@@ -177,7 +177,14 @@ def test_l03_why_describes_the_curve():
     early, converge, last, variance = findings(*_l03(REBOUND), seed=0)
     assert "rises again" in converge.why and "L5" in last.why and "not a monotone convergence" in last.why
     assert early.numbers["next_highest"] == "L1" and len(early.numbers["by_layer"]) == 6
-    assert variance.numbers["rho"] > 0.9 and variance.lesson == "L03"
+    assert variance.numbers["rho"] > 0.9 and variance.lesson == "L03" and "residual" not in variance.why
+    stats, head_cosine, moments = _l03(REBOUND)
+    rv = torch.tensor([[0.03, 0.1, 0.3], [0.9, 0.7, 0.9]], dtype=torch.float64)  # [population, depth]
+    axes = {"population": ("target", "non-target"), "depth": ("embed", "L0", "L1")}
+    stream = Moments(n_samples=48, n_features=8, var=rv, mean=0 * rv, mean_abs=0 * rv, rel_var=rv, axes=axes)
+    with_stream = findings(stats, head_cosine, moments, residual=stream, seed=0)[3]
+    assert with_stream.numbers["residual_rel_var_first_last"] == [0.03, 0.3]
+    assert "the residual stream's goes" in with_stream.why
 
 
 def test_recipe_run_reports_every_claim(recipe_output):
@@ -185,7 +192,10 @@ def test_recipe_run_reports_every_claim(recipe_output):
     saved = json.loads(run.paths["results"].read_text())["findings"]
     assert len(saved) == len(CLAIMS) and all(f["lesson"] == "L03" and f["criterion"] and f["why"] for f in saved)
     res = run.results
-    again = findings({"cosine": res["cosine"]}, res["per_head cosine"], res["moments Q|K|V per head"], seed=0)
+    residual = res["moments residual stream"]
+    again = findings(
+        {"cosine": res["cosine"]}, res["per_head cosine"], res["moments Q|K|V per head"], residual=residual, seed=0
+    )
     assert [f.to_dict() for f in again] == saved  # a pure function of the saved results
     html = run.paths["report"].read_text()
     assert "What the lesson reported on GPT-2 XL" in html and "The lesson (GPT-2 XL" not in html

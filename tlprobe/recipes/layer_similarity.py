@@ -136,7 +136,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     report.table(stats["cosine"]["target"].rows(), caption="Cosine, targets: summary per layer and block")
     r.lap("figures")
 
-    found = findings(stats, head_stats["cosine"], head_moments, seed=o.seed)
+    found = findings(stats, head_stats["cosine"], head_moments, residual=moments["residual stream"], seed=o.seed)
     results = {
         **stats,
         **{f"per_head {m}": st for m, st in head_stats.items()},
@@ -195,7 +195,12 @@ def identical_section(report: Report, same: list[dict], text: dict[str, str], *,
 
 
 def findings(
-    stats: Mapping[str, BlockStats], head_cosine: BlockStats, head_moments: Moments, *, seed: int = 0
+    stats: Mapping[str, BlockStats],
+    head_cosine: BlockStats,
+    head_moments: Moments,
+    *,
+    residual: Moments | None = None,
+    seed: int = 0,
 ) -> list[Finding]:
     """The claims of lesson L03, each checked on this run's results (no model needed).
 
@@ -207,6 +212,8 @@ def findings(
         stats: method -> :class:`BlockStats` over ``[population, layer]``; ``"cosine"`` is read.
         head_cosine: cosine :class:`BlockStats` over ``[population, layer, head]``.
         head_moments: :class:`Moments` over ``[population, layer, head]`` (Q|K|V slices).
+        residual: the residual stream's :class:`Moments` over ``[population, depth]``, if any: its
+            relative variance at the first and last depth is shown beside the Q|K|V claim.
         seed: seed of the bootstraps.
 
     Returns:
@@ -302,19 +309,25 @@ def findings(
         f"Spearman rho of the targets' relative variance across sentences per head vs layer > {TREND_RHO:g}, "
         f"{CONFIDENCE:.0%} bootstrap interval over (layer, head) points"
     )
-    by_layer = [float(v) for v in rel_var.mean(-1)]
+    nums: dict = {"mean_head_rel_var": [float(v) for v in rel_var.mean(-1)]}
+    stream = ""
+    if residual is not None:
+        rv = residual["target"].rel_var.double().numpy()
+        nums["residual_rel_var_first_last"] = [float(rv[0]), float(rv[-1])]
+        stream = f"; the residual stream's goes {rv[0]:.2g} -> {rv[-1]:.2g}"
     if too_few:
-        out.append(check(claim, crit, {"rel_var_by_layer": by_layer}, holds=None, why=too_few, lesson="L03"))
+        out.append(check(claim, crit, nums, holds=None, why=too_few, lesson="L03"))
     else:
         rho, (low, high) = spearman_trend(rel_var, seed)
         above = interval_verdict(low, high, above=TREND_RHO)
-        change = f"relative variance {by_layer[0]:.2g} at {layers[0]}, {by_layer[-1]:.2g} at {layers[-1]}"
+        by_layer = nums["mean_head_rel_var"]
+        change = f"per-head relative variance {by_layer[0]:.2g} at {layers[0]}, {by_layer[-1]:.2g} at {layers[-1]}"
         why = {
-            True: f"{change}: the target's vectors depend more on their sentence deeper in",
-            False: f"{change} (rho {rho:.2f}): the Q|K|V vectors do not vary more across sentences with depth",
-            None: f"{change}; the interval of rho straddles {TREND_RHO:g}",
+            True: f"{change}{stream}: the target's vectors depend more on their sentence deeper in",
+            False: f"{change} (rho {rho:.2f}){stream}: the Q|K|V vectors do not vary more across sentences with depth",
+            None: f"{change}{stream}; the interval of rho straddles {TREND_RHO:g}",
         }[above]
-        nums = {"rel_var_by_layer": by_layer, "rho": rho, "interval": [low, high]}
+        nums.update(rho=rho, interval=[low, high])
         out.append(check(claim, crit, nums, holds=above, why=why, lesson="L03"))
     return out
 
