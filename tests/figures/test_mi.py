@@ -1,14 +1,20 @@
 """Figures of the mutual-information results: one result in, labels read from it."""
+# pyright: reportAttributeAccessIssue=false, reportOptionalSubscript=false, reportArgumentType=false
+# (plotly builds figure attributes at run time: fig.data[0].z, fig.layout.xaxis are unknown to a type checker)
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
 
-from tlprobe.analyses.mi import dependence, mi_histograms, mi_null, pairwise_mi
+from tlprobe.analyses.mi import MIResult, dependence, mi_histograms, mi_null, pairwise_mi
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.mi import (
+    HEATMAP_PERCENTILES,
     dependence_examples_figure,
     dependence_sweep_figure,
     mi_heatmap_figure,
@@ -61,11 +67,48 @@ def test_heatmap_figure_from_one_selected_result():
         torch.randn(2, 60, 5, generator=gen(25), dtype=torch.float64), n_shuffles=2, axes={"layer": ["L0", "L1"]}
     )
     fig = mi_heatmap_figure(null["L1"], max_size=3)
-    assert list(map(list, fig.data[0].z)) == null.raw[1, :3, :3].tolist() and "first 3 of 5" in fig.layout.title.text
+    expected = null.raw[1, :3, :3].tolist()
+    for i in range(3):
+        expected[i][i] = None  # the diagonal (entropy) is masked
+    assert list(map(list, fig.data[0].z)) == expected and "first 3 of 5" in fig.layout.title.text
     assert mi_heatmap_figure(null["L0"], which="corrected").data[0].z[0][1] == float(null.corrected[0, 0, 1])
     assert null["L0"].figure().to_dict() == mi_heatmap_figure(null["L0"]).to_dict()
     with pytest.raises(TlprobeError, match="select one leading index"):
         mi_heatmap_figure(null)
+
+
+def test_heatmap_masks_the_diagonal_and_takes_its_colour_range_from_the_pairs():
+    mat = torch.rand(40, 40, generator=gen(26), dtype=torch.float64) * 0.1
+    mat = mat + mat.mT
+    mat[3, 7] = mat[7, 3] = 50.0  # one extreme pair
+    mat.fill_diagonal_(190.0)  # entropies dwarf every pair
+    r = MIResult(raw=mat, corrected=mat, null_mean=None, null_std=None, bins=10, method="miller-madow", n_samples=94)
+    fig = mi_heatmap_figure(r, variable="hidden dimension")
+    z = fig.data[0].z
+    assert all(z[i][i] is None for i in range(40)) and z[0][1] == float(mat[0, 1])
+    off = mat[~torch.eye(40, dtype=torch.bool)].numpy()
+    low, high = np.percentile(off, HEATMAP_PERCENTILES)
+    assert fig.data[0].zmin == pytest.approx(low) and fig.data[0].zmax == pytest.approx(high)
+    assert fig.data[0].zmax < 1.0  # neither the diagonal (190) nor the one extreme pair (50) sets the range
+    assert fig.layout.xaxis.title.text == "hidden dimension" and fig.data[0].colorbar.title.text == "MI (nats)"
+    assert not fig.layout.annotations
+
+
+def test_constant_panels_say_all_values():
+    zero = torch.zeros(6, 6, dtype=torch.float64)
+    r = MIResult(raw=zero, corrected=zero, null_mean=None, null_std=None, bins=10, method="miller-madow", n_samples=9)
+    fig = mi_heatmap_figure(r)
+    assert [a.text for a in fig.layout.annotations] == ["all off-diagonal values 0"]
+    assert fig.data[0].zmin < fig.data[0].zmax  # a valid colour axis around the one value
+    h = mi_histogram_figure(mi_histograms(torch.zeros(2, 4, 4), axes={"layer": ["a", "b"]}))
+    assert [a.text for a in h.layout.annotations] == ["all values 0"]
+    x = torch.randn(3, 50, generator=gen(27), dtype=torch.float64)
+    d = dependence(x, x, n_shuffles=2, axes={"rho": ["1", "2", "3"]})
+    zero_cov = dataclasses.replace(d, covariance=torch.zeros(3, dtype=torch.float64))
+    texts = [
+        (a.text, a.xref) for a in dependence_sweep_figure(zero_cov).layout.annotations if a.xref.endswith("domain")
+    ]
+    assert texts == [("all values 0", "x domain")]
 
 
 def test_dependence_figures_read_the_result():

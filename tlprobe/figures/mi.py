@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
+import numpy as np
 import plotly.graph_objects as go
 import torch
 from plotly.colors import sample_colorscale
@@ -22,6 +23,30 @@ from tlprobe.errors import TlprobeError
 from tlprobe.result import register_figure
 
 _COLORS = ("#1f77b4", "#d62728", "#7f7f7f", "#2ca02c", "#9467bd", "#ff7f0e")
+#: Percentiles of the off-diagonal values that bound a heatmap's colour axis (a display choice:
+#: a few extreme pairs, or the diagonal, would otherwise wash out every other pair's colour).
+HEATMAP_PERCENTILES = (1.0, 99.0)
+
+
+def _constant_note(fig: go.Figure, values, *, what: str = "all values", axis: int = 1) -> bool:
+    """Write "all values V" on a panel whose values are all equal (a flat line or a single colour
+    says nothing by itself); True when it did. ``axis``: the subplot's axis number (1, 2, ...)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0 or float(v.max()) != float(v.min()):
+        return False
+    suffix = "" if axis == 1 else str(axis)
+    fig.add_annotation(
+        text=f"{what} {float(v[0]):.3g}",
+        x=0.5,
+        y=0.5,
+        xref=f"x{suffix} domain",
+        yref=f"y{suffix} domain",
+        showarrow=False,
+        font=dict(size=14, color="#444444"),
+        bgcolor="rgba(255, 255, 255, 0.8)",
+    )
+    return True
 
 
 def _series_colors(n: int, highlight: int | None) -> list[str]:
@@ -91,7 +116,10 @@ def mi_histogram_figure(
         width=900,
         xaxis_title=hist.quantity,
         yaxis_title="density" if density else "fraction of pairs",
+        legend_title_text=next(iter(hist.axes), ""),
     )
+    if float(hist.edges[-1] - hist.edges[0]) <= 1e-9:  # mi_histograms' range when every value is equal
+        _constant_note(fig, [float(hist.edges[0])])
     return fig
 
 
@@ -155,8 +183,14 @@ def mi_heatmap_figure(
     which: Literal["raw", "corrected", "null_mean", "null_std"] = "raw",
     title: str = "Pairwise MI",
     max_size: int = 400,
+    variable: str = "variable",
 ) -> go.Figure:
     """Heatmap of one ``[V, V]`` matrix of ``result`` (the top-left ``max_size`` block if larger).
+
+    The diagonal (a variable's MI with itself: its entropy) is left blank, and the colour axis
+    spans the :data:`HEATMAP_PERCENTILES` of the off-diagonal values shown, so that neither the
+    diagonal nor a few extreme pairs wash out the others (values outside take the end colours).
+    A matrix whose off-diagonal values are all equal says so in the panel.
 
     Args:
         result: an :class:`~tlprobe.analyses.mi.MIResult` without leading axes: select one
@@ -164,6 +198,7 @@ def mi_heatmap_figure(
         which: the matrix to show.
         title: figure title.
         max_size: most variables shown per side.
+        variable: what the variables are, for the axis titles (e.g. ``"hidden dimension"``).
 
     Raises:
         TlprobeError: ``result`` still has leading axes, or has no ``which`` matrix.
@@ -171,8 +206,9 @@ def mi_heatmap_figure(
     Example:
         >>> from tlprobe.analyses.mi import miller_madow
         >>> r = miller_madow(torch.rand(2, 50, 3, generator=torch.Generator().manual_seed(0)), axes={"layer": ["L0", "L1"]})
-        >>> len(mi_heatmap_figure(r["L1"]).data)
-        1
+        >>> fig = mi_heatmap_figure(r["L1"])
+        >>> len(fig.data), fig.data[0].z[1][1]
+        (1, None)
     """
     mat = getattr(result, which, None)
     if mat is None:
@@ -182,16 +218,38 @@ def mi_heatmap_figure(
             f"mi_heatmap_figure shows one [V, V] matrix, got {tuple(mat.shape)}: "
             "select one leading index first, e.g. result[0] or result['L3']"
         )
-    m = mat[:max_size, :max_size].double().cpu()
-    fig = go.Figure(go.Heatmap(z=m.tolist(), colorscale="Viridis", colorbar=dict(title="nats")))
+    m = mat[:max_size, :max_size].double().cpu().numpy()
+    off = ~np.eye(m.shape[0], dtype=bool)
+    z = [[None if i == j else float(v) for j, v in enumerate(row)] for i, row in enumerate(m.tolist())]
+    values = m[off]
+    values = values[np.isfinite(values)]
+    zmin = zmax = None
+    if values.size:
+        zmin, zmax = (float(v) for v in np.percentile(values, HEATMAP_PERCENTILES))
+        if zmax <= zmin:
+            zmin, zmax = zmin - 0.5, zmin + 0.5  # one colour; the note below says which value
+    what = {"raw": "MI", "corrected": "MI - null", "null_mean": "null mean", "null_std": "null std"}[which]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            zmin=zmin,
+            zmax=zmax,
+            colorscale="Viridis",
+            colorbar=dict(title=dict(text=f"{what} (nats)")),
+            hoverongaps=False,
+            hovertemplate=f"{variable} %{{y}} x %{{x}}<br>{what}=%{{z:.3f}} nats<extra></extra>",
+        )
+    )
     shown = "" if mat.shape[0] <= max_size else f" (first {max_size} of {mat.shape[0]})"
     fig.update_layout(
         title=title + shown,
         template="plotly_white",
-        height=560,
-        width=620,
-        yaxis=dict(autorange="reversed", scaleanchor="x"),
+        height=600,
+        width=660,
+        xaxis=dict(title=dict(text=variable), constrain="domain"),
+        yaxis=dict(title=dict(text=variable), autorange="reversed", scaleanchor="x"),
     )
+    _constant_note(fig, values, what="all off-diagonal values")
     return fig
 
 
@@ -259,7 +317,13 @@ def dependence_sweep_figure(
     line("covariance squared", dep.covariance_squared, _COLORS[5], col=3)
     for c in (1, 2, 3):
         fig.update_xaxes(title_text=x_title or axis, row=1, col=c)
-    fig.update_yaxes(title_text="nats", row=1, col=2)
+    fig.update_yaxes(title_text="covariance", row=1, col=1)
+    fig.update_yaxes(title_text="MI (nats)", row=1, col=2)
+    fig.update_yaxes(title_text="covariance squared", row=1, col=3)
+    _constant_note(fig, dep.covariance.tolist(), axis=1)
+    mi_values = [dep.mi_raw, dep.mi_corrected, dep.mi_null_mean, dep.gcmi]
+    _constant_note(fig, torch.cat([v.flatten() for v in mi_values]).tolist(), axis=2)
+    _constant_note(fig, dep.covariance_squared.tolist(), axis=3)
     fig.update_layout(
         title=f"{title} ({dep.n_samples} samples, {dep.bins} bins, {dep.n_shuffles} shuffles)",
         template="plotly_white",
