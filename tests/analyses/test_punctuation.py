@@ -13,6 +13,7 @@ from tlprobe.access.text import tokenize_text
 from tlprobe.analyses.punctuation import (
     PanelResult,
     PunctuationClusters,
+    cluster_makeup,
     cluster_panels,
     punctuation_dependence,
     sample_occurrences,
@@ -163,7 +164,7 @@ def test_integer_knobs_accept_numpy_and_torch_integers_and_huge_bins_are_refused
     g = torch.Generator().manual_seed(0)
     h = torch.randn(2, 3, 5, 32, generator=g)
     cov, mi = window_dependence(h, centre=2, bins=4, chunk_size=2)
-    cov2, mi2 = window_dependence(h, centre=np.int64(2), bins=np.int64(4), chunk_size=torch.tensor(2))
+    cov2, mi2 = window_dependence(h, centre=np.int64(2), bins=np.int64(4), chunk_size=torch.tensor(2))  # pyright: ignore[reportArgumentType]
     assert torch.equal(cov, cov2) and torch.equal(mi, mi2)
     with pytest.raises(TlprobeError, match="histogram MI with bins=100000000.*GiB.*lower bins"):
         window_dependence(h, centre=2, bins=100_000_000)
@@ -171,7 +172,7 @@ def test_integer_knobs_accept_numpy_and_torch_integers_and_huge_bins_are_refused
     assert window_dependence_bytes(1, 2, 2, bins=100_000_000) >= 100_000_000**2
     cls = torch.tensor([0, 1, 0, 2, 0, 1, 0, 2, 0, 1, 2, 0])
     want = sample_occurrences(cls, 2, before=1, after=1, min_count=1, seed=3)
-    got = sample_occurrences(cls, np.int64(2), before=np.int32(1), after=torch.tensor(1), min_count=1, seed=np.int64(3))
+    got = sample_occurrences(cls, np.int64(2), before=np.int32(1), after=torch.tensor(1), min_count=1, seed=np.int64(3))  # pyright: ignore[reportArgumentType]
     assert torch.equal(want.pos, got.pos)
     with pytest.raises(TlprobeError, match="before must be >= 0, got -1"):
         sample_occurrences(cls, 2, before=-1, after=1)
@@ -182,3 +183,32 @@ def test_one_abbreviation_string_is_one_word():
     assert int(char_classes(text)[10]) == 2  # a sentence end by default
     assert int(char_classes(text, abbreviations="foo")[10]) == 0  # was the letters {"f", "o"}
     assert int(char_classes(text, abbreviations=["foo"])[10]) == 0
+
+
+def test_panels_carry_p_values_and_say_what_their_clusters_are(dep):
+    clusters = cluster_panels(dep, seed=0, alpha=0.01)
+    for p in clusters.panels:
+        assert p.simpson.alpha == 0.01 and p.simpson.within_p.shape == p.simpson.within_r.shape
+        row = clusters.rows()[clusters.panels.index(p)]
+        assert row["Simpson check"] == p.simpson.outcome and "pooled p" in row and "within p" in row
+        assert [r["p"] for r in p.rows()] == [
+            "n/a" if v != v else ("< 1e-4" if v < 1e-4 else float(f"{v:.4g}")) for v in p.simpson.within_p.tolist()
+        ]
+        text = p.describe()
+        assert text.startswith(p.name)
+        if p.clustering.k == 1:
+            assert text == f"{p.name}: one cluster of {p.covariance.numel()} points"
+        else:
+            assert text.count("points)") == p.clustering.k
+    with pytest.raises(TlprobeError, match="alpha must be < 1"):
+        cluster_panels(dep, seed=0, alpha=1.0)
+
+
+def test_cluster_makeup_names_the_window_s_other_marks_from_the_fractions():
+    assert cluster_makeup(0.5, 0.6, 3.0).startswith("the window's other marks of the same kind (50% the mark's own")
+    assert cluster_makeup(0.49, 0.5, 3.0).startswith("mostly punctuation (49% the mark's own token, 50% punctuation")
+    assert (
+        cluster_makeup(0.0, 0.2, 12.5)
+        == "mostly other tokens (0% the mark's own token, 20% punctuation, median distance 12.5)"
+    )
+    assert cluster_makeup(0.0, 0.6, 1.0, brief=True) == "mostly punctuation (60% punctuation)"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import plotly.graph_objects as go
 import pytest
+from _plotly_utils.basevalidators import ColorValidator
 
 from tests.helpers import punctuation_inputs
-from tlprobe.analyses.punctuation import cluster_panels, punctuation_dependence
+from tlprobe.analyses.punctuation import PunctuationClusters, cluster_panels, punctuation_dependence
 from tlprobe.figures.punctuation import cluster_position_figure, punctuation_scatter_figure
 
 
@@ -22,15 +25,18 @@ def test_scatter_is_the_main_figure_with_one_panel_per_layer_and_class(clusters)
     fig = punctuation_scatter_figure(clusters)
     assert isinstance(fig, go.Figure) and clusters.figure().to_dict() == fig.to_dict()
     titles = [a.text for a in fig.layout.annotations]
-    assert [t.split("<br>")[0] for t in titles] == [p.name for p in clusters.panels]
+    assert [t.split("<br>")[0] for t in titles] == [f"<b>{p.name}</b>" for p in clusters.panels]
     for p, t in zip(clusters.panels, titles):
-        assert f"k={p.clustering.k}, r all={p.simpson.pooled_r:+.2f}" in t
-    # per cluster: its points, then a cross at its mean
+        assert t.startswith(f"<b>{p.name}</b>") and f"pooled r {p.simpson.pooled_r:+.2f}" in t
+    # per cluster: its points, then a cross at its mean; then one legend symbol per cluster index
     first = clusters.panels[0]
-    assert len(fig.data) == 2 * sum(p.clustering.k for p in clusters.panels)
+    k_max = max(p.clustering.k for p in clusters.panels)
+    data = fig.to_plotly_json()["data"]  # plain dicts: plotly's trace attributes are untyped
+    assert len(data) == 2 * sum(p.clustering.k for p in clusters.panels) + k_max
+    assert [t["name"] for t in data if t.get("showlegend") is not False] == [f"cluster {j}" for j in range(k_max)]
     sel = first.clustering.labels == 0
-    assert list(fig.data[0].x) == first.covariance[sel].tolist() and list(fig.data[0].y) == first.mi[sel].tolist()
-    assert list(fig.data[1].x) == [float(first.mean_covariance[0])]
+    assert list(data[0]["x"]) == first.covariance[sel].tolist() and list(data[0]["y"]) == first.mi[sel].tolist()
+    assert list(data[1]["x"]) == [float(first.mean_covariance[0])]
     assert fig.layout.coloraxis.cmin == -4 and fig.layout.coloraxis.cmax == 4
     assert punctuation_scatter_figure(clusters, title="mine").layout.title.text == "mine"
 
@@ -39,6 +45,87 @@ def test_position_figure_stacks_the_counts_of_each_cluster(clusters):
     fig = cluster_position_figure(clusters)
     assert [a.text for a in fig.layout.annotations] == [p.name for p in clusters.panels]
     first = clusters.panels[0]
-    assert list(fig.data[0].x) == first.positions.tolist() and list(fig.data[0].y) == first.rel_counts[0].tolist()
+    data = fig.to_plotly_json()["data"]
+    assert list(data[0]["x"]) == first.positions.tolist() and list(data[0]["y"]) == first.rel_counts[0].tolist()
     assert fig.layout.barmode == "stack"
-    assert len(fig.data) == sum(p.clustering.k for p in clusters.panels)
+    assert len(data) == sum(p.clustering.k for p in clusters.panels)
+
+
+_VALIDATOR = ColorValidator("color", "test")
+
+
+def _colours(node, path=""):
+    """``(path, value, parent)`` for every colour in a figure's JSON (keys ending in "color",
+    and every entry of a "colorscale")."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k.endswith("color") and not isinstance(v, dict):
+                yield f"{path}/{k}", v, node
+            elif k == "colorscale" and isinstance(v, (list, tuple)):
+                for i, (_stop, c) in enumerate(v):
+                    yield f"{path}/{k}/{i}", c, node
+            else:
+                yield from _colours(v, f"{path}/{k}")
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _colours(v, f"{path}/{i}")
+
+
+def _valid(colour) -> bool:
+    try:
+        _VALIDATOR.validate_coerce(colour)
+    except ValueError:
+        return False
+    return isinstance(colour, str)
+
+
+@pytest.mark.parametrize("draw", [punctuation_scatter_figure, cluster_position_figure])
+def test_every_colour_is_a_valid_plotly_colour(clusters, draw):
+    fig = draw(clusters).to_plotly_json()
+    found = list(_colours(fig))
+    assert found
+    for trace in fig["data"]:
+        colour = trace.get("marker", {}).get("color")
+        if isinstance(colour, (list, tuple)):
+            # numbers: mapped through the colour axis; such a trace draws no legend symbol, which
+            # plotly.js would try to colour with a number ("Invalid color specifier").
+            assert trace["marker"].get("coloraxis") == "coloraxis" and trace.get("showlegend") is False
+    for path, colour, parent in found:
+        if isinstance(colour, (list, tuple)):
+            assert parent.get("coloraxis") == "coloraxis", path
+            assert all(isinstance(c, (int, float)) for c in colour), path
+        else:
+            assert _valid(colour), f"{path}: {colour!r} is not a plotly colour"
+
+
+def _rgb(colour: str) -> tuple[float, ...]:
+    m = re.fullmatch(r"rgb\((\d+),\s*(\d+),\s*(\d+)\)", colour)
+    assert m, colour
+    return tuple(float(v) for v in m.groups())
+
+
+def test_neighbours_are_not_drawn_in_the_background_colour(clusters):
+    fig = punctuation_scatter_figure(clusters)
+    axis = fig.layout.coloraxis
+    background = fig.layout.template.layout.plot_bgcolor
+    assert background == "white"
+    stops = [(float(t), _rgb(c)) for t, c in axis.colorscale]
+    for rel in range(int(axis.cmin), int(axis.cmax) + 1):
+        t = (rel - axis.cmin) / (axis.cmax - axis.cmin)
+        (t0, c0), (t1, c1) = next((a, b) for a, b in zip(stops, stops[1:]) if a[0] <= t <= b[0])
+        colour = [a + (b - a) * (t - t0) / (t1 - t0) for a, b in zip(c0, c1)]
+        distance = sum((255 - v) ** 2 for v in colour) ** 0.5
+        assert distance > 150, (rel, colour)  # white is 0 away; the old RdBu middle was ~10
+
+
+def test_a_missing_panel_leaves_no_empty_axes(clusters):
+    three = PunctuationClusters(panels=clusters.panels[:3])
+    for draw in (punctuation_scatter_figure, cluster_position_figure):
+        fig = draw(three)
+        axes = [k for k in fig.layout.to_plotly_json() if k.startswith("xaxis")]
+        assert len(axes) == 3
+        names = [a.text.split("<br>")[0].replace("<b>", "").replace("</b>", "") for a in fig.layout.annotations]
+        assert names == [p.name for p in three.panels]
+        data = fig.to_plotly_json()["data"]
+        xs = {t.get("xaxis", "x") for t in data if len(t["x"]) and t["x"][0] is not None}
+        assert len(xs) == 3  # every panel has points

@@ -13,7 +13,8 @@ The pipeline (see ``tlprobe/recipes/punctuation_clusters.py``):
 4. :func:`cluster_panels` -> :class:`PunctuationClusters`: per layer and class (one
    :class:`PanelResult` each), clusters of the (covariance, MI) points
    (:func:`tlprobe.analyses.stats.cluster_points`), Pearson r over all points and within each
-   cluster, and a Simpson's-paradox flag (:func:`tlprobe.analyses.stats.simpson_check`).
+   cluster, and a Simpson's-paradox check with its p-values (:func:`tlprobe.analyses.stats.simpson_check`);
+   :meth:`PanelResult.describe` says in words what each cluster is made of.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ from tlprobe.result import Result
 
 #: Windows (over all leading dimensions) per MI call of :func:`window_dependence`.
 WINDOW_CHUNK = 256
+#: :func:`cluster_makeup`: a cluster whose points are at least this fraction the mark's own
+#: token is "the window's other marks of the same kind" (e.g. the other commas).
+SAME_TOKEN_MAJORITY = 0.5
+#: :func:`cluster_makeup`: a cluster at least this fraction punctuation (of any kind) is
+#: "mostly punctuation".
+PUNCTUATION_MAJORITY = 0.5
 
 
 def window_dependence_bytes(
@@ -385,6 +392,24 @@ class PanelResult(Result):
         """``"depth 1, internal"``."""
         return f"depth {self.depth}, {self.class_name}"
 
+    def makeup(self, j: int, *, brief: bool = False) -> str:
+        """What cluster ``j`` is made of, in words (:func:`cluster_makeup` of its summaries)."""
+        same, punct, dist = (float(v[j]) for v in (self.frac_same_token, self.frac_punctuation, self.median_abs_rel))
+        return cluster_makeup(same, punct, dist, brief=brief)
+
+    def describe(self) -> str:
+        """One line: the number of clusters and what each is made of (:meth:`makeup`).
+
+        Example:
+            ``"depth 1, internal: 2 clusters: cluster 0 (7180 points) mostly other tokens (...);
+            cluster 1 (320 points) the window's other marks of the same kind (...)"``
+        """
+        k = self.clustering.k
+        if k == 1:
+            return f"{self.name}: one cluster of {int(self.simpson.sizes[0])} points"
+        parts = [f"cluster {j} ({int(self.simpson.sizes[j])} points) {self.makeup(j)}" for j in range(k)]
+        return f"{self.name}: {k} clusters: " + "; ".join(parts)
+
     def rows(self) -> list[dict]:
         """One row per cluster: size, mean covariance and MI, r, fractions, median distance."""
         out = []
@@ -399,6 +424,7 @@ class PanelResult(Result):
                     "mean_covariance": float(self.mean_covariance[j]),
                     "mean_mi": float(self.mean_mi[j]),
                     "r": None if r != r else r,
+                    "p": _p_cell(float(self.simpson.within_p[j])),
                     "frac_same_token": float(self.frac_same_token[j]),
                     "frac_punctuation": float(self.frac_punctuation[j]),
                     "median_abs_rel": float(self.median_abs_rel[j]),
@@ -426,7 +452,10 @@ class PunctuationClusters(Result):
                 "points": int(p.covariance.numel()),
                 "clusters": p.clustering.k,
                 "pooled r": p.simpson.pooled_r,
+                "pooled p": _p_cell(p.simpson.pooled_p),
                 "within r": ", ".join("n/a" if r != r else f"{r:+.3f}" for r in p.simpson.within_r.tolist()),
+                "within p": ", ".join(str(_p_cell(v)) for v in p.simpson.within_p.tolist()),
+                "Simpson check": p.simpson.outcome,
                 "Simpson flag": "yes" if p.simpson.flag else "no",
             }
             for p in self.panels
@@ -440,6 +469,7 @@ def cluster_panels(
     k_max: int = 5,
     seed: int = 0,
     min_silhouette: float = 0.5,
+    alpha: float = 0.05,
     min_size: int = 10,
     min_abs_r: float = 0.02,
 ) -> PunctuationClusters:
@@ -448,7 +478,7 @@ def cluster_panels(
     Args:
         dependence: :class:`PunctuationDependence`.
         method, k_max, seed, min_silhouette: see :func:`tlprobe.analyses.stats.cluster_points`.
-        min_size, min_abs_r: see :func:`tlprobe.analyses.stats.simpson_check`.
+        alpha, min_size, min_abs_r: see :func:`tlprobe.analyses.stats.simpson_check`.
 
     Returns:
         :class:`PunctuationClusters`: one :class:`PanelResult` per (layer, class), layers outer.
@@ -459,11 +489,51 @@ def cluster_panels(
         for c in sorted(torch.unique(dependence.cls).tolist()):
             p = dependence.points(li, c)
             cl = cluster_points(p["x"], p["y"], method, k_max=k_max, seed=seed, min_silhouette=min_silhouette)
-            sc = simpson_check(p["x"], p["y"], cl.labels, min_size=min_size, min_abs_r=min_abs_r)
+            sc = simpson_check(p["x"], p["y"], cl.labels, alpha=alpha, min_size=min_size, min_abs_r=min_abs_r)
             panels.append(
                 PanelResult(d, _class_name(c), p["x"], p["y"], p["rel"], cl, sc, **_cluster_summary(p, cl, positions))
             )
     return PunctuationClusters(panels=tuple(panels))
+
+
+def cluster_makeup(
+    frac_same_token: float, frac_punctuation: float, median_abs_rel: float, *, brief: bool = False
+) -> str:
+    """What a cluster is made of, in words, from its summaries (:class:`PanelResult`).
+
+    At least :data:`SAME_TOKEN_MAJORITY` of its points the mark's own token: "the window's other
+    marks of the same kind"; else at least :data:`PUNCTUATION_MAJORITY` punctuation: "mostly
+    punctuation"; else "mostly other tokens". The fractions and the median distance follow
+    (``brief``: only the fraction that decided).
+
+    Example:
+        >>> cluster_makeup(0.97, 0.98, 7.0)
+        "the window's other marks of the same kind (97% the mark's own token, 98% punctuation, median distance 7)"
+        >>> cluster_makeup(0.01, 0.05, 8.0)
+        "mostly other tokens (1% the mark's own token, 5% punctuation, median distance 8)"
+        >>> cluster_makeup(0.97, 0.98, 7.0, brief=True)
+        "the window's other marks of the same kind (97% the mark's own token)"
+    """
+    same, punct = f"{frac_same_token:.0%} the mark's own token", f"{frac_punctuation:.0%} punctuation"
+    if frac_same_token >= SAME_TOKEN_MAJORITY:
+        kind, decided = "the window's other marks of the same kind", same
+    elif frac_punctuation >= PUNCTUATION_MAJORITY:
+        kind, decided = "mostly punctuation", punct
+    else:
+        kind, decided = "mostly other tokens", punct
+    if brief:
+        return f"{kind} ({decided})"
+    return (
+        f"{kind} ({frac_same_token:.0%} the mark's own token, {frac_punctuation:.0%} punctuation, "
+        f"median distance {median_abs_rel:g})"
+    )
+
+
+def _p_cell(p: float) -> str | float:
+    """A p-value for a table: 4 significant digits, ``< 1e-4`` below that, ``n/a`` when undefined."""
+    if p != p:
+        return "n/a"
+    return "< 1e-4" if p < 1e-4 else float(f"{p:.4g}")
 
 
 def _cluster_summary(p: dict[str, torch.Tensor], cl: Clustering, positions: torch.Tensor) -> dict[str, Any]:

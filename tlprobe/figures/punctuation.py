@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -10,13 +12,46 @@ from tlprobe.result import register_figure
 
 _SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "star", "pentagon", "hexagon")
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
+#: Relative position: red before the mark, blue after it, and dark grey (not white: the plot is
+#: white) for the mark's next neighbours, so that every point stays visible.
+POSITION_COLORSCALE = (
+    (0.0, "rgb(178,24,43)"),
+    (0.25, "rgb(214,96,77)"),
+    (0.5, "rgb(64,64,64)"),
+    (0.75, "rgb(67,147,195)"),
+    (1.0, "rgb(33,102,172)"),
+)
+#: Colour of the legend's cluster symbols (the points themselves are coloured by position).
+_LEGEND_COLOR = "rgb(90,90,90)"
 
 
-def _grid(clusters: PunctuationClusters) -> tuple[list[int], list[str]]:
-    """The layers (rows) and classes (columns) of the panel grid, in the order of the panels."""
+def _layout(clusters: PunctuationClusters) -> tuple[int, int, list[tuple[int, int]]]:
+    """``(rows, cols, cells)``: one cell per panel, no empty one.
+
+    A full grid (every depth with every class) has the depths as rows and the classes as columns;
+    otherwise the panels fill rows of at most two, in order.
+    """
     depths = list(dict.fromkeys(p.depth for p in clusters.panels))
     classes = list(dict.fromkeys(p.class_name for p in clusters.panels))
-    return depths, classes
+    if len(clusters.panels) == len(depths) * len(classes):
+        cells = [(depths.index(p.depth) + 1, classes.index(p.class_name) + 1) for p in clusters.panels]
+        return len(depths), len(classes), cells
+    cols = min(2, len(clusters.panels))
+    cells = [(i // cols + 1, i % cols + 1) for i in range(len(clusters.panels))]
+    return math.ceil(len(clusters.panels) / cols), cols, cells
+
+
+def _subplots(clusters: PunctuationClusters, titles: list[str], **kwargs) -> tuple[go.Figure, list[tuple[int, int]]]:
+    """A subplot per panel (cells without a panel get no axes) and the cell of each panel."""
+    rows, cols, cells = _layout(clusters)
+    specs: list[list[dict | None]] = [[None] * cols for _ in range(rows)]
+    by_cell = [""] * (rows * cols)
+    for (row, col), title in zip(cells, titles):
+        specs[row - 1][col - 1] = {}
+        by_cell[(row - 1) * cols + col - 1] = title
+    # make_subplots takes one title per cell that has axes, in row-major order.
+    kept = [by_cell[i] for i in range(rows * cols) if specs[i // cols][i % cols] is not None]
+    return make_subplots(rows=rows, cols=cols, specs=specs, subplot_titles=kept, **kwargs), cells
 
 
 def _r(v: float, fmt: str = "+.2f") -> str:
@@ -25,8 +60,9 @@ def _r(v: float, fmt: str = "+.2f") -> str:
 
 def _r_text(p: PanelResult) -> str:
     within = ", ".join(_r(r) for r in p.simpson.within_r.tolist())
-    flag = " <b>Simpson's paradox</b>" if p.simpson.flag else ""
-    return f"k={p.clustering.k}, r all={p.simpson.pooled_r:+.2f}, r within=[{within}]{flag}"
+    flag = " · <b>Simpson's paradox</b>" if p.simpson.flag else ""
+    k = p.clustering.k
+    return f"{k} cluster{'s' if k > 1 else ''} · pooled r {_r(p.simpson.pooled_r)} · within {within}{flag}"
 
 
 @register_figure(PunctuationClusters)
@@ -37,29 +73,21 @@ def punctuation_scatter_figure(
 ) -> go.Figure:
     """Covariance (x) vs MI (y), one panel per layer (rows) and class (columns).
 
-    Points are coloured by relative position in the window (negative = before the mark); the
-    marker shape is the cluster; a black cross marks each cluster's mean; the panel title gives
-    the number of clusters, the pooled r and the r within each cluster, and the Simpson flag.
+    Points are coloured by relative position in the window (:data:`POSITION_COLORSCALE`: red
+    before the mark, blue after, dark grey next to it, so no point is white on the white plot);
+    the marker shape is the cluster (the legend shows the shapes); a black cross marks each
+    cluster's mean; the panel title gives the number of clusters, the pooled r and the r within
+    each cluster, and the Simpson flag. Only panels that exist get axes (no empty panel).
 
     Args:
         clusters: :class:`~tlprobe.analyses.punctuation.PunctuationClusters` from ``cluster_panels``.
         title: figure title.
     """
-    depths, classes = _grid(clusters)
-    # Diverging colours centred on the mark: red before it, blue after it.
-    span = max(int(p.rel.abs().max()) for p in clusters.panels)
-    by_key = {(p.depth, p.class_name): p for p in clusters.panels}
-    titles = []
-    for d in depths:
-        for c in classes:
-            p = by_key.get((d, c))
-            titles.append(f"{p.name}<br><span style='font-size:11px'>{_r_text(p)}</span>" if p else "")
-    fig = make_subplots(
-        rows=len(depths), cols=len(classes), subplot_titles=titles, horizontal_spacing=0.08, vertical_spacing=0.16
-    )
-    shown: set[int] = set()
-    for (d, c), p in by_key.items():
-        row, col = depths.index(d) + 1, classes.index(c) + 1
+    span = max(max(int(p.rel.abs().max()) for p in clusters.panels), 1)
+    titles = [f"<b>{p.name}</b><br><span style='font-size:12px'>{_r_text(p)}</span>" for p in clusters.panels]
+    fig, cells = _subplots(clusters, titles, horizontal_spacing=0.09, vertical_spacing=0.16)
+    k_max = max(p.clustering.k for p in clusters.panels)
+    for p, (row, col) in zip(clusters.panels, cells):
         lab = p.clustering.labels
         for j in range(p.clustering.k):
             sel = lab == j
@@ -71,10 +99,11 @@ def punctuation_scatter_figure(
                     mode="markers",
                     name=name,
                     legendgroup=name,
-                    showlegend=j not in shown,
+                    # Numeric colours draw no legend symbol (plotly.js warns): the legend has its own.
+                    showlegend=False,
                     marker=dict(
-                        size=4,
-                        opacity=0.6,
+                        size=5,
+                        opacity=0.7,
                         symbol=_SYMBOLS[j % len(_SYMBOLS)],
                         color=p.rel[sel].tolist(),
                         coloraxis="coloraxis",
@@ -85,14 +114,14 @@ def punctuation_scatter_figure(
                 row=row,
                 col=col,
             )
-            shown.add(j)
             fig.add_trace(
                 go.Scatter(
                     x=[float(p.mean_covariance[j])],
                     y=[float(p.mean_mi[j])],
                     mode="markers+text",
                     text=[f"{j}: r={_r(float(p.simpson.within_r[j]))}"],
-                    textposition="top right",
+                    textposition="middle right",
+                    textfont=dict(size=12, color="black"),
                     showlegend=False,
                     marker=dict(symbol="x", size=12, color="black", line=dict(width=1, color="white")),
                     hovertemplate=f"cluster {j} mean ({int(p.simpson.sizes[j])} points)<extra></extra>",
@@ -102,14 +131,35 @@ def punctuation_scatter_figure(
             )
         fig.update_xaxes(title_text="covariance", row=row, col=col)
         fig.update_yaxes(title_text="MI (nats)", row=row, col=col)
+    for j in range(k_max):  # the legend: one symbol per cluster, in one plain colour
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=f"cluster {j}",
+                legendgroup=f"cluster {j}",
+                marker=dict(size=10, symbol=_SYMBOLS[j % len(_SYMBOLS)], color=_LEGEND_COLOR),
+                hoverinfo="skip",
+            ),
+            row=cells[0][0],
+            col=cells[0][1],
+        )
+    rows, cols, _ = _layout(clusters)
     fig.update_layout(
         title=title,
         template="plotly_white",
-        height=430 * len(depths),
-        width=560 * len(classes) + 120,
-        coloraxis=dict(colorscale="RdBu", cmin=-span, cmax=span, colorbar=dict(title="relative<br>position")),
-        legend=dict(orientation="h", y=-0.06),
-        margin=dict(t=120),
+        height=450 * rows + 60,
+        width=560 * cols + 140,
+        coloraxis=dict(
+            colorscale=[list(c) for c in POSITION_COLORSCALE],
+            cmin=-span,
+            cmax=span,
+            colorbar=dict(title=dict(text="relative<br>position"), len=0.8),
+        ),
+        legend=dict(orientation="h", y=-0.08, x=0, font=dict(size=13), title=dict(text="shape:")),
+        font=dict(size=13),
+        margin=dict(t=130, b=90),
     )
     return fig
 
@@ -120,12 +170,9 @@ def cluster_position_figure(clusters: PunctuationClusters) -> go.Figure:
     Args:
         clusters: :class:`~tlprobe.analyses.punctuation.PunctuationClusters` from ``cluster_panels``.
     """
-    depths, classes = _grid(clusters)
-    titles = [f"depth {d}, {c}" for d in depths for c in classes]
-    fig = make_subplots(rows=len(depths), cols=len(classes), subplot_titles=titles, vertical_spacing=0.2)
+    fig, cells = _subplots(clusters, [p.name for p in clusters.panels], vertical_spacing=0.2)
     shown: set[int] = set()
-    for p in clusters.panels:
-        row, col = depths.index(p.depth) + 1, classes.index(p.class_name) + 1
+    for p, (row, col) in zip(clusters.panels, cells):
         for j in range(p.clustering.k):
             name = f"cluster {j}"
             fig.add_trace(
@@ -143,11 +190,12 @@ def cluster_position_figure(clusters: PunctuationClusters) -> go.Figure:
             shown.add(j)
         fig.update_xaxes(title_text="relative position", row=row, col=col)
         fig.update_yaxes(title_text="points", row=row, col=col)
+    rows, cols, _ = _layout(clusters)
     fig.update_layout(
         barmode="stack",
         template="plotly_white",
-        height=330 * len(depths),
-        width=520 * len(classes) + 100,
+        height=330 * rows + 40,
+        width=520 * cols + 100,
         title="Cluster membership by relative position",
     )
     return fig

@@ -14,6 +14,7 @@ Copy this file (``tlprobe cp punctuation-clusters my_recipe.py``) and change wha
 
 from __future__ import annotations
 
+import math
 import pathlib
 import platform
 import sys
@@ -25,6 +26,8 @@ from tlprobe.access.text import cut_windows, run_windows, stdlib_corpus, tokeniz
 from tlprobe.analyses.mi import BIN_RULES
 from tlprobe.analyses.punctuation import (
     WINDOW_CHUNK,
+    PanelResult,
+    PunctuationClusters,
     cluster_panels,
     punctuation_dependence,
     sample_occurrences,
@@ -33,11 +36,24 @@ from tlprobe.analyses.punctuation import (
 from tlprobe.checks import as_int, check_choice, check_memory
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.punctuation import cluster_position_figure, punctuation_scatter_figure
+from tlprobe.findings import Finding, check
 from tlprobe.recipes.common import ModelOptions, RecipeResult, option, prose, resolve, script_main, setup
 from tlprobe.report import Report
 
 NAME = "punctuation-clusters"
 DESCRIPTION = "L13: covariance vs MI around internal and terminal punctuation, clusters and a Simpson's-paradox check"
+LESSON = "L13"
+
+# The criteria of the findings: fixed here, stated in each criterion's text, never tuned to a run.
+#: k-means keeps one cluster unless some k reaches this silhouette ("reasonable structure").
+MIN_SILHOUETTE = 0.5
+#: A best silhouette closer than this to MIN_SILHOUETTE leaves the number of clusters undecided.
+SILHOUETTE_MARGIN = 0.05
+#: A panel (one depth and class) with fewer (covariance, MI) points cannot decide its clusters.
+MIN_POINTS = 200
+#: Significance level of every test of the Simpson check, and the fewest points of a cluster it reads.
+ALPHA = 0.05
+MIN_CLUSTER_SIZE = 10
 
 
 @dataclass(frozen=True)
@@ -150,8 +166,17 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     #    clusters of the (covariance, MI) points and the Simpson check, per layer and class.
     dep = punctuation_dependence(hidden, windows, classes, occ, before=o.before, depth=depth, bins=o.bins)
     r.lap("covariance + MI")
-    clusters = cluster_panels(dep, o.cluster_method, k_max=o.k_max, seed=o.seed)
+    clusters = cluster_panels(
+        dep,
+        o.cluster_method,
+        k_max=o.k_max,
+        seed=o.seed,
+        min_silhouette=MIN_SILHOUETTE,
+        alpha=ALPHA,
+        min_size=MIN_CLUSTER_SIZE,
+    )
     r.lap("clusters")
+    found = findings(clusters)
 
     # 4. Figures and report.
     values = {
@@ -165,28 +190,192 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
         "points": o.before + o.after,
         "d_model": r.info.d_model,
     }
+    values["alpha"], values["min_size"] = ALPHA, MIN_CLUSTER_SIZE
     report = Report(text["title"].format(**values), subtitle=DESCRIPTION)
     report.heading("What this shows")
-    for key in ("classes", "measures", "found"):
+    for key in ("classes", "measures"):
         report.text(text[key].format(**values))
     report.table(occ.rows(), caption="Token classes in the text")
     report.heading("Covariance vs MI")
     report.figure(punctuation_scatter_figure(clusters), caption=text["scatter_caption"])
+    report.heading("What the clusters are")
+    report.text(text["clusters"])
+    for p in clusters.panels:  # what each cluster is made of, from its summaries
+        line = p.describe()
+        report.text(f"{line[0].upper()}{line[1:]}.")
+    report.table([row for p in clusters.panels for row in p.rows()], caption="Cluster summaries")
+    report.figure(cluster_position_figure(clusters))
     report.heading("Simpson's-paradox check")
     for p in clusters.panels:
         report.text(f"Depth {p.depth}, {p.class_name}: {p.simpson.explanation}")
     report.table(clusters.rows(), caption="Pooled vs within-cluster Pearson r")
-    report.heading("What the clusters are")
-    report.text(text["clusters"])
-    report.table([row for p in clusters.panels for row in p.rows()], caption="Cluster summaries")
-    report.figure(cluster_position_figure(clusters))
+    report.heading("What the lesson reported")
+    report.text(text["lesson_found"].format(**values))
     r.lap("figures")
     facts = {
         "depths": depth,
         "corpus": {"source": source, "characters": len(tt.text), "tokens": len(tt)},
         "python": platform.python_version(),
     }
-    return r.finish(report, results={"occurrences": occ, "clusters": clusters}, facts=facts)
+    return r.finish(report, results={"occurrences": occ, "clusters": clusters}, facts=facts, findings=found)
+
+
+# -- findings: the lesson's claims, checked on this run's results ----------------------------
+
+
+def findings(clusters: PunctuationClusters) -> list[Finding]:
+    """The claims of lesson L13, each checked on this run's clusters (no model needed).
+
+    The shallowest depth run stands for the lesson's layer 1, the deepest for its layer 20.
+
+    Args:
+        clusters: :class:`~tlprobe.analyses.punctuation.PunctuationClusters` (``cluster_panels``).
+
+    Returns:
+        One :class:`~tlprobe.findings.Finding` per claim: the layer-1 split, the merge at depth,
+        Simpson's paradox.
+    """
+    depths = sorted({p.depth for p in clusters.panels})
+    shallow, deep = depths[0], depths[-1]
+    panel = {(p.depth, p.class_name): p for p in clusters.panels}
+    rule = (
+        f"k-means on the standardised points, k by silhouette, one cluster unless some k reaches "
+        f"{MIN_SILHOUETTE:g}; undecided with fewer than {MIN_POINTS} points or a best silhouette within "
+        f"{SILHOUETTE_MARGIN:g} of {MIN_SILHOUETTE:g}"
+    )
+    out = []
+
+    # 1. Layer 1: internal punctuation splits into clusters, terminal punctuation stays one.
+    claim = "layer-1 covariance splits internal punctuation into clusters, terminal stays one"
+    crit = f"at the shallowest depth run: internal k >= 2 and terminal k = 1 ({rule})"
+    internal, terminal = panel.get((shallow, "internal")), panel.get((shallow, "terminal"))
+    nums: dict = {"depth": shallow}
+    if internal is None or terminal is None:
+        missing = "internal" if internal is None else "terminal"
+        out.append(check(claim, crit, nums, holds=None, why=f"no {missing} panel at depth {shallow}", lesson=LESSON))
+    else:
+        nums |= {
+            "k internal": internal.clustering.k,
+            "k terminal": terminal.clustering.k,
+            "silhouette internal": _best_silhouette(internal),
+            "silhouette terminal": _best_silhouette(terminal),
+        }
+        undecided = _undecided(internal) or _undecided(terminal)
+        holds = None if undecided else internal.clustering.k >= 2 and terminal.clustering.k == 1
+        why = undecided or f"at depth {shallow}, internal: {_split(internal)}; terminal: {_split(terminal)}"
+        out.append(check(claim, crit, nums, holds=holds, why=why, lesson=LESSON))
+
+    # 2. Deep: the clusters of internal punctuation merge into one.
+    claim = "the clusters merge at the deep layer"
+    crit = f"internal punctuation: k >= 2 at the shallowest depth run and k = 1 at the deepest ({rule})"
+    first, last = panel.get((shallow, "internal")), panel.get((deep, "internal"))
+    nums = {"depths": [shallow, deep]}
+    if first is None or last is None or deep == shallow:
+        why = (
+            f"only depth {shallow} was run: give two depths (--layers 1,N)" if deep == shallow else "no internal panel"
+        )
+        out.append(check(claim, crit, nums, holds=None, why=why, lesson=LESSON))
+    else:
+        nums |= {
+            "k internal": [first.clustering.k, last.clustering.k],
+            "silhouette internal": [_best_silhouette(first), _best_silhouette(last)],
+        }
+        undecided = _undecided(first) or _undecided(last)
+        k0, k1 = first.clustering.k, last.clustering.k
+        if undecided:
+            holds, why = None, undecided
+        elif k1 >= 2:
+            holds, why = False, f"at depth {deep} internal punctuation still splits: {_split(last)}"
+        elif k0 == 1:
+            holds, why = None, f"internal punctuation is one cluster at depth {shallow} already: nothing to merge"
+        else:
+            holds, why = True, f"{k0} clusters at depth {shallow}, one at depth {deep} ({_split(last)})"
+        out.append(check(claim, crit, nums, holds=holds, why=why, lesson=LESSON))
+
+    # 3. Simpson's paradox: the pooled r has the opposite sign of the r within every cluster.
+    claim = "pooled r has the opposite sign of within-cluster r (Simpson's paradox)"
+    test = clusters.panels[0].simpson.test
+    alpha = clusters.panels[0].simpson.alpha
+    crit = (
+        f"in some panel (depth, class), the pooled r and the r within every cluster of >= {MIN_CLUSTER_SIZE} "
+        f"points are each significant at alpha = {alpha:g} ({test}; all must reject, an intersection-union "
+        "test), the pooled sign opposite to every cluster's; differs when every panel with two such clusters "
+        "is decided without a reversal"
+    )
+    compared = [p for p in clusters.panels if p.simpson.outcome != "no subgroups"]
+    flagged = [p for p in compared if p.simpson.flag]
+    largest_p = [max([p.simpson.pooled_p, *p.simpson.within_p[p.simpson.considered].tolist()]) for p in compared]
+    nums = {
+        "panels compared": len(compared),
+        "reversals": len(flagged),
+        "panel": [f"d{p.depth} {p.class_name}" for p in compared],
+        "pooled r": [p.simpson.pooled_r for p in compared],
+        "within r": [p.simpson.within_r[p.simpson.considered].tolist() for p in compared],
+        "largest p": largest_p,
+    }
+    undecided_panels = [p for p in compared if p.simpson.outcome == "undecided"]
+    if flagged:
+        holds, why = True, "; ".join(f"{p.name}: {_rs(p)}, reversed in every cluster" for p in flagged)
+    elif not compared:
+        holds = None
+        why = f"no panel has two clusters of >= {MIN_CLUSTER_SIZE} points: no subgroups to pool"
+    elif undecided_panels:
+        holds = None
+        why = "; ".join(f"{p.name}: {_rs(p)}, an r not significant at alpha = {alpha:g}" for p in undecided_panels)
+    else:
+        holds = False
+        same = all(
+            p.simpson.within_r[p.simpson.considered].sign().eq(math.copysign(1, p.simpson.pooled_r)).all()
+            for p in compared
+        )
+        rs = [r for p in compared for r in p.simpson.within_r[p.simpson.considered].tolist()]
+        pooled = [p.simpson.pooled_r for p in compared]
+        why = f"no reversal in any of the {len(compared)} panels with clusters" + (
+            f": every pooled r ({min(pooled):+.2f} to {max(pooled):+.2f}) and within-cluster r "
+            f"({min(rs):+.2f} to {max(rs):+.2f}) has one sign, all significant (largest p {max(largest_p):.2g})"
+            if same and len({math.copysign(1, v) for v in pooled}) == 1
+            else ": " + "; ".join(f"{p.name}: {_rs(p)}" for p in compared)
+        )
+    out.append(check(claim, crit, nums, holds=holds, why=why, lesson=LESSON))
+    return out
+
+
+def _best_silhouette(p: PanelResult) -> float:
+    """The best silhouette of the k tried (k-means); NaN for a Gaussian mixture (k by BIC)."""
+    scores = p.clustering.scores
+    return max(scores) if p.clustering.method == "kmeans" and scores else math.nan
+
+
+def _undecided(p: PanelResult) -> str:
+    """Why a panel's number of clusters is undecided ("" when it is decided)."""
+    n = int(p.covariance.numel())
+    if n < MIN_POINTS:
+        return f"{p.name} has {n} points, fewer than {MIN_POINTS}: give more windows (--n)"
+    best = _best_silhouette(p)
+    if abs(best - MIN_SILHOUETTE) < SILHOUETTE_MARGIN:  # False for NaN (a mixture)
+        return (
+            f"{p.name}: the best silhouette {best:.2f} is within {SILHOUETTE_MARGIN:g} of {MIN_SILHOUETTE:g}, "
+            "so the number of clusters is not clear-cut"
+        )
+    return ""
+
+
+def _split(p: PanelResult) -> str:
+    """``"2 clusters (silhouette 0.82); besides the main one, cluster 1 (320 points): the window's ..."``."""
+    k, best = p.clustering.k, _best_silhouette(p)
+    score = "" if math.isnan(best) else f" (silhouette {best:.2f})"
+    if k == 1:
+        return f"one cluster{score}"
+    sizes = p.simpson.sizes.tolist()
+    main = max(range(k), key=lambda j: sizes[j])
+    rest = [f"cluster {j} ({sizes[j]} points): {p.makeup(j, brief=True)}" for j in range(k) if j != main]
+    return f"{k} clusters{score}; besides the main one, " + ", ".join(rest)
+
+
+def _rs(p: PanelResult) -> str:
+    """``"pooled r +0.81, within +0.54, +0.96"`` (the considered clusters)."""
+    within = ", ".join(f"{r:+.2f}" for r in p.simpson.within_r[p.simpson.considered].tolist())
+    return f"pooled r {p.simpson.pooled_r:+.2f}, within {within}"
 
 
 if __name__ == "__main__":
