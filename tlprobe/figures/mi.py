@@ -53,7 +53,8 @@ def _series_colors(n: int, highlight: int | None) -> list[str]:
     if highlight is None:
         return [_COLORS[i % len(_COLORS)] for i in range(n)]
     others = [i for i in range(n) if i != highlight]
-    scale = sample_colorscale("Viridis", [j / max(1, len(others) - 1) for j in range(len(others))])
+    # Viridis up to 0.85: its last, pale yellow is hard to see as a thin line on white
+    scale = sample_colorscale("Viridis", [0.85 * j / max(1, len(others) - 1) for j in range(len(others))])
     colors = [""] * n
     for c, i in zip(scale, others):
         colors[i] = str(c)
@@ -235,7 +236,18 @@ def mi_heatmap_figure(
             zmin=zmin,
             zmax=zmax,
             colorscale="Viridis",
-            colorbar=dict(title=dict(text=f"{what} (nats)")),
+            # below the square plot, centred: on a wide page the square sits in the middle, and a
+            # colour bar at the right edge of the paper would stand far from it
+            colorbar=dict(
+                title=dict(text=f"{what} (nats)", side="top"),
+                orientation="h",
+                x=0.5,
+                xanchor="center",
+                y=-0.14,
+                yanchor="top",
+                len=0.4,
+                thickness=14,
+            ),
             hoverongaps=False,
             hovertemplate=f"{variable} %{{y}} x %{{x}}<br>{what}=%{{z:.3f}} nats<extra></extra>",
         )
@@ -244,8 +256,9 @@ def mi_heatmap_figure(
     fig.update_layout(
         title=title + shown,
         template="plotly_white",
-        height=600,
+        height=700,
         width=660,
+        margin=dict(b=130),
         xaxis=dict(title=dict(text=variable), constrain="domain"),
         yaxis=dict(title=dict(text=variable), autorange="reversed", scaleanchor="x"),
     )
@@ -366,7 +379,7 @@ def dependence_examples_figure(
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles)
     for i, name in enumerate(names):
         fig.add_trace(
-            go.Scattergl(
+            go.Scatter(
                 x=dep.x[i].tolist(),
                 y=dep.y[i].tolist(),
                 mode="markers",

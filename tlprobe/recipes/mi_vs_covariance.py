@@ -167,7 +167,7 @@ def example_facts(ex: Dependence) -> dict[str, float]:
 
 def sweep_facts(sw: Dependence, rho: torch.Tensor | np.ndarray | Sequence[float]) -> dict[str, float]:
     """The numbers the report's paragraph on the correlation sweep states (ends and the point nearest r = 0)."""
-    r = np.asarray(torch.as_tensor(rho, dtype=torch.float64))
+    r = np.round(np.asarray(torch.as_tensor(rho, dtype=torch.float64)), 10) + 0.0
     mid = int(np.argmin(np.abs(r)))
     cov, mi, raw, null = (np.asarray(v.double()) for v in (sw.covariance, sw.mi_corrected, sw.mi_raw, sw.mi_null_mean))
     return {
@@ -262,7 +262,7 @@ def findings(
         >>> [f.verdict for f in findings(ex, sw, rho)]
         ['holds', 'holds', 'holds', 'holds']
     """
-    r = np.asarray(torch.as_tensor(rho, dtype=torch.float64).cpu())
+    r = np.round(np.asarray(torch.as_tensor(rho, dtype=torch.float64).cpu()), 10) + 0.0  # linspace's 1e-17 is 0
     cov, mi, sq = (
         np.asarray(v.double().cpu()).reshape(-1)
         for v in (sweep.covariance, sweep.mi_corrected, sweep.covariance_squared)

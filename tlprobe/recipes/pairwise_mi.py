@@ -192,7 +192,8 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     report.figure(mi_means_figure(means, title="Mean pairwise MI per layer"), caption=text["means_caption"])
     report.figure(per_layer(h_gc, title="Gaussian-copula MI per layer (low bias, monotonic dependence only)"))
     report.figure(per_layer(h_tok, title="Token-by-token MI (across hidden dimensions) per layer"))
-    heatmap = mi_heatmap_figure(null[mid_name], title=f"Raw pairwise MI at {mid_name}", max_size=HEATMAP_DIMS)
+    heatmap_title = f"Raw pairwise MI at {mid_name}"
+    heatmap = mi_heatmap_figure(null[mid_name], title=heatmap_title, max_size=HEATMAP_DIMS, variable="hidden dimension")
     report.figure(heatmap, caption=text["heatmap_caption"])
     columns = {"null": h_null, "raw - null": h_cor, "Miller-Madow": h_mm, "GCMI": h_gc, "token MI": h_tok}
     rows = [
