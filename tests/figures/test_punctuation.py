@@ -24,8 +24,12 @@ def clusters():
 def test_scatter_is_the_main_figure_with_one_panel_per_layer_and_class(clusters):
     fig = punctuation_scatter_figure(clusters)
     assert isinstance(fig, go.Figure) and clusters.figure().to_dict() == fig.to_dict()
-    titles = [a.text for a in fig.layout.annotations]
+    notes = [a.text for a in fig.layout.annotations]
+    titles = notes[: len(clusters.panels)]  # the subplot titles, then one label per cluster mean
     assert [t.split("<br>")[0] for t in titles] == [f"<b>{p.name}</b>" for p in clusters.panels]
+    assert notes[len(titles) :] == [
+        f"cluster {j}: r = {p.simpson.within_r[j]:+.2f}" for p in clusters.panels for j in range(p.clustering.k)
+    ]
     for p, t in zip(clusters.panels, titles):
         assert t.startswith(f"<b>{p.name}</b>") and f"pooled r {p.simpson.pooled_r:+.2f}" in t
     # per cluster: its points, then a cross at its mean; then one legend symbol per cluster index
@@ -124,7 +128,8 @@ def test_a_missing_panel_leaves_no_empty_axes(clusters):
         fig = draw(three)
         axes = [k for k in fig.layout.to_plotly_json() if k.startswith("xaxis")]
         assert len(axes) == 3
-        names = [a.text.split("<br>")[0].replace("<b>", "").replace("</b>", "") for a in fig.layout.annotations]
+        notes = fig.layout.annotations[: len(three.panels)]
+        names = [a.text.split("<br>")[0].replace("<b>", "").replace("</b>", "") for a in notes]
         assert names == [p.name for p in three.panels]
         data = fig.to_plotly_json()["data"]
         xs = {t.get("xaxis", "x") for t in data if len(t["x"]) and t["x"][0] is not None}

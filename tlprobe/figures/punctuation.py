@@ -76,7 +76,7 @@ def punctuation_scatter_figure(
     Points are coloured by relative position in the window (:data:`POSITION_COLORSCALE`: red
     before the mark, blue after, dark grey next to it, so no point is white on the white plot);
     the marker shape is the cluster (the legend shows the shapes); a black cross marks each
-    cluster's mean; the panel title gives the number of clusters, the pooled r and the r within
+    cluster's mean, with a boxed label giving its r; the panel title gives the number of clusters, the pooled r and the r within
     each cluster, and the Simpson flag. Only panels that exist get axes (no empty panel).
 
     Args:
@@ -114,18 +114,33 @@ def punctuation_scatter_figure(
                 row=row,
                 col=col,
             )
+            mean = (float(p.mean_covariance[j]), float(p.mean_mi[j]))
             fig.add_trace(
                 go.Scatter(
-                    x=[float(p.mean_covariance[j])],
-                    y=[float(p.mean_mi[j])],
-                    mode="markers+text",
-                    text=[f"{j}: r={_r(float(p.simpson.within_r[j]))}"],
-                    textposition="middle right",
-                    textfont=dict(size=12, color="black"),
+                    x=[mean[0]],
+                    y=[mean[1]],
+                    mode="markers",
                     showlegend=False,
                     marker=dict(symbol="x", size=12, color="black", line=dict(width=1, color="white")),
                     hovertemplate=f"cluster {j} mean ({int(p.simpson.sizes[j])} points)<extra></extra>",
                 ),
+                row=row,
+                col=col,
+            )
+            # A boxed label off the mean: on the dense points plain text is unreadable.
+            fig.add_annotation(
+                x=mean[0],
+                y=mean[1],
+                text=f"cluster {j}: r = {_r(float(p.simpson.within_r[j]))}",
+                showarrow=True,
+                arrowhead=0,
+                arrowcolor="black",
+                ax=40,
+                ay=-30 - 26 * j,  # stacked: the means of neighbouring clusters can be close
+                bgcolor="rgba(255,255,255,0.9)",
+                bordercolor="black",
+                borderwidth=1,
+                font=dict(size=12, color="black"),
                 row=row,
                 col=col,
             )
