@@ -205,7 +205,7 @@ def _fit_clusters(z: np.ndarray, method: str, k_max: int, seed: int, min_silhoue
 
 
 #: The significance test of :func:`simpson_check` (stored in :attr:`SimpsonCheck.test`).
-SIMPSON_TEST = "two-sided t test of Pearson r (the p-value of scipy.stats.pearsonr)"
+SIMPSON_TEST = "two-sided t test of Pearson r, as scipy.stats.pearsonr"
 #: What :func:`simpson_check` decided: a reversal (the flag), none, the data cannot decide, or
 #: fewer than two clusters to compare.
 SimpsonOutcome = Literal["reversal", "no reversal", "undecided", "no subgroups"]
