@@ -50,6 +50,23 @@ def test_histogram_figure_reads_labels_and_is_the_main_figure(mats):
         mi_histogram_figure(h, highlight=9)
 
 
+def test_histogram_figure_cuts_long_tails_from_its_x_axis():
+    vals = torch.rand(60, 60, generator=gen(28), dtype=torch.float64) * 0.2
+    vals = vals + vals.mT
+    vals[0, 1] = vals[1, 0] = 10.0  # one pair far out: every other pair lies in the first 2% of the range
+    h = mi_histograms(vals[None], bins=500, axes={"layer": ["L0"]})
+    fig = mi_histogram_figure(h)
+    low, high = fig.layout.xaxis.range
+    assert low >= float(h.edges[0]) and high < 1.0 and "all but 0.5% of the pairs" in fig.layout.title.text
+    assert list(fig.data[0].x) == h.centers.tolist()  # every bin is still drawn
+    full = mi_histogram_figure(h, tail=0.0)
+    assert full.layout.xaxis.range is None and "all but" not in full.layout.title.text
+    even = mi_histogram_figure(mi_histograms(torch.rand(1, 30, 30, generator=gen(29)), bins=20))
+    assert even.layout.xaxis.range is None  # nothing to cut
+    with pytest.raises(TlprobeError, match="tail must be"):
+        mi_histogram_figure(h, tail=0.6)
+
+
 def test_means_figure_one_line_per_result(mats):
     h = mi_histograms(mats, axes=LAYERS)
     half = mi_histograms(mats / 2, axes=LAYERS, quantity="half MI (nats)")

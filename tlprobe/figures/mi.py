@@ -26,6 +26,8 @@ _COLORS = ("#1f77b4", "#d62728", "#7f7f7f", "#2ca02c", "#9467bd", "#ff7f0e")
 #: Percentiles of the off-diagonal values that bound a heatmap's colour axis (a display choice:
 #: a few extreme pairs, or the diagonal, would otherwise wash out every other pair's colour).
 HEATMAP_PERCENTILES = (1.0, 99.0)
+#: Fraction of the pairs a histogram figure may leave outside its x range at each end (long tails).
+HISTOGRAM_TAIL = 0.005
 
 
 def _constant_note(fig: go.Figure, values, *, what: str = "all values", axis: int = 1) -> bool:
@@ -49,6 +51,20 @@ def _constant_note(fig: go.Figure, values, *, what: str = "all values", axis: in
     return True
 
 
+def _core_range(prob: np.ndarray, edges: np.ndarray, tail: float) -> tuple[float, float] | None:
+    """The x range holding all but ``tail`` of every histogram's mass at each end, or None when
+    that is (nearly) the full range."""
+    if tail <= 0:
+        return None
+    cum = np.cumsum(prob, axis=-1)
+    lo = int(min(np.argmax(cum > tail, axis=-1).min(), prob.shape[-1] - 1))
+    hi = int(max(np.argmax(cum >= 1 - tail, axis=-1).max(), lo))
+    low, high = float(edges[lo]), float(edges[hi + 1])
+    if high - low >= 0.9 * float(edges[-1] - edges[0]):
+        return None
+    return low, high
+
+
 def _series_colors(n: int, highlight: int | None) -> list[str]:
     if highlight is None:
         return [_COLORS[i % len(_COLORS)] for i in range(n)]
@@ -69,8 +85,13 @@ def mi_histogram_figure(
     title: str = "Distribution of pairwise MI",
     highlight: int | None = None,
     density: bool = True,
+    tail: float = HISTOGRAM_TAIL,
 ) -> go.Figure:
     """Overlaid histograms (as lines), one per histogram of ``hist`` (named by its axes' labels).
+
+    The x axis shows the bins that hold all but ``tail`` of every histogram's pairs at each end
+    (a long tail of a few pairs would otherwise squeeze every peak against one edge); the title
+    says when it cuts, and hovering or zooming out still reaches every bin.
 
     Args:
         hist: from :func:`tlprobe.analyses.mi.mi_histograms`.
@@ -79,9 +100,11 @@ def mi_histogram_figure(
             others on a Viridis scale in order (layers); ``None``: categorical colours (e.g. raw,
             shuffle null, corrected).
         density: plot the probability density (default) or the fraction of pairs per bin.
+        tail: fraction of each histogram's pairs allowed outside the x range at each end
+            (0: the full range).
 
     Raises:
-        TlprobeError: ``highlight`` is not the index of a histogram.
+        TlprobeError: ``highlight`` is not the index of a histogram, or ``tail`` is not in [0, 0.5).
 
     Example:
         >>> from tlprobe.analyses.mi import mi_histograms
@@ -94,8 +117,11 @@ def mi_histogram_figure(
     n = len(names)
     if highlight is not None and not 0 <= highlight < n:
         raise TlprobeError(f"highlight {highlight} is out of range for {n} histograms")
+    if not 0 <= tail < 0.5:
+        raise TlprobeError(f"tail must be in [0, 0.5), got {tail}")
     colors = _series_colors(n, highlight)
     y = (hist.density if density else hist.prob).reshape(n, -1)
+    x_range = _core_range(hist.prob.reshape(n, -1).double().numpy(), hist.edges.double().numpy(), tail)
     x = hist.centers.tolist()
     fig = go.Figure()
     for i, name in enumerate(names):
@@ -110,12 +136,13 @@ def mi_histogram_figure(
                 hovertemplate=f"{name}<br>{hist.quantity}=%{{x:.3f}}<br>%{{y:.3f}}<extra></extra>",
             )
         )
+    cut = x_range is not None
     fig.update_layout(
-        title=title,
+        title=title + (f" (x axis: all but {tail:.1%} of the pairs at each end)" if cut else ""),
         template="plotly_white",
         height=420,
         width=900,
-        xaxis_title=hist.quantity,
+        xaxis=dict(title=dict(text=hist.quantity), range=list(x_range) if cut else None),
         yaxis_title="density" if density else "fraction of pairs",
         legend_title_text=next(iter(hist.axes), ""),
     )
