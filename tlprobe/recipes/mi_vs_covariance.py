@@ -267,7 +267,7 @@ def findings(
         np.asarray(v.double().cpu()).reshape(-1)
         for v in (sweep.covariance, sweep.mi_corrected, sweep.covariance_squared)
     )
-    if not (r.shape == cov.shape):
+    if r.shape != cov.shape:
         raise TlprobeError(f"rho has {r.size} values, the sweep {cov.size} pairs: give one true correlation per pair")
     n = r.size
     few = n < MIN_POINTS

@@ -224,8 +224,8 @@ def bias_facts(raw: MIHistograms, null_mean: MIHistograms) -> dict[str, Any]:
         >>> m = torch.stack([torch.full((3, 3), v) for v in (0.33, 0.30, 0.22)])
         >>> h = mi_histograms(m, axes={"layer": ["embed", "block 0", "block 1"]})
         >>> f = bias_facts(h, h)
-        >>> f["direction"], f["null_first"], f["null_last"], f["min_layer"]
-        ('falls', 0.33, 0.22, 'block 1')
+        >>> f["direction"], f"{f['null_first']:.2f}", f"{f['null_last']:.2f}", f["min_layer"]
+        ('falls', '0.33', '0.22', 'block 1')
     """
     names = list(null_mean.series)
     null = [float(v) for v in null_mean.mean.flatten()]
@@ -235,8 +235,8 @@ def bias_facts(raw: MIHistograms, null_mean: MIHistograms) -> dict[str, Any]:
     direction = "falls" if last < first else "rises" if last > first else "stays the same"
     return {
         "direction": direction,
-        "null_first": round(first, 4),
-        "null_last": round(last, 4),
+        "null_first": first,
+        "null_last": last,
         "first": names[0],
         "last": names[-1],
         "null_max": null[hi],
@@ -310,19 +310,15 @@ def findings(
             f"{ {q: v.shape for q, v in d.items()} } and {len(names)} labels"
         )
     means = {q: v.mean(0) for q, v in d.items()}
-    few = n_dims < MIN_DIMS
-    few_why = f"only {n_dims} hidden dimensions, need {MIN_DIMS} for a bootstrap interval"
+    # why every interval is missing, or "" when there are dimensions enough to resample
+    few = f"only {n_dims} hidden dimensions, need {MIN_DIMS} for a bootstrap interval" if n_dims < MIN_DIMS else ""
     boot: dict[str, np.ndarray] = {}
     if not few:
         idx = np.random.default_rng(seed).integers(0, n_dims, size=(N_RESAMPLES, n_dims))
         boot = {q: v[idx].mean(1) for q, v in d.items()}  # [resamples, layers]
-    out = [_apart_finding(q, means[q], boot.get(q), names, few_why if few else "") for q in ("raw", "corrected")]
-    out.append(_bias_finding(means["null"], boot.get("null"), names, few_why if few else ""))
-    out.append(
-        _rank_finding(
-            means["raw"], means["corrected"], boot.get("raw"), boot.get("corrected"), names, few_why if few else ""
-        )
-    )
+    out = [_apart_finding(q, means[q], boot.get(q), names, few) for q in ("raw", "corrected")]
+    out.append(_bias_finding(means["null"], boot.get("null"), names, few))
+    out.append(_rank_finding(means["raw"], means["corrected"], boot.get("raw"), boot.get("corrected"), names, few))
     return out
 
 
