@@ -14,6 +14,7 @@ from tlprobe.access.unembed import TokenStrings, content_mask, decode_tokens
 from tlprobe.analyses.lens import embedding_lens, logit_lens
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.lens import (
+    MAX_WIDTH,
     kl_entropy_figure,
     lens_grid_figure,
     recovery_figure,
@@ -126,11 +127,44 @@ def test_grid_without_tokens_and_of_one_depth(decoder):
 def test_embedding_figures_are_labelled(embedding):
     _, _, res = embedding
     fig = lens_grid_figure(res)
-    assert "token identity, not prediction" in fig.layout.title.text
+    # the caveat (token identity, not prediction) is a finding a report states once; titles say what is drawn
+    assert fig.layout.title.text == "embedding lens: nearest W_E row per depth and position"
     assert fig.data[0].colorbar.title.text == "cosine with W_E row"
     rec = recovery_figure(res)
-    assert "token identity, not prediction" in rec.layout.title.text
+    assert "nearest W_E row" in rec.layout.title.text and "prediction" not in rec.layout.title.text
     assert list(rec.data[0].x) == list(res.axes["depth"])
     assert list(rec.data[0].y) == res.top1_recovery.tolist() and list(rec.data[1].y) == res.top5_recovery.tolist()
     assert list(rec.data[2].y) == res.mean_cosine_with_input_token.tolist()
     assert res.figure().layout.title.text == fig.layout.title.text
+
+
+def test_grid_hover_names_the_depth_and_token_and_width_is_capped(decoder):
+    _, _, res = decoder
+    grid = lens_grid_figure(res)
+    assert (
+        grid.data[0]
+        .customdata[1][2]
+        .startswith(f"{res.axes['depth'][1]}, position {grid.layout.xaxis.ticktext[2]}<br>")
+    )
+    assert grid.layout.width <= MAX_WIDTH
+
+
+def test_a_panel_of_zeros_says_so(decoder):
+    _, _, res = decoder
+    assert not kl_entropy_figure(res).layout.annotations[2:]  # only the two subplot titles
+    zero = dataclasses.replace(res, kl_to_final=torch.zeros_like(res.kl_to_final))
+    notes = [a.text for a in kl_entropy_figure(zero).layout.annotations]
+    assert notes.count("all values are 0 at every depth") == 1
+    flat = dataclasses.replace(res, target_probs=torch.zeros_like(res.target_probs))
+    assert "all values are 0 at every depth" in [a.text for a in target_trajectory_figure(flat).layout.annotations]
+
+
+def test_figure_colours_are_valid_plotly_colours(decoder, embedding):
+    figs = [
+        lens_grid_figure(decoder[2]),
+        target_trajectory_figure(decoder[2]),
+        kl_entropy_figure(decoder[2]),
+        recovery_figure(embedding[2]),
+    ]
+    for fig in figs:
+        go.Figure(fig.to_plotly_json())  # plotly validates every colour on construction

@@ -22,6 +22,8 @@ from tlprobe.result import register_figure
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
 #: Thin per-position lines drawn at most by :func:`kl_entropy_figure` (the mean is always drawn).
 MAX_POSITION_LINES = 200
+#: Widest grid (pixels): a report page is about this wide; more positions get narrower cells.
+MAX_WIDTH = 1200
 
 
 def _real_positions(result: LensResult | EmbeddingLensResult, batch: int) -> list[int]:
@@ -34,6 +36,21 @@ def _depths(result: LensResult | EmbeddingLensResult) -> list[str]:
     if "depth" not in result.axes:
         raise TlprobeError("the result has no depth axis (a single depth was selected); plot the whole result")
     return list(result.axes["depth"])
+
+
+def _lens_name(result: LensResult | EmbeddingLensResult) -> str:
+    """The lens's short name for titles (the embedding lens's kind carries its caveat; a report states it once)."""
+    return "embedding lens" if isinstance(result, EmbeddingLensResult) else result.kind
+
+
+def _flag_if_zero(fig: go.Figure, values: list[list[float]], *, row: int | None = None, col: int | None = None) -> None:
+    """Write "all values are 0" on a panel whose every value is 0, so that it does not look empty."""
+    if any(v != 0 for series in values for v in series):
+        return
+    where = {} if row is None else {"row": row, "col": col}
+    fig.add_annotation(
+        text="all values are 0 at every depth", showarrow=False, xref="x domain", yref="y domain", x=0.5, y=0.5, **where
+    )
 
 
 def _input_tokens(result: LensResult | EmbeddingLensResult, batch: int) -> list[str] | None:
@@ -91,6 +108,7 @@ def lens_grid_figure(
     ]
     tokens = _input_tokens(result, batch)
     xt = [f"{i}: {plotly_text(tokens[p])}" if tokens else str(p) for i, p in enumerate(pos)]
+    hover = [[f"{depths[d]}, position {xt[i]}<br>{cell}" for i, cell in enumerate(row)] for d, row in enumerate(hover)]
     fig = go.Figure(
         go.Heatmap(
             z=vals[..., 0].tolist(),
@@ -98,15 +116,13 @@ def lens_grid_figure(
             y=list(range(len(depths))),
             text=cell_text,
             texttemplate="%{text}",
-            textfont=dict(size=10),
+            textfont=dict(size=10 if len(pos) <= 14 else 8),
             customdata=hover,
             colorscale="Blues",
             zmin=0,
             zmax=1,
             colorbar=dict(title=dict(text=value_name)),
-            hovertemplate=(
-                "depth %{y}, position %{x}<br>" + f"top {k} ({value_name}):<br>" + "%{customdata}<extra></extra>"
-            ),
+            hovertemplate=(f"top {k} ({value_name}) at " + "%{customdata}<extra></extra>"),
         )
     )
     fig.update_xaxes(tickmode="array", tickvals=list(range(len(pos))), ticktext=xt, title="input position")
@@ -114,14 +130,14 @@ def lens_grid_figure(
         tickmode="array",
         tickvals=list(range(len(depths))),
         ticktext=depths,
-        title="residual stream after",
+        title="depth (residual stream after)",
         autorange="reversed",
     )
     fig.update_layout(
-        title=title or f"{result.kind}: {what} per depth and position",
+        title=title or f"{_lens_name(result)}: {what} per depth and position",
         template="plotly_white",
         height=max(320, 48 * len(depths) + 160),
-        width=max(700, 90 * len(pos) + 260),
+        width=min(MAX_WIDTH, max(700, 90 * len(pos) + 260)),
     )
     return fig
 
@@ -186,9 +202,10 @@ def target_trajectory_figure(result: LensResult, *, batch: int = 0, position: in
             row=1,
             col=2,
         )
+    _flag_if_zero(fig, probs.T.tolist(), row=1, col=2)
     fig.update_yaxes(type="log", title="rank + 1 (log)", autorange="reversed", row=1, col=1)
     fig.update_yaxes(title="probability", rangemode="tozero", row=1, col=2)
-    fig.update_xaxes(title="residual stream after")
+    fig.update_xaxes(title="depth (residual stream after)")
     fig.update_layout(
         title=f"{result.kind}: target tokens across depth (prompt {batch}, position {p})",
         template="plotly_white",
@@ -248,7 +265,9 @@ def kl_entropy_figure(result: LensResult, *, batch: int | None = None) -> go.Fig
             row=1,
             col=col,
         )
-    fig.update_xaxes(title="residual stream after")
+    for col, series in ((1, result.kl_to_final), (2, result.entropy)):
+        _flag_if_zero(fig, [series.detach().cpu().float().flatten().tolist()], row=1, col=col)
+    fig.update_xaxes(title="depth (residual stream after)")
     fig.update_yaxes(rangemode="tozero")
     fig.update_layout(
         title=f"{result.kind}: distance to the final prediction and uncertainty per depth",
@@ -274,16 +293,19 @@ def recovery_figure(result: EmbeddingLensResult, *, title: str | None = None) ->
     """
     x = _depths(result)
     fig = go.Figure()
+    drawn = []
     for series, name, color in (
         (result.top1_recovery, "top-1", _COLORS[0]),
         (result.top5_recovery, "top-5", _COLORS[2]),
         (result.mean_cosine_with_input_token, "mean cosine with own row", _COLORS[4]),
     ):
-        fig.add_trace(go.Scatter(x=x, y=series.tolist(), mode="lines+markers", name=name, line=dict(color=color)))
-    fig.update_yaxes(range=[0, 1.05], title="fraction / cosine")
-    fig.update_xaxes(title="residual stream after")
+        drawn.append(series.tolist())
+        fig.add_trace(go.Scatter(x=x, y=drawn[-1], mode="lines+markers", name=name, line=dict(color=color)))
+    _flag_if_zero(fig, drawn)
+    fig.update_yaxes(range=[0, 1.05], title="fraction of positions / cosine")
+    fig.update_xaxes(title="depth (residual stream after)")
     fig.update_layout(
-        title=title or "Embedding lens: is the input token still recoverable? (token identity, not prediction)",
+        title=title or "Embedding lens: how often the input token is still the nearest W_E row",
         template="plotly_white",
         height=420,
         width=900,
