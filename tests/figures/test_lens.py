@@ -168,3 +168,9 @@ def test_figure_colours_are_valid_plotly_colours(decoder, embedding):
     ]
     for fig in figs:
         go.Figure(fig.to_plotly_json())  # plotly validates every colour on construction
+
+
+def test_a_space_token_is_visible_in_the_grid(decoder):
+    _, batch, res = decoder
+    spaced = _with_token_text(res, int(batch.tokens[0, 1]), "  ")
+    assert lens_grid_figure(spaced).layout.xaxis.ticktext[1] == "1: \u2423\u2423"

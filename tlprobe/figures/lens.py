@@ -38,6 +38,11 @@ def _depths(result: LensResult | EmbeddingLensResult) -> list[str]:
     return list(result.axes["depth"])
 
 
+def _visible(text: str) -> str:
+    """A token that is only spaces shows as open boxes (an empty cell or tick would look missing)."""
+    return text if text.strip() else "␣" * max(len(text), 1)
+
+
 def _lens_name(result: LensResult | EmbeddingLensResult) -> str:
     """The lens's short name for titles (the embedding lens's kind carries its caveat; a report states it once)."""
     return "embedding lens" if isinstance(result, EmbeddingLensResult) else result.kind
@@ -101,13 +106,13 @@ def lens_grid_figure(
         if isinstance(result, EmbeddingLensResult)
         else ("probability", "top-1 token")
     )
-    cell_text = [[cell[0] for cell in row] for row in text]
+    cell_text = [[_visible(cell[0]) for cell in row] for row in text]
     hover = [
         ["<br>".join(f"{t!s} ({v:.3f})" for t, v in zip(toks, vs)) for toks, vs in zip(row_t, row_v)]
         for row_t, row_v in zip(text, vals.tolist())
     ]
     tokens = _input_tokens(result, batch)
-    xt = [f"{i}: {plotly_text(tokens[p])}" if tokens else str(p) for i, p in enumerate(pos)]
+    xt = [f"{i}: {_visible(str(plotly_text(tokens[p])))}" if tokens else str(p) for i, p in enumerate(pos)]
     hover = [[f"{depths[d]}, position {xt[i]}<br>{cell}" for i, cell in enumerate(row)] for d, row in enumerate(hover)]
     fig = go.Figure(
         go.Heatmap(

@@ -7,8 +7,10 @@ each depth goes through the final norm and the unembedding, and we watch the pre
 Encoders get the MLM lens when their masked-LM head was trained (e.g. ``bert-base-uncased``).
 The offline default, all-MiniLM-L6-v2, has no MLM head in its checkpoint (TransformerLens fills
 it with random weights), so the MLM lens is refused and the report shows the embedding lens:
-the cosine of each layer's hidden state with the token embeddings, a measure of token
-identity, not a prediction.
+the cosine of each layer's hidden state with the token embeddings.
+
+The report opens with :func:`findings`: each claim of the lessons checked on this run's results
+(criteria fixed in the constants below), including what the embedding lens measures on this model.
 
 Copy this file (``tlprobe cp logit-lens my_recipe.py``) and change what you need.
 """
