@@ -33,6 +33,13 @@ DRAW_TIMEOUT_MS = 30_000
 #: Console message types a page must not log (plotly.js logs its warnings, e.g. "WARN: Invalid color
 #: specifier", through console.trace).
 CONSOLE_BAD = {"warning", "error", "assert", "trace"}
+#: Chromium's own software-GL diagnostics (a canvas read back under --disable-gpu): the browser's,
+#: not the page's, so they are not counted.
+_GL_DRIVER = "GL Driver Message"
+
+
+def _bad_console(msg) -> bool:
+    return msg.type in CONSOLE_BAD and not (msg.text.startswith("[.WebGL-") and _GL_DRIVER in msg.text)
 
 
 def unavailable(reason: str):
@@ -70,7 +77,7 @@ def inspect_page(
     external: list[str] = []
     console: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}") if msg.type in CONSOLE_BAD else None)
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}") if _bad_console(msg) else None)
 
     def guard(route):
         url = route.request.url
