@@ -115,6 +115,20 @@ def fmt_number(v: Any) -> str:
     return f"{v:.3g}"
 
 
+def fmt_percent(fraction: float) -> str:
+    """A fraction as a short percentage (2 significant digits below 10 %).
+
+    Example:
+        >>> fmt_percent(0.0948), fmt_percent(0.62), fmt_percent(2.26e-05), fmt_percent(0.0), fmt_percent(float("nan"))
+        ('9.5%', '62%', '0.0023%', '0%', 'undefined')
+    """
+    if math.isnan(fraction):
+        return "undefined"
+    if fraction == 0:
+        return "0%"
+    return f"{100 * fraction:.2g}%" if fraction < 0.1 else f"{100 * fraction:.0f}%"
+
+
 def check(
     claim: str,
     criterion: str,

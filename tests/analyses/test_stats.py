@@ -198,3 +198,45 @@ def test_p_values_equal_scipy_pearsonr():
         b = b - (a @ b) / (a @ a) * a
         a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
         assert p == pytest.approx(pearsonr(a, r * a + np.sqrt(1 - r * r) * b)[1], rel=1e-6), (r, n)
+
+
+def test_batched_pearson_and_spearman_equal_scipy_row_by_row():
+    from scipy.stats import pearsonr, spearmanr
+
+    from tlprobe.analyses.stats import pearson, spearman
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((4, 11)), rng.standard_normal((4, 11))
+    b[:, 3] = b[:, 4]  # ties: average ranks
+    b[2] = 1.0  # constant: undefined
+    got_p, got_s = pearson(a, b), spearman(a, b)
+    for i in (0, 1, 3):
+        assert got_p[i] == pytest.approx(pearsonr(a[i], b[i])[0], abs=1e-12)
+        assert got_s[i] == pytest.approx(spearmanr(a[i], b[i])[0], abs=1e-12)
+    assert np.isnan(got_p[2]) and np.isnan(got_s[2])
+
+
+def test_bootstrap_interval_is_scipys_seeded_and_undefined_on_bad_input():
+    from scipy.stats import bootstrap
+
+    from tlprobe.analyses.stats import bootstrap_interval, pearson
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(60)
+    y = x + rng.standard_normal(60)
+    got = bootstrap_interval([x, y], pearson, seed=3, n_resamples=500)
+    ref = bootstrap(
+        (x, y),
+        pearson,
+        paired=True,
+        vectorized=True,
+        n_resamples=500,
+        method="percentile",
+        rng=np.random.default_rng(3),
+    ).confidence_interval
+    assert got == (float(ref.low), float(ref.high))
+    assert got == bootstrap_interval([x, y], pearson, seed=3, n_resamples=500)  # reproducible
+    assert got != bootstrap_interval([x, y], pearson, seed=4, n_resamples=500)
+    assert all(np.isnan(bootstrap_interval([x[:1]], np.mean, seed=0)))  # one observation
+    assert all(np.isnan(bootstrap_interval([np.r_[x, np.nan]], np.mean, seed=0)))  # non-finite data
+    assert bootstrap_interval([np.ones(5)], np.mean, seed=0) == (1.0, 1.0)  # no spread: the value itself

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from scipy.stats import pearsonr, spearmanr
 
 from tests.helpers import assert_same_numbers
 from tlprobe import recipes
@@ -188,14 +187,6 @@ def test_findings_refuse_a_mismatched_rho(base):
     rho, sw, ex = base
     with pytest.raises(TlprobeError, match="one true correlation per pair"):
         mi_vs_covariance.findings(ex, sw, rho[:4])
-
-
-def test_pearson_and_spearman_match_scipy():
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal(11), rng.standard_normal(11)
-    b[3] = b[4]
-    assert float(mi_vs_covariance.pearson(a, b)) == pytest.approx(pearsonr(a, b)[0])
-    assert float(mi_vs_covariance.spearman(a, b)) == pytest.approx(spearmanr(a, b)[0])
 
 
 def test_results_json_has_each_claim_and_text_from_the_numbers(recipe_output):

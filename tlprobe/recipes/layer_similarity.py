@@ -10,19 +10,18 @@ Copy this file (``tlprobe cp layer-similarity my_recipe.py``) and change what yo
 
 from __future__ import annotations
 
-import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats as sps
 
 from tlprobe.access.hooks import attention_pattern, fused_qkv, hook_names, resid_hook_names, resid_stack, split_heads
 from tlprobe.access.labels import head_labels, layer_labels, resid_labels
 from tlprobe.analyses.moments import Moments, sample_moments
 from tlprobe.analyses.similarity import BlockStats, qkv_block_similarity, undefined_features
+from tlprobe.analyses.stats import bootstrap_interval, spearman
 from tlprobe.figures.attention import attention_heads_view
 from tlprobe.figures.depth import (
     block_summary_curves_figure,
@@ -30,7 +29,7 @@ from tlprobe.figures.depth import (
     head_heatmap_figure,
     moment_curves_figure,
 )
-from tlprobe.findings import Finding, check, interval_verdict
+from tlprobe.findings import Finding, check, fmt_percent, interval_verdict
 from tlprobe.recipes.common import (
     RecipeResult,
     TargetOptions,
@@ -244,9 +243,19 @@ def findings(
         out.append(check(claim, crit, curve, holds=None, why=too_few, lesson="L03"))
     else:
         rest = 1 + int(np.argmax(per_layer[1:]))
-        low, high = bootstrap_interval([per_head[0], per_head[rest]], _mean_difference, seed, paired=False)
+        low, high = bootstrap_interval(
+            [per_head[0], per_head[rest]],
+            _mean_difference,
+            seed=seed,
+            n_resamples=N_RESAMPLES,
+            confidence=CONFIDENCE,
+            paired=False,
+        )
         holds = interval_verdict(low, high, above=0.0)
-        first, other = f"{percent(per_layer[0])} at {layers[0]}", f"{percent(per_layer[rest])} at {layers[rest]}"
+        first, other = (
+            f"{fmt_percent(per_layer[0])} at {layers[0]}",
+            f"{fmt_percent(per_layer[rest])} at {layers[rest]}",
+        )
         why = {
             True: f"{first} vs at most {other}: the static token identity dominates the first layer",
             False: f"{first} vs {other}: a deeper layer has as many extremes",
@@ -267,10 +276,10 @@ def findings(
         rho, (low, high) = spearman_trend(per_head, seed)
         below = interval_verdict(-high, -low, above=TREND_RHO)  # rho wholly below -TREND_RHO
         trough = int(np.argmin(per_layer))
-        shape = f"falls from {percent(per_layer[0])} to {percent(per_layer[trough])} at {layers[trough]}"
+        shape = f"falls from {fmt_percent(per_layer[0])} to {fmt_percent(per_layer[trough])} at {layers[trough]}"
         if trough < n_layers - 1:
             again = "rises again to" if per_layer[-1] > per_layer[trough] else "is"
-            shape += f", then {again} {percent(per_layer[-1])} at {layers[-1]}"
+            shape += f", then {again} {fmt_percent(per_layer[-1])} at {layers[-1]}"
         why = {
             True: f"the fraction {shape}: overall it falls with depth",
             False: f"the fraction {shape}: no clear fall with depth (rho {rho:.2f})",
@@ -289,11 +298,18 @@ def findings(
         out.append(check(claim, crit, curve, holds=None, why=too_few, lesson="L03"))
     else:
         trough = int(np.argmin(per_layer[:-1]))
-        low, high = bootstrap_interval([per_head[-1], per_head[trough]], _mean_difference, seed, paired=False)
+        low, high = bootstrap_interval(
+            [per_head[-1], per_head[trough]],
+            _mean_difference,
+            seed=seed,
+            n_resamples=N_RESAMPLES,
+            confidence=CONFIDENCE,
+            paired=False,
+        )
         rises = interval_verdict(low, high, above=0.0)
         last, low_text = (
-            f"{percent(per_layer[-1])} at {layers[-1]}",
-            f"{percent(per_layer[trough])} at {layers[trough]}",
+            f"{fmt_percent(per_layer[-1])} at {layers[-1]}",
+            f"{fmt_percent(per_layer[trough])} at {layers[trough]}",
         )
         why = {
             True: f"the extremes rise again at the last layer ({last} vs {low_text}): not a monotone convergence",
@@ -345,45 +361,14 @@ def spearman_trend(values: np.ndarray, seed: int) -> tuple[float, tuple[float, f
     flat = np.asarray(values, dtype=float).reshape(-1)
     if not np.isfinite(flat).all() or np.ptp(flat) == 0:
         return float("nan"), (float("nan"), float("nan"))
-    rho = float(_spearman(depth, flat))
-    return rho, bootstrap_interval([depth, flat], _spearman, seed, paired=True)
-
-
-def bootstrap_interval(data: Sequence, statistic: Callable, seed: int, *, paired: bool) -> tuple[float, float]:
-    """Seeded percentile bootstrap interval of ``statistic(*data, axis=-1)``; NaN when undefined."""
-    arrays = [np.asarray(a, dtype=float) for a in data]
-    if min(a.size for a in arrays) < 2 or not all(np.isfinite(a).all() for a in arrays):
-        return float("nan"), float("nan")
-    res = sps.bootstrap(
-        arrays,
-        statistic,
-        n_resamples=N_RESAMPLES,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        paired=paired,
-        vectorized=True,
-        rng=np.random.default_rng(seed),
+    rho = float(spearman(depth, flat))
+    return rho, bootstrap_interval(
+        [depth, flat], spearman, seed=seed, n_resamples=N_RESAMPLES, confidence=CONFIDENCE, paired=True
     )
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return (low, high) if math.isfinite(low) and math.isfinite(high) else (float("nan"), float("nan"))
-
-
-def percent(fraction: float) -> str:
-    """A fraction as a short percentage: ``0.0948`` -> ``'9.5%'``, ``0.62`` -> ``'62%'``, 0 -> ``'0%'``."""
-    if fraction == 0 or math.isnan(fraction):
-        return "0%" if fraction == 0 else "undefined"
-    return f"{100 * fraction:.2g}%" if fraction < 0.1 else f"{100 * fraction:.0f}%"
 
 
 def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     return a.mean(axis) - b.mean(axis)
-
-
-def _spearman(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    rx, ry = sps.rankdata(x, axis=axis), sps.rankdata(y, axis=axis)
-    rx, ry = rx - rx.mean(axis, keepdims=True), ry - ry.mean(axis, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (rx * ry).sum(axis) / np.sqrt((rx**2).sum(axis) * (ry**2).sum(axis))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from tlprobe.access.hooks import resid_hook_names
 from tlprobe.access.run import model_logits, run_batch
@@ -38,6 +37,7 @@ from tlprobe.analyses.lens import (
     logit_lens,
     mlm_lens,
 )
+from tlprobe.analyses.stats import bootstrap_interval, spearman
 from tlprobe.checks import as_int
 from tlprobe.errors import TlprobeError, UnsupportedModelError
 from tlprobe.figures.lens import (
@@ -278,16 +278,11 @@ def _columns(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
 def _bootstrap(cols: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], seed: int) -> tuple[float, float]:
     """Percentile interval (:data:`CONFIDENCE`) of ``statistic`` over resampled columns (positions).
 
-    ``statistic`` maps ``[depth, resamples, n]`` to ``[resamples]``.
+    ``statistic`` maps ``[depth, ..., n]`` to ``[...]`` (the resamples on the middle axes).
     """
-    n = cols.shape[1]
-    idx = np.random.default_rng(seed).integers(0, n, size=(N_BOOTSTRAP, n))
-    values = statistic(cols[:, idx])
-    tail = (1 - CONFIDENCE) / 2
-    if np.isnan(values).any():
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(values, [tail, 1 - tail])
-    return float(lo), float(hi)
+    return bootstrap_interval(
+        [cols], lambda x, axis: statistic(x), seed=seed, n_resamples=N_BOOTSTRAP, confidence=CONFIDENCE
+    )
 
 
 def _interval(lo: float, hi: float) -> str:
@@ -383,13 +378,8 @@ def _emergence_finding(res: LensResult, seed: int, tag: str) -> Finding:
 
 def _spearman_with_depth(means: np.ndarray) -> np.ndarray:
     """Spearman rho of ``[depth, ...]`` against the depth index, per trailing index (nan if constant)."""
-    r = rankdata(means, axis=0)
-    x = np.arange(means.shape[0], dtype=float)
-    x -= x.mean()
-    r = r - r.mean(axis=0)
-    denom = np.sqrt((r**2).sum(axis=0) * (x**2).sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, np.tensordot(x, r, axes=(0, 0)) / np.where(denom > 0, denom, 1), np.nan)
+    depth = np.arange(means.shape[0], dtype=float).reshape(-1, *[1] * (means.ndim - 1))
+    return spearman(depth, means, axis=0)
 
 
 def _kl_finding(res: LensResult, seed: int, tag: str) -> Finding:

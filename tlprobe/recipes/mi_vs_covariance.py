@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import DegenerateDataWarning, bootstrap, rankdata
 
 from tlprobe.analyses.mi import BIN_RULES, BinRule, Dependence, dependence, dependence_bytes
+from tlprobe.analyses.stats import bootstrap_interval, pearson, spearman
 from tlprobe.checks import as_float, as_int, check_choice, check_memory, check_min_samples
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.mi import dependence_examples_figure, dependence_sweep_figure
@@ -189,48 +188,6 @@ def sweep_facts(sw: Dependence, rho: torch.Tensor | np.ndarray | Sequence[float]
 # -- findings: the lesson's claims, checked on this run's results ----------------------------
 
 
-def pearson(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Pearson correlation along ``axis`` (batched; NaN where either is constant).
-
-    Example:
-        >>> float(pearson(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 7.0])))
-        0.993...
-    """
-    xm = x - x.mean(axis, keepdims=True)
-    ym = y - y.mean(axis, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (xm * ym).sum(axis) / np.sqrt((xm * xm).sum(axis) * (ym * ym).sum(axis))
-
-
-def spearman(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Spearman rank correlation along ``axis`` (average ranks for ties, as ``scipy.stats.spearmanr``).
-
-    Example:
-        >>> float(spearman(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 4.0, 9.0, 16.0])))
-        1.0
-    """
-    return pearson(rankdata(x, axis=axis), rankdata(y, axis=axis), axis=axis)
-
-
-def _interval(data: tuple[np.ndarray, ...], statistic, seed: int) -> tuple[float, float]:
-    """The seeded percentile bootstrap interval of a paired statistic: NaN when the statistic is
-    undefined in some resample (e.g. one sweep point drawn every time: no spread)."""
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DegenerateDataWarning)  # the NaN interval says it
-        res = bootstrap(
-            data,
-            statistic,
-            paired=True,
-            vectorized=True,
-            n_resamples=N_RESAMPLES,
-            confidence_level=CONFIDENCE,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return low, high
-
-
 def findings(
     examples: Dependence, sweep: Dependence, rho: torch.Tensor | np.ndarray | Sequence[float], *, seed: int = 0
 ) -> list[Finding]:
@@ -288,7 +245,7 @@ def findings(
     if few:
         out.append(check(claim, crit, nums, holds=None, why=few_why, lesson="L10"))
     else:
-        low, high = _interval((r, cov), pearson, seed)
+        low, high = bootstrap_interval([r, cov], pearson, seed=seed, n_resamples=N_RESAMPLES, confidence=CONFIDENCE)
         holds = interval_verdict(low, high, above=LINEAR_R)
         holds = False if not signs else holds
         nums["interval"] = [low, high]
@@ -341,7 +298,7 @@ def findings(
     if few:
         out.append(check(claim, crit, nums, holds=None, why=few_why, lesson="L10"))
     else:
-        low, high = _interval((sq, mi), pearson, seed)
+        low, high = bootstrap_interval([sq, mi], pearson, seed=seed, n_resamples=N_RESAMPLES, confidence=CONFIDENCE)
         holds = interval_verdict(low, high, above=LIKE_R)
         nums["interval"] = [low, high]
         why = {
@@ -380,7 +337,7 @@ def _nonlinear_finding(ex: Dependence, i: int, label: str, seed: int) -> Finding
         )
         return check(claim, crit, nums, holds=None, why=why, lesson="L10")
     x, y = np.asarray(ex.x[i].double().cpu()), np.asarray(ex.y[i].double().cpu())
-    low, high = _interval((x, y), pearson, seed)
+    low, high = bootstrap_interval([x, y], pearson, seed=seed, n_resamples=N_RESAMPLES, confidence=CONFIDENCE)
     nums["interval"] = [low, high]
     if math.isnan(low) or math.isnan(high):
         near0 = None

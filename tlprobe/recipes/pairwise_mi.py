@@ -312,6 +312,8 @@ def findings(
     means = {q: v.mean(0) for q, v in d.items()}
     # why every interval is missing, or "" when there are dimensions enough to resample
     few = f"only {n_dims} hidden dimensions, need {MIN_DIMS} for a bootstrap interval" if n_dims < MIN_DIMS else ""
+    # One set of resampled dimensions serves all four claims (and raw, corrected and null together),
+    # so each claim's interval comes from the same resamples; scipy.stats.bootstrap resamples per call.
     boot: dict[str, np.ndarray] = {}
     if not few:
         idx = np.random.default_rng(seed).integers(0, n_dims, size=(N_RESAMPLES, n_dims))

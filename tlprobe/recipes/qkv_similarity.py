@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats as sps
 
 from tlprobe.access.hooks import attention_pattern, fused_qkv, hook_names, split_heads
 from tlprobe.access.labels import head_labels
 from tlprobe.analyses.similarity import BlockStats, qkv_block_similarity, shuffle_values
+from tlprobe.analyses.stats import bootstrap_interval
 from tlprobe.checks import check_index
 from tlprobe.figures.attention import attention_heads_view
 from tlprobe.figures.depth import head_block_figure
 from tlprobe.figures.similarity import block_histogram_figure, extreme_fraction_figure
-from tlprobe.findings import Finding, check, interval_verdict
+from tlprobe.findings import Finding, check, fmt_percent, interval_verdict
 from tlprobe.recipes.common import (
     RecipeResult,
     TargetOptions,
@@ -183,9 +183,9 @@ def findings(
         out.append(check(claim, crit, nums, holds=None, why=few, lesson="L02"))
     else:
         diff = pooled_fraction(h_cos) - EXTREME_RATIO * pooled_fraction(h_corr)
-        low, high = bootstrap_interval([diff], np.mean, seed)
+        low, high = bootstrap_interval([diff], np.mean, seed=seed, n_resamples=N_RESAMPLES, confidence=CONFIDENCE)
         holds = interval_verdict(low, high, above=0.0)
-        share = f"{percent(nums['cosine'])} of the pairs under cosine, {percent(nums['correlation'])} under correlation"
+        share = f"{fmt_percent(nums['cosine'])} of the pairs under cosine, {fmt_percent(nums['correlation'])} under correlation"
         why = {
             True: f"{share}: each coordinate's mean offset makes the extremes",
             False: f"{share}: removing the mean offsets leaves about as many extremes",
@@ -211,7 +211,9 @@ def findings(
         if float(h_pos.sum() + h_neg.sum()) == 0:
             low, high = nan, nan
         else:
-            low, high = bootstrap_interval([h_pos, h_neg], _share_of_sums, seed)
+            low, high = bootstrap_interval(
+                [h_pos, h_neg], _share_of_sums, seed=seed, n_resamples=N_RESAMPLES, confidence=CONFIDENCE
+            )
         holds = interval_verdict(low, high, above=POSITIVE_SHARE)
         if math.isnan(low):
             why = "no QK pair is extreme: the share is undefined"
@@ -237,7 +239,9 @@ def findings(
     if h_corr is None or n_heads < MIN_REPLICATES:
         out.append(check(claim, crit, nums, holds=None, why=few, lesson="L02"))
     else:
-        low, high = bootstrap_interval([pooled_std(h_corr) / base], np.mean, seed)
+        low, high = bootstrap_interval(
+            [pooled_std(h_corr) / base], np.mean, seed=seed, n_resamples=N_RESAMPLES, confidence=CONFIDENCE
+        )
         holds = band_verdict(low, high, 1 / ALIKE_RATIO, ALIKE_RATIO)
         why = {
             True: "centring removes the structure: the targets' correlations spread like the shuffled values'",
@@ -261,7 +265,7 @@ def findings(
         out.append(check(claim, crit, nums, holds=None, why=few, lesson="L02"))
     else:
         ratios = (h_corr.std.amax(-1) / h_corr.std.amin(-1)).double().numpy()
-        low, high = bootstrap_interval([ratios], np.mean, seed)
+        low, high = bootstrap_interval([ratios], np.mean, seed=seed, n_resamples=N_RESAMPLES, confidence=CONFIDENCE)
         above = interval_verdict(low, high, above=ALIKE_RATIO)
         holds = None if above is None else not above
         why = {
@@ -320,27 +324,6 @@ def tail_mass(st: BlockStats, block: int) -> tuple[np.ndarray, np.ndarray]:
     return prob[..., c > st.extreme].sum(-1).numpy(), prob[..., c < -st.extreme].sum(-1).numpy()
 
 
-def bootstrap_interval(data: list, statistic: Callable, seed: int) -> tuple[float, float]:
-    """Seeded percentile bootstrap interval of ``statistic`` over replicates (paired when several arrays)."""
-    arrays = [np.asarray(a, dtype=float) for a in data]
-    if arrays[0].size < 2 or not all(np.isfinite(a).all() for a in arrays):
-        return float("nan"), float("nan")
-    if all(np.ptp(a) == 0 for a in arrays):  # every replicate the same: no spread to resample
-        value = float(statistic(*arrays, axis=-1))
-        return value, value
-    res = sps.bootstrap(
-        arrays,
-        statistic,
-        n_resamples=N_RESAMPLES,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        paired=len(arrays) > 1,
-        vectorized=True,
-        rng=np.random.default_rng(seed),
-    )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
 def band_verdict(low: float, high: float, lo: float, hi: float) -> bool | None:
     """True: the interval lies inside ``[lo, hi]``; False: wholly outside it; None: it straddles a bound."""
     if math.isnan(low) or math.isnan(high):
@@ -350,13 +333,6 @@ def band_verdict(low: float, high: float, lo: float, hi: float) -> bool | None:
     if high < lo or low > hi:
         return False
     return None
-
-
-def percent(fraction: float) -> str:
-    """A fraction as a short percentage: ``0.0948`` -> ``'9.5%'``, ``2.26e-05`` -> ``'0.0023%'``, 0 -> ``'0%'``."""
-    if fraction == 0 or math.isnan(fraction):
-        return "0%" if fraction == 0 else "undefined"
-    return f"{100 * fraction:.2g}%" if fraction < 0.1 else f"{100 * fraction:.0f}%"
 
 
 def _share(pos, neg) -> float:
