@@ -348,7 +348,7 @@ def _nonlinear_finding(ex: Dependence, i: int, label: str, seed: int) -> Finding
     else:
         near0 = None
     holds = False if (near0 is False or not mi_above) else (True if near0 else None)
-    mi_text = f"MI {raw:.3f} nats {'above' if mi_above else 'not above'} the null's 95th percentile {q95:.3f}"
+    mi_text = f"MI = {raw:.3f} nats, {'above' if mi_above else 'not above'} the null's 95th percentile ({q95:.3f})"
     if holds is True:
         why = (
             f"correlation {cor:.3f} (interval [{low:.3f}, {high:.3f}]) but {mi_text}: MI sees the non-linear dependence"
