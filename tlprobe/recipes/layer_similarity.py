@@ -11,7 +11,7 @@ Copy this file (``tlprobe cp layer-similarity my_recipe.py``) and change what yo
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -243,19 +243,9 @@ def findings(
         out.append(check(claim, crit, curve, holds=None, why=too_few, lesson="L03"))
     else:
         rest = 1 + int(np.argmax(per_layer[1:]))
-        low, high = bootstrap_interval(
-            [per_head[0], per_head[rest]],
-            _mean_difference,
-            seed=seed,
-            n_resamples=N_RESAMPLES,
-            confidence=CONFIDENCE,
-            paired=False,
-        )
+        low, high = _gap_interval(per_head, 0, rest, seed)
         holds = interval_verdict(low, high, above=0.0)
-        first, other = (
-            f"{fmt_percent(per_layer[0])} at {layers[0]}",
-            f"{fmt_percent(per_layer[rest])} at {layers[rest]}",
-        )
+        first, other = _at(per_layer, layers, 0), _at(per_layer, layers, rest)
         why = {
             True: f"{first} vs at most {other}: the static token identity dominates the first layer",
             False: f"{first} vs {other}: a deeper layer has as many extremes",
@@ -298,19 +288,9 @@ def findings(
         out.append(check(claim, crit, curve, holds=None, why=too_few, lesson="L03"))
     else:
         trough = int(np.argmin(per_layer[:-1]))
-        low, high = bootstrap_interval(
-            [per_head[-1], per_head[trough]],
-            _mean_difference,
-            seed=seed,
-            n_resamples=N_RESAMPLES,
-            confidence=CONFIDENCE,
-            paired=False,
-        )
+        low, high = _gap_interval(per_head, -1, trough, seed)
         rises = interval_verdict(low, high, above=0.0)
-        last, low_text = (
-            f"{fmt_percent(per_layer[-1])} at {layers[-1]}",
-            f"{fmt_percent(per_layer[trough])} at {layers[trough]}",
-        )
+        last, low_text = _at(per_layer, layers, -1), _at(per_layer, layers, trough)
         why = {
             True: f"the extremes rise again at the last layer ({last} vs {low_text}): not a monotone convergence",
             False: f"the last layer has no more extremes than the lowest before it ({last} vs {low_text})",
@@ -365,6 +345,23 @@ def spearman_trend(values: np.ndarray, seed: int) -> tuple[float, tuple[float, f
     return rho, bootstrap_interval(
         [depth, flat], spearman, seed=seed, n_resamples=N_RESAMPLES, confidence=CONFIDENCE, paired=True
     )
+
+
+def _gap_interval(per_head: np.ndarray, a: int, b: int, seed: int) -> tuple[float, float]:
+    """Bootstrap interval of layer ``a``'s mean over heads minus layer ``b``'s (heads resampled per layer)."""
+    return bootstrap_interval(
+        [per_head[a], per_head[b]],
+        _mean_difference,
+        seed=seed,
+        n_resamples=N_RESAMPLES,
+        confidence=CONFIDENCE,
+        paired=False,
+    )
+
+
+def _at(per_layer: np.ndarray, layers: Sequence[str], i: int) -> str:
+    """``'9.5% at L3'``."""
+    return f"{fmt_percent(per_layer[i])} at {layers[i]}"
 
 
 def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
