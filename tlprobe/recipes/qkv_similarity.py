@@ -191,7 +191,7 @@ def findings(
             False: f"{share}: removing the mean offsets leaves about as many extremes",
             None: f"{share}, but the per-head interval straddles 0",
         }[holds]
-        nums.update(heads=n_heads, head_mean=float(diff.mean()), interval=[low, high])
+        nums.update(heads=n_heads, head_mean=float(np.mean(diff)), interval=[low, high])
         out.append(check(claim, crit, nums, holds=holds, why=why, lesson="L02"))
 
     # 2. QK skewed toward +1 ("dense at high similarity"), not a symmetric smile.
