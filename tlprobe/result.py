@@ -424,6 +424,18 @@ def _umask() -> int:
     return mask
 
 
+def fmt_cell(v: Any, float_fmt: str = "{:.4g}") -> str:
+    """A table cell's text: floats with ``float_fmt``, NaN (an undefined value) as ``undefined``.
+
+    Example:
+        >>> fmt_cell(0.123456), fmt_cell(float("nan")), fmt_cell("L3H7"), fmt_cell(3)
+        ('0.1235', 'undefined', 'L3H7', '3')
+    """
+    if isinstance(v, float):
+        return "undefined" if math.isnan(v) else float_fmt.format(v)
+    return str(v)
+
+
 def rows_html(rows: list[dict], float_fmt: str = "{:.4g}") -> str:
     """A small escaped HTML table (columns: the union of the rows' keys, in order)."""
     if not rows:
@@ -431,10 +443,10 @@ def rows_html(rows: list[dict], float_fmt: str = "{:.4g}") -> str:
     cols = list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
 
-    def cell(v):
-        return html.escape(float_fmt.format(v) if isinstance(v, float) else str(v))
-
-    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(fmt_cell(r.get(c, ''), float_fmt))}</td>" for c in cols) + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

@@ -27,7 +27,7 @@ from plotly.offline import get_plotlyjs
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.views import COMPONENTS, CircuitsVisView, to_lists
 from tlprobe.findings import Finding, summary
-from tlprobe.result import write_text_atomic
+from tlprobe.result import fmt_cell, write_text_atomic
 
 #: The report's styles. Every rule is scoped to the report's root element (``.tlprobe-report``)
 #: by :func:`scoped_css`, so a report shown inside a notebook leaves the host page's styles alone.
@@ -108,12 +108,6 @@ def _json_in_html(obj) -> str:
     """
     text = json.dumps(obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _fmt(v, float_fmt: str) -> str:
-    if isinstance(v, float):
-        return float_fmt.format(v)
-    return str(v)
 
 
 def _slug(text: str, n: int = 40) -> str:
@@ -324,7 +318,7 @@ class Report:
         body = []
         for r in rows:
             cells = "".join(
-                f"<td{'' if isinstance(r.get(c), (int, float)) else ' class=s'}>{html.escape(_fmt(r.get(c, ''), float_fmt))}</td>"
+                f"<td{'' if isinstance(r.get(c), (int, float)) else ' class=s'}>{html.escape(fmt_cell(r.get(c, ''), float_fmt))}</td>"
                 for c in cols
             )
             body.append(f"<tr>{cells}</tr>")
