@@ -161,8 +161,15 @@ def test_sigint_at_any_moment_leaves_one_complete_output(tmp_path, delay):
     if proc.returncode == 0:
         assert ids[0] == new.run_id
     elif ids[0] == old.run_id:
-        assert proc.returncode in (130, -signal.SIGINT, 1), err
+        assert proc.returncode in (130, -signal.SIGINT, 1) or _aborted_in_extension_import(proc.returncode, err), err
     assert no_staging(tmp_path)
+
+
+def _aborted_in_extension_import(returncode: int, err: str) -> bool:
+    """A Ctrl-C that lands while a pybind11 extension (torch's) is being imported makes its C++ code
+    call std::terminate (SIGABRT, "pybind11::error_already_set ... KeyboardInterrupt"): that exit
+    status is the extension's, before tlprobe's code ran; the outputs must still be intact."""
+    return returncode == -signal.SIGABRT and "pybind11::error_already_set" in err and "KeyboardInterrupt" in err
 
 
 def test_two_runs_into_one_folder_do_not_mix(tmp_path):
