@@ -143,7 +143,13 @@ def load_model(
     check_device(device)  # validated; passed on as given (a string stays a string)
     if name != "minilm":
         _check_source(name)
-    if device is None and "device_map" not in load_kwargs:
+    if load_kwargs.get("device_map") is not None and device is not None:
+        raise ModelLoadError(
+            f"device={device!r} and device_map={load_kwargs['device_map']!r}: a model goes to one device or is "
+            "split by a device map, not both; pass one of them"
+        )
+    if device is None and load_kwargs.get("device_map") is None:
+        load_kwargs.pop("device_map", None)
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "auto":
         kind = "bridge" if has_bridge() else "hooked"
@@ -152,7 +158,7 @@ def load_model(
             if kind == "bridge":
                 model = _boot_bridge(name, device, dtype, load_kwargs)
             elif name == "minilm":
-                model = _minilm_encoder(device, dtype)
+                model = _minilm_encoder(device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype)
             else:
                 model = _hooked_from_pretrained(name, device, dtype, compatibility_mode, load_kwargs)
     except OSError as exc:
@@ -379,9 +385,21 @@ def _hooked_from_pretrained(name: str, device, dtype: torch.dtype, processed_wei
     HookedTransformer, HookedEncoder, _ = hooked_classes()
     model_type = str(getattr(AutoConfig.from_pretrained(name), "model_type", ""))
     kwargs = dict(load_kwargs)
+    if "device_map" in kwargs:  # TL 2.x/3.x splits a HookedTransformer over GPUs with n_devices
+        device_map = kwargs.pop("device_map")
+        if device_map != "auto":
+            raise ModelLoadError(
+                f"device_map={device_map!r}: a HookedTransformer (TransformerLens 2.x/3.x) is split over GPUs "
+                "with n_devices only; pass device_map='auto' (every GPU), or load a TransformerBridge (TL >= 3)"
+            )
+        gpus = torch.cuda.device_count()
+        device = "cuda" if gpus else "cpu"
+        if gpus > 1:
+            kwargs["n_devices"] = gpus
     if device is not None:
         kwargs["device"] = device
     if model_type in ENCODER_MODEL_TYPES:
+        kwargs.pop("n_devices", None)  # HookedEncoder has no n_devices: one device
         return HookedEncoder.from_pretrained(name, dtype=dtype, **kwargs)
     # from_pretrained's defaults process everything; without compatibility_mode none of it, as
     # from_pretrained_no_processing does, so the numbers are the raw model's (the bridge's)

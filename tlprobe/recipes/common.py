@@ -46,6 +46,7 @@ import plotly.graph_objects as go
 import torch
 
 from tlprobe.access import ModelInfo, find_token_positions, load_model, model_info, run_batch, sample_positions
+from tlprobe.access.corpus import init_distributed, is_rank_zero, local_device
 from tlprobe.access.models import check_device
 from tlprobe.access.run import Batch, forward_cache, tokenize_prompts
 from tlprobe.access.tokens import Positions
@@ -119,6 +120,11 @@ class ModelOptions(CommonOptions):
         doc="'minilm' (bundled, offline), a hub id such as gpt2, or a local directory (from Python: a loaded model too)",
     )
     device: str | None = option(None, doc="cpu, cuda, ... (default: cuda if available)%(default).0s")
+    device_map: str | None = option(
+        None,
+        doc="'auto' splits a model too large for one GPU over every GPU (TransformerLens' device_map, or "
+        "n_devices on 2.x/3.x); not with --device",
+    )
 
     def record(self) -> dict[str, Any]:
         out = super().record()
@@ -401,7 +407,7 @@ class Run:
         result = dataclasses.replace(result, run_id=result.digest())
         report.run_id = result.run_id
         out = self.options.out
-        if out is None:
+        if out is None or not is_rank_zero():  # under torch.distributed only rank 0 writes
             return result
         quiet, png = self.options.quiet, self.options.png
         figures = report.figures() if png else []
@@ -445,7 +451,8 @@ def setup(name: str, options: CommonOptions) -> Run:
     randomly initialised weights of a model loaded here), then load the model (a name, a
     directory or a loaded model) and its info. Every random draw of a recipe still takes its own
     seeded generator; the global seed is a guard, not the source of its randomness."""
-    if options.out is not None:  # before the model loads: a bad folder fails now, not after the work
+    rank, _ = init_distributed()  # under torchrun: join the process group; rank 0 writes the outputs
+    if options.out is not None and rank == 0:  # before the model loads: a bad folder fails now
         check_out_dir(options.out, force=options.force)
     torch.manual_seed(options.seed)
     run = Run(name, options)
@@ -453,7 +460,13 @@ def setup(name: str, options: CommonOptions) -> Run:
         model = options.model
         if not isinstance(model, str) and options.device is not None:
             _check_loaded_device(model, options.device)
-        run._model = load_model(model, device=options.device) if isinstance(model, str) else model
+        if isinstance(model, str):
+            kwargs: dict[str, Any] = {} if options.device_map is None else {"device_map": options.device_map}
+            device = options.device if options.device is not None or options.device_map else local_device()
+            model = load_model(model, device=device, **kwargs)
+        elif options.device_map is not None:
+            raise TlprobeError("--device-map places a model while it loads; a loaded model stays where it is")
+        run._model = model
         run._info = model_info(run._model)
         run.lap("load model")
     return run
