@@ -10,7 +10,8 @@ constants, type aliases and helpers stay in their modules.
 * :mod:`~tlprobe.analyses.mi`: histogram MI (pairwise, between tokens, across), nulls, GCMI;
 * :mod:`~tlprobe.analyses.lens`: logit, MLM and embedding lenses;
 * :mod:`~tlprobe.analyses.stats`: Pearson r, clustering, the Simpson's-paradox check;
-* :mod:`~tlprobe.analyses.punctuation`: dependence around punctuation marks, per cluster.
+* :mod:`~tlprobe.analyses.punctuation`: dependence around punctuation marks, per cluster;
+* :mod:`~tlprobe.analyses.streaming`: accumulators of moments and similarity over a stream of batches.
 """
 
 from tlprobe.analyses.lens import (
@@ -57,6 +58,7 @@ from tlprobe.analyses.similarity import (
     shuffle_values,
 )
 from tlprobe.analyses.stats import Clustering, SimpsonCheck, cluster_points, pearson_r, simpson_check
+from tlprobe.analyses.streaming import MomentsAccumulator, SimilarityAccumulator
 
 __all__ = [
     "BlockStats",
@@ -67,10 +69,12 @@ __all__ = [
     "MIHistograms",
     "MIResult",
     "Moments",
+    "MomentsAccumulator",
     "Occurrences",
     "PanelResult",
     "PunctuationClusters",
     "PunctuationDependence",
+    "SimilarityAccumulator",
     "SimpsonCheck",
     "TopK",
     "choose_lens",
