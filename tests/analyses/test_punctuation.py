@@ -9,20 +9,24 @@ import torch
 import tlprobe
 from tests.helpers import punctuation_inputs
 from tlprobe.access.punctuation import char_classes, token_classes
-from tlprobe.access.text import tokenize_text
+from tlprobe.access.text import cut_windows, run_windows, tokenize_text
+from tlprobe.analyses.mi import resolve_bins
 from tlprobe.analyses.punctuation import (
+    DependenceAccumulator,
     PanelResult,
     PunctuationClusters,
+    bins_from_counts,
     cluster_makeup,
     cluster_panels,
     punctuation_dependence,
+    rule_bin_counts,
     sample_occurrences,
     window_dependence,
     window_dependence_bytes,
 )
 from tlprobe.errors import TlprobeError
 from tlprobe.result import Result
-from tlprobe.testing import tiny_tokenizer
+from tlprobe.testing import tiny_model, tiny_tokenizer
 
 
 def test_sampling_skips_edges_is_seeded_and_warns_when_short():
@@ -46,8 +50,28 @@ def test_sampling_skips_edges_is_seeded_and_warns_when_short():
         {"class": "internal", "tokens": 11, "with room for a window": 6, "sampled": 5},
         {"class": "terminal", "tokens": 40, "with room for a window": 40, "sampled": 5},
     ]
-    with pytest.raises(TlprobeError, match="n must be >= 1, got 0"):
-        sample_occurrences(cls, 0, before=10, after=8)
+    with pytest.raises(TlprobeError, match="n must be >= 0, got -1"):
+        sample_occurrences(cls, -1, before=10, after=8)
+
+
+def test_n_0_takes_every_mark_with_room_for_a_window_in_text_order():
+    g = torch.Generator().manual_seed(1)
+    cls = torch.randint(0, 3, (500,), generator=g)
+    before, after = 12, 7
+    occ = sample_occurrences(cls, 0, before=before, after=after, seed=5, min_count=1)
+    pos = torch.arange(cls.numel())
+    room = (pos >= before) & (pos < cls.numel() - after)
+    for c in (1, 2):
+        expected = pos[(cls == c) & room]
+        assert torch.equal(occ.pos[occ.cls == c], expected)
+        assert occ.available[{1: "internal", 2: "terminal"}[c]] == expected.numel()
+    assert occ.cls.tolist() == sorted(occ.cls.tolist())  # class 1 first
+    # the same sample as any n at least the number of marks (which warns), whatever the seed
+    with pytest.warns(UserWarning, match="using all of them"):
+        big = sample_occurrences(cls, 10_000, before=before, after=after, seed=5, min_count=1)
+    assert torch.equal(big.pos, occ.pos) and torch.equal(big.cls, occ.cls)
+    other = sample_occurrences(cls, 0, before=before, after=after, seed=6, min_count=1)
+    assert torch.equal(other.pos, occ.pos)
 
 
 def test_too_few_punctuation_marks_is_a_clear_error():
@@ -212,3 +236,77 @@ def test_cluster_makeup_names_the_window_s_other_marks_from_the_fractions():
         == "mostly other tokens (0% the mark's own token, 20% punctuation, median distance 12.5)"
     )
     assert cluster_makeup(0.0, 0.6, 1.0, brief=True) == "mostly punctuation (60% punctuation)"
+
+
+# -- batch by batch: the same PunctuationDependence as all windows at once ------------------------
+def _fold(hidden, windows, text_cls, occ, batch, **kw) -> object:
+    acc = DependenceAccumulator(text_cls, occ, **kw)
+    for s in range(0, len(occ), batch):
+        acc.update(hidden[:, s : s + batch], windows[s : s + batch])
+    return acc.result()
+
+
+def _assert_same(a, b) -> None:
+    for f in ("depth", "covariance", "mi", "cls", "pos", "rel", "same_token", "slot_class"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    assert a.bins == b.bins and dict(a.axes) == dict(b.axes)
+    assert Result.from_dict(a.to_dict()) == Result.from_dict(b.to_dict())
+
+
+@pytest.mark.parametrize("batch", [1, 7, 24])
+def test_batches_fold_into_the_all_at_once_dependence(batch):
+    text_cls, occ, windows, hidden = punctuation_inputs()
+    kw = dict(before=4, depth=[1, 2], bins=5, axes={"layer": ("L0", "L1")})
+    whole = punctuation_dependence(hidden, windows, text_cls, occ, **kw)
+    _assert_same(_fold(hidden, windows, text_cls, occ, batch, **kw), whole)
+    # a bin rule: one count from all windows, collected batch by batch in a first pass
+    for rule in ("sqrt", "scott", "fd"):
+        whole = punctuation_dependence(hidden, windows, text_cls, occ, before=4, depth=[1, 2], bins=rule)
+        counts = [rule_bin_counts(hidden[:, s : s + batch], rule) for s in range(0, len(occ), batch)]
+        resolved = bins_from_counts(counts, rule)
+        assert resolved == resolve_bins(hidden.mT, rule)
+        folded = _fold(hidden, windows, text_cls, occ, batch, before=4, depth=[1, 2], bins=rule, resolved_bins=resolved)
+        _assert_same(folded, whole)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 1000])
+def test_model_run_batch_by_batch_equals_all_windows_at_once(batch):
+    model = tiny_model("gpt2")
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 200, (300,), generator=g)
+    text_cls = torch.zeros(300, dtype=torch.long)
+    text_cls[torch.arange(10, 295, 7)] = 1
+    text_cls[torch.arange(13, 295, 11)] = 2
+    occ = sample_occurrences(text_cls, 0, before=5, after=3, seed=0, min_count=5)
+    depth = [0, 2]
+    windows = cut_windows(ids, occ.pos, before=5, after=3)
+    # all windows at once (the forward passes in the same batches of windows)
+    hidden = run_windows(model, windows, depth, batch_size=batch)
+    whole = punctuation_dependence(hidden, windows, text_cls, occ, before=5, depth=depth, bins=6)
+    acc = DependenceAccumulator(text_cls, occ, before=5, depth=depth, bins=6)
+    for s in range(0, len(occ), batch):
+        part = cut_windows(ids, occ.pos[s : s + batch], before=5, after=3)
+        acc.update(run_windows(model, part, depth, batch_size=batch), part)
+    _assert_same(acc.result(), whole)
+
+
+def test_accumulator_refuses_what_does_not_fold():
+    text_cls, occ, windows, hidden = punctuation_inputs()
+    acc = DependenceAccumulator(text_cls, occ, before=4, depth=[1, 2], bins=5)
+    with pytest.raises(TlprobeError, match="windows for 24 occurrences"):
+        acc.result()
+    with pytest.raises(TlprobeError, match="do not match"):
+        acc.update(hidden[:, :3], windows[:4])
+    with pytest.raises(TlprobeError, match="2 depth indices for 1 layers"):
+        acc.update(hidden[:1, :3], windows[:3])
+    acc.update(hidden[:, :20], windows[:20])
+    with pytest.raises(TlprobeError, match="windows of 7 tokens after windows of 8"):
+        acc.update(hidden[:, 20:, :7], windows[20:, :7])
+    with pytest.raises(TlprobeError, match="25 windows for 24 occurrences"):
+        acc.update(torch.cat([hidden[:, 20:], hidden[:, :1]], 1), torch.cat([windows[20:], windows[:1]]))
+    rule = DependenceAccumulator(text_cls, occ, before=4, depth=[1, 2], bins="sqrt")
+    rule.update(hidden[:, :3], windows[:3])
+    with pytest.raises(TlprobeError, match="pass resolved_bins"):
+        rule.update(hidden[:, 3:], windows[3:])
+    with pytest.raises(TlprobeError, match="undefined"):
+        bins_from_counts([rule_bin_counts(torch.ones(1, 2, 3, 8), "sqrt")], "sqrt")

@@ -112,6 +112,19 @@ def test_recipe_runs_on_a_text_file_and_is_reproducible(tmp_path):
         run_recipe_fast(punctuation_clusters, None, **{**opts, "before": 20, "after": 10, "text": str(short)})
 
 
+def test_n_0_takes_every_mark_and_a_bin_rule_streams_in_two_passes(tmp_path):
+    text = tmp_path / "prose.txt"
+    text.write_text(stdlib_corpus(["csv", "json", "textwrap"]), encoding="utf-8")
+    opts = dict(text=str(text), layers=(1,), n=0, before=6, after=3, k_max=2, bins="sqrt", batch_size=7)
+    run = run_recipe_fast(punctuation_clusters, tmp_path / "a", **opts)
+    res = json.loads(run.paths["results"].read_text())
+    occ = run.results["occurrences"]
+    assert len(occ) == sum(occ.available.values()) > 14
+    for p in res["results"]["clusters"]["panels"]:
+        assert len(p["covariance"]) == occ.available[p["class_name"]] * 9
+    assert "For each class all marks are drawn" in run.paths["report"].read_text(encoding="utf-8")
+
+
 def test_bad_text_and_layers_are_refused(tmp_path):
     with pytest.raises(TlprobeError, match="text file not found"):
         punctuation_clusters.run(text=str(tmp_path / "missing.txt"), out=None)
@@ -124,7 +137,7 @@ def test_bad_text_and_layers_are_refused(tmp_path):
     [
         ({"bins": 100_000_000}, r"one joint histogram of --bins 100000000 needs ~.* GiB; .*lower --bins"),
         ({"bins": 1}, r"--bins must be >= 2, got 1"),
-        ({"n": 0}, r"--n must be >= 1, got 0"),
+        ({"n": -1}, r"--n must be >= 0, got -1"),
         ({"k_max": 0}, r"--k-max must be >= 1, got 0"),
         ({"batch_size": 0}, r"--batch-size must be >= 1, got 0"),
         ({"before": -1}, r"--before must be >= 0, got -1"),
@@ -142,9 +155,12 @@ def test_sizes_are_checked_once_the_model_is_known():
     assert options.layers == (1,)  # one depth from Python
     punctuation_clusters.check_sizes(options, 2, 384)
     with pytest.raises(
-        TlprobeError, match=r"the MI of 256 windows of 31 tokens with --bins 200000 .* GiB.*lower --bins"
-    ):
+        TlprobeError, match=r"the MI of 100 windows of 31 tokens with --bins 200000 .* GiB.*lower --bins"
+    ):  # one batch of 50 windows at 2 depths at a time, whatever --n (0: every mark)
         punctuation_clusters.check_sizes(punctuation_clusters.Options(bins=200_000), 2, 384)
+    for n in (0, 10**6):
+        with pytest.raises(TlprobeError, match=r"the MI of 256 windows of 31 tokens"):
+            punctuation_clusters.check_sizes(punctuation_clusters.Options(bins=200_000, n=n, batch_size=500), 2, 384)
 
 
 # -- findings: every criterion made to hold, to differ and to be undecided on synthetic clusters --

@@ -9,7 +9,9 @@ The pipeline (see ``tlprobe/recipes/punctuation_clusters.py``):
 3. :func:`window_dependence`: in each window, the covariance and the mutual information *across
    hidden dimensions* between the punctuation token's vector and every position's vector,
    vectorised over layers, windows and positions; :func:`punctuation_dependence` ->
-   :class:`PunctuationDependence` adds what each window slot holds.
+   :class:`PunctuationDependence` adds what each window slot holds. Each window depends on its
+   own hidden states only: :class:`DependenceAccumulator` folds batches of windows into the same
+   result, so only one batch's hidden states need exist at a time.
 4. :func:`cluster_panels` -> :class:`PunctuationClusters`: per layer and class (one
    :class:`PanelResult` each), clusters of the (covariance, MI) points
    (:func:`tlprobe.analyses.stats.cluster_points`), Pearson r over all points and within each
@@ -19,6 +21,7 @@ The pipeline (see ``tlprobe/recipes/punctuation_clusters.py``):
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,9 +32,9 @@ from jaxtyping import Bool, Float, Int
 
 from tlprobe.access.punctuation import CLASS_NAMES
 from tlprobe.access.text import window_starts
-from tlprobe.analyses.mi import BinRule, Correction, cross_mi, mi_working_bytes, resolve_bins
+from tlprobe.analyses.mi import BIN_RULES, BinRule, Correction, cross_mi, mi_working_bytes, resolve_bins
 from tlprobe.analyses.stats import Clustering, ClusterMethod, SimpsonCheck, cluster_points, simpson_check
-from tlprobe.checks import as_int, as_tensor, check_finite, check_min_samples, check_ndim, upcast
+from tlprobe.checks import as_int, as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
 from tlprobe.errors import TlprobeError
 from tlprobe.result import Result
 
@@ -111,11 +114,14 @@ def sample_occurrences(
 
     Marks closer than ``before`` tokens to the start or ``after`` tokens to the end are skipped.
     The draw is a seeded permutation, so the same seed gives the same sample; the positions of
-    each class are returned in text order.
+    each class are returned in text order. ``n = 0`` takes every mark of each class that has
+    room for a full window (``before <= position < tokens - after``), in text order, without a
+    warning; it is the sample any ``n`` at least the number of such marks draws.
 
     Args:
         classes: ``[tokens]`` token classes (:func:`tlprobe.access.punctuation.token_classes`).
-        n: occurrences per class; if fewer are available all are taken, with a warning.
+        n: occurrences per class, 0 for all with room for a window; if fewer than ``n`` are
+            available all are taken, with a warning.
         before, after: window size around each mark.
         seed: seed of the draw.
         class_ids: the classes to sample.
@@ -125,7 +131,7 @@ def sample_occurrences(
         :class:`Occurrences`.
 
     Raises:
-        TlprobeError: ``n`` is not a positive integer, or a class has fewer than ``min_count``
+        TlprobeError: ``n`` is not an integer >= 0, or a class has fewer than ``min_count``
             eligible marks (the message gives the counts and the fix).
 
     Example:
@@ -133,8 +139,10 @@ def sample_occurrences(
         >>> occ = sample_occurrences(cls, 2, before=1, after=1, min_count=1)
         >>> occ.cls.tolist(), occ.available
         ([1, 1, 2, 2], {'internal': 3, 'terminal': 3})
+        >>> sample_occurrences(cls, 0, before=1, after=1, min_count=1).pos.tolist()
+        [1, 5, 9, 3, 7, 10]
     """
-    n = as_int(n, "n", minimum=1)
+    n = as_int(n, "n", minimum=0, fix="0 takes every mark with room for a window")
     before, after = as_int(before, "before", minimum=0), as_int(after, "after", minimum=0)
     min_count = as_int(min_count, "min_count", minimum=1)
     seed = as_int(seed, "seed")
@@ -154,12 +162,12 @@ def sample_occurrences(
     gen = torch.Generator().manual_seed(seed)
     cls_out, pos_out = [], []
     for c, cand in candidates.items():
-        if cand.numel() < n:
+        if n and cand.numel() < n:
             warnings.warn(
                 f"only {cand.numel()} {_class_name(c)} punctuation marks available, fewer than n={n}: using all of them",
                 stacklevel=2,
             )
-        pick = cand[torch.randperm(cand.numel(), generator=gen)[:n]].sort().values
+        pick = cand[torch.randperm(cand.numel(), generator=gen)[: n or cand.numel()]].sort().values
         cls_out.append(torch.full_like(pick, c))
         pos_out.append(pick)
     counts = torch.bincount(classes.long(), minlength=len(CLASS_NAMES)).tolist()
@@ -333,23 +341,192 @@ def punctuation_dependence(
             f"hidden {tuple(hidden.shape)}, windows {tuple(windows.shape)} and {len(occurrences)} occurrences "
             "do not match; pass the windows cut around these occurrences"
         )
-    if len(depth) != hidden.shape[0]:
-        raise TlprobeError(f"{len(depth)} depth indices for {hidden.shape[0]} layers of hidden states")
-    cov, mi = window_dependence(hidden, before, bins=bins, correction=correction)
-    rel = torch.arange(windows.shape[1]) - before
-    windows = windows.cpu()
-    return PunctuationDependence(
-        depth=torch.tensor([int(d) for d in depth], dtype=torch.long),
-        covariance=cov.cpu(),
-        mi=mi.cpu(),
-        cls=occurrences.cls,
-        pos=occurrences.pos,
-        rel=rel,
-        same_token=windows == windows[:, before : before + 1],
-        slot_class=torch.as_tensor(classes).cpu()[occurrences.pos[:, None] + rel],
-        bins=bins,
-        axes=axes or {},
+    acc = DependenceAccumulator(
+        classes, occurrences, before=before, depth=depth, bins=bins, correction=correction, axes=axes
     )
+    acc.update(hidden, windows)
+    return acc.result()
+
+
+class DependenceAccumulator:
+    """:func:`punctuation_dependence` folded over batches of windows, one batch in memory at a time.
+
+    Each window's covariance and MI depend on that window's hidden states only, so the windows
+    can be run through the model batch by batch: :meth:`update` computes
+    :func:`window_dependence` of one batch and keeps only its ``[layers, batch, tokens]``
+    results (on the CPU); :meth:`result` assembles the :class:`PunctuationDependence` of all
+    windows, the same numbers as one :func:`punctuation_dependence` call on all of them.
+
+    A bin rule (``"sqrt"``, ...) takes one count from all windows at once: pass that count as
+    ``resolved_bins`` (:func:`rule_bin_counts` of every batch, then :func:`bins_from_counts`, a
+    first pass over the batches); without it only one :meth:`update` is accepted.
+
+    Args:
+        classes: ``[text_tokens]`` token classes of the whole text.
+        occurrences: the sampled centres; the batches must come in this order.
+        before: tokens before the centre (the centre's index in a window).
+        depth: the residual-stream index of each layer of the hidden states.
+        bins, correction: MI options (see :func:`window_dependence`); ``bins`` is recorded as given.
+        resolved_bins: the count a bin rule gives over all windows (ignored for integer ``bins``).
+        axes: labels of the layer axis, kept in the result.
+        chunk_size: windows per MI call (see :func:`window_dependence`; no effect on the numbers).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> text = torch.tensor([0, 0, 1, 0, 2, 0, 1, 0, 2, 0])
+        >>> occ = sample_occurrences(text, 2, before=1, after=1, min_count=1)
+        >>> windows, hidden = torch.randint(0, 9, (4, 3), generator=g), torch.randn(1, 4, 3, 16, generator=g)
+        >>> acc = DependenceAccumulator(text, occ, before=1, depth=[2])
+        >>> acc.update(hidden[:, :3], windows[:3]); acc.update(hidden[:, 3:], windows[3:])
+        >>> dep = acc.result()
+        >>> one = punctuation_dependence(hidden, windows, text, occ, before=1, depth=[2])
+        >>> torch.equal(dep.covariance, one.covariance) and torch.equal(dep.mi, one.mi)
+        True
+    """
+
+    def __init__(
+        self,
+        classes: Int[torch.Tensor, " text_tokens"],
+        occurrences: Occurrences,
+        *,
+        before: int,
+        depth: Sequence[int],
+        bins: int | BinRule = 10,
+        correction: Correction | None = None,
+        resolved_bins: int | None = None,
+        axes: Mapping[str, Sequence[str]] | None = None,
+        chunk_size: int = WINDOW_CHUNK,
+    ) -> None:
+        self.classes = torch.as_tensor(classes).cpu()
+        self.occurrences = occurrences
+        self.before = as_int(before, "before", minimum=0)
+        self.depth = [int(d) for d in depth]
+        self.bins: int | BinRule = bins
+        self.correction: Correction | None = correction
+        self.axes = axes or {}
+        self.chunk_size = chunk_size
+        if isinstance(bins, str):
+            self._bins: int | BinRule = (
+                bins if resolved_bins is None else resolve_bins(torch.zeros(2, 1), resolved_bins)
+            )
+        else:
+            self._bins = resolve_bins(torch.zeros(2, 1), bins)  # checks an integer count now
+        self._cov: list[torch.Tensor] = []
+        self._mi: list[torch.Tensor] = []
+        self._same: list[torch.Tensor] = []
+        self._tokens: int | None = None
+        self.seen = 0
+
+    def update(
+        self, hidden: Float[torch.Tensor, "layers batch tokens dims"], windows: Int[torch.Tensor, "batch tokens"]
+    ):
+        """Add the next batch: its hidden states (e.g. :func:`tlprobe.access.text.run_windows`
+        of ``windows``) and token ids, the next windows of ``occurrences`` in order.
+
+        Raises:
+            TlprobeError: shapes that disagree with each other, with ``depth`` or with the
+                earlier batches, more windows than occurrences, or a second batch with an
+                unresolved bin rule.
+        """
+        hidden = as_tensor(hidden, "hidden")
+        check_ndim(hidden, "hidden", 4, "[layers, windows, tokens, dims]")
+        windows = torch.as_tensor(windows)
+        if windows.ndim != 2 or tuple(windows.shape) != tuple(hidden.shape[1:3]):
+            raise TlprobeError(
+                f"hidden {tuple(hidden.shape)} and windows {tuple(windows.shape)} do not match; "
+                "pass the token ids of the windows run"
+            )
+        if len(self.depth) != hidden.shape[0]:
+            raise TlprobeError(f"{len(self.depth)} depth indices for {hidden.shape[0]} layers of hidden states")
+        if self._tokens is not None and hidden.shape[2] != self._tokens:
+            raise TlprobeError(f"windows of {hidden.shape[2]} tokens after windows of {self._tokens}")
+        if self.seen + hidden.shape[1] > len(self.occurrences):
+            raise TlprobeError(
+                f"{self.seen + hidden.shape[1]} windows for {len(self.occurrences)} occurrences; "
+                "pass the windows cut around these occurrences"
+            )
+        if isinstance(self._bins, str) and self.seen:
+            raise TlprobeError(
+                f"the {self._bins!r} bin rule takes one count from all windows: pass resolved_bins "
+                "(bins_from_counts of rule_bin_counts over every batch) to update batch by batch"
+            )
+        cov, mi = window_dependence(
+            hidden, self.before, bins=self._bins, correction=self.correction, chunk_size=self.chunk_size
+        )
+        windows = windows.cpu()
+        self._cov.append(cov.cpu())
+        self._mi.append(mi.cpu())
+        self._same.append(windows == windows[:, self.before : self.before + 1])
+        self._tokens = hidden.shape[2]
+        self.seen += hidden.shape[1]
+
+    def result(self) -> PunctuationDependence:
+        """The :class:`PunctuationDependence` of every window added.
+
+        Raises:
+            TlprobeError: fewer windows added than occurrences.
+        """
+        if self.seen != len(self.occurrences) or self._tokens is None:
+            raise TlprobeError(
+                f"{self.seen} windows for {len(self.occurrences)} occurrences; "
+                "pass the windows cut around these occurrences"
+            )
+        occ = self.occurrences
+        rel = torch.arange(self._tokens) - self.before
+        return PunctuationDependence(
+            depth=torch.tensor(self.depth, dtype=torch.long),
+            covariance=torch.cat(self._cov, dim=1),
+            mi=torch.cat(self._mi, dim=1),
+            cls=occ.cls,
+            pos=occ.pos,
+            rel=rel,
+            same_token=torch.cat(self._same),
+            slot_class=self.classes[occ.pos[:, None] + rel],
+            bins=self.bins,
+            axes=self.axes,
+        )
+
+
+def rule_bin_counts(hidden: Float[torch.Tensor, "... windows tokens dims"], bins: BinRule | str) -> torch.Tensor:
+    """``[vectors]`` the bin count a rule gives each token vector of ``hidden`` that has a width.
+
+    :func:`tlprobe.analyses.mi.resolve_bins` of ``hidden.mT`` (what :func:`window_dependence`
+    uses for a rule) is the lower median of these counts (at least 2): collect them batch by
+    batch and :func:`bins_from_counts` gives the same count as all windows at once.
+
+    Example:
+        >>> h = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(0))
+        >>> bins_from_counts([rule_bin_counts(h[:1], "fd"), rule_bin_counts(h[1:], "fd")], "fd") == resolve_bins(h.mT, "fd")
+        True
+    """
+    check_choice(bins, BIN_RULES, "bin rule")
+    x = upcast(as_tensor(hidden, "hidden")).double()  # [..., tokens, dims]: one vector per row
+    n = x.shape[-1]
+    rng = x.amax(-1) - x.amin(-1)
+    if bins == "sqrt":
+        width = rng / math.sqrt(n)
+    elif bins == "scott":
+        width = (24.0 * math.pi**0.5 / n) ** (1.0 / 3.0) * x.std(-1, correction=0)
+    else:
+        q = torch.quantile(x.reshape(-1, n), torch.tensor([0.75, 0.25], dtype=x.dtype, device=x.device), dim=1)
+        width = (2.0 * (q[0] - q[1]) * n ** (-1.0 / 3.0)).reshape(rng.shape)
+    valid = width > 0
+    return torch.ceil(rng[valid] / width[valid]).cpu()
+
+
+def bins_from_counts(counts: Sequence[torch.Tensor], bins: BinRule | str) -> int:
+    """The bin count of a rule over all batches: the lower median of their :func:`rule_bin_counts`, at least 2.
+
+    Raises:
+        TlprobeError: no vector has a width (the rule is undefined).
+    """
+    flat = torch.cat([torch.as_tensor(c, dtype=torch.float64).flatten() for c in counts]) if counts else torch.zeros(0)
+    if flat.numel() == 0:
+        raise TlprobeError(
+            f"the {bins!r} bin rule is undefined here: every variable has zero width "
+            "(constant values, or zero inter-quartile range for 'fd'); pass an integer bins"
+        )
+    return max(2, int(flat.median()))
 
 
 # --------------------------------------------------------------------------- clusters and Simpson

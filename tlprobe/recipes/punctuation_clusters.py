@@ -3,11 +3,15 @@
 A long text is tokenised with the model's tokenizer; every token is labelled 0 (not
 punctuation), 1 (internal: , ; :) or 2 (terminal: . ? !) from the characters around it (a
 decimal point, a version string, an ellipsis or an abbreviation is not a sentence end). For
-each class ``n`` marks are drawn with a seed and a window of ``before`` tokens, the mark and
-``after`` tokens is run through the model. At each requested layer, the covariance and the
-mutual information across hidden dimensions between the mark's vector and every other
+each class ``n`` marks are drawn with a seed (``n = 0``: every mark with room for a window) and
+a window of ``before`` tokens, the mark and ``after`` tokens is run through the model, batch by
+batch. At each requested layer, the covariance and the mutual information across hidden dimensions between the mark's vector and every other
 position's vector give one (covariance, MI) point per position; the points of each class and
 layer are clustered, and Pearson r over all points is compared with r inside each cluster.
+The hidden states of one batch of windows exist at a time: each window's covariance and MI are
+computed from its own hidden states and only those ``[layers, windows, tokens]`` numbers are kept,
+so a novel-length text with every mark sampled needs memory for the points, not for the hidden
+states of all windows.
 
 Copy this file (``tlprobe cp punctuation-clusters my_recipe.py``) and change what you need.
 """
@@ -26,10 +30,12 @@ from tlprobe.access.text import cut_windows, run_windows, stdlib_corpus, tokeniz
 from tlprobe.analyses.mi import BIN_RULES
 from tlprobe.analyses.punctuation import (
     WINDOW_CHUNK,
+    DependenceAccumulator,
     PanelResult,
     PunctuationClusters,
+    bins_from_counts,
     cluster_panels,
-    punctuation_dependence,
+    rule_bin_counts,
     sample_occurrences,
     window_dependence_bytes,
 )
@@ -62,7 +68,7 @@ class Options(ModelOptions):
     layers: tuple[int, ...] | None = option(
         None, doc="residual-stream depths (0 = embeddings, l = output of block l-1; default: 1 and ~2/3 of depth)"
     )
-    n: int = option(250, doc="windows per punctuation class")
+    n: int = option(250, doc="windows per punctuation class (0: every mark of each class with room for a full window)")
     before: int = option(20, doc="tokens before the mark")
     after: int = option(10, doc="tokens after the mark")
     bins: int = option(10, doc="MI histogram bins per token vector")
@@ -72,7 +78,7 @@ class Options(ModelOptions):
     k_max: int = option(5, doc="largest number of clusters tried")
     internal: str = option(INTERNAL, doc="internal punctuation characters")
     terminal: str = option(TERMINAL, doc="terminal punctuation characters")
-    batch_size: int = option(50, doc="windows per forward pass")
+    batch_size: int = option(50, doc="windows per forward pass; only one batch's hidden states are held at a time")
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -95,7 +101,7 @@ def check_options(o: Options) -> Options:
     is ``bins**2`` cells whatever the model: a size that cannot fit is refused here.
 
     Raises:
-        TlprobeError: a count below its minimum (``--n``, ``--k-max``, ``--batch-size`` >= 1,
+        TlprobeError: a count below its minimum (``--n`` >= 0, ``--k-max``, ``--batch-size`` >= 1,
             ``--before``/``--after`` >= 0 with at least one neighbour), ``--bins`` below 2 or an
             unknown rule, a negative depth, or a working set over the available memory.
 
@@ -103,8 +109,9 @@ def check_options(o: Options) -> Options:
         >>> check_options(Options(layers=3)).layers
         (3,)
     """
-    for flag, value, least in (("--n", o.n, 1), ("--k-max", o.k_max, 1), ("--batch-size", o.batch_size, 1)):
-        as_int(value, flag, minimum=least)
+    as_int(o.n, "--n", minimum=0, fix="0 takes every mark with room for a window")
+    for flag, value in (("--k-max", o.k_max), ("--batch-size", o.batch_size)):
+        as_int(value, flag, minimum=1)
     before, after = as_int(o.before, "--before", minimum=0), as_int(o.after, "--after", minimum=0)
     if before + after < 1:
         raise TlprobeError("--before and --after are both 0: a window needs at least one neighbour of the mark")
@@ -125,10 +132,14 @@ def check_options(o: Options) -> Options:
 
 
 def check_sizes(o: Options, n_layers: int, d_model: int) -> None:
-    """Refuse, before the text is tokenised, an MI working set over the free memory."""
+    """Refuse, before the text is tokenised, an MI working set over the free memory.
+
+    One batch of windows is in memory at a time: its MI call covers ``n_layers * --batch-size``
+    windows (at most :data:`~tlprobe.analyses.punctuation.WINDOW_CHUNK`), whatever ``--n``.
+    """
     if isinstance(o.bins, str):
         return  # a rule gives at most about sqrt(d_model) bins
-    windows = n_layers * 2 * o.n
+    windows = n_layers * min(o.batch_size, 2 * o.n) if o.n else n_layers * o.batch_size
     need = window_dependence_bytes(windows, o.before + 1 + o.after, d_model, bins=o.bins)
     what = f"the MI of {min(windows, WINDOW_CHUNK)} windows of {o.before + 1 + o.after} tokens with --bins {o.bins}"
     check_memory(need, what, "lower --bins")
@@ -155,17 +166,33 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     tt = tokenize_text(r.model.tokenizer, corpus)
     classes = token_classes(tt.text, tt.offsets, internal=o.internal, terminal=o.terminal)
     occ = sample_occurrences(classes, o.n, before=o.before, after=o.after, seed=o.seed)
-    windows = cut_windows(tt.ids, occ.pos, before=o.before, after=o.after)
     r.lap("tokenise and sample")
 
-    # 2. Hidden states of the requested layers only, batch by batch of windows.
-    hidden = run_windows(r.model, windows, depth, batch_size=o.batch_size, progress=o.progress)
-    r.lap("forward")
+    # 2. Hidden states of the requested layers only, batch by batch of windows; covariance and MI
+    #    between the mark and every position of each batch (all layers at once), keeping only
+    #    those per-window numbers. A bin rule takes one count from all windows: a first pass.
+    def batches():
+        """``(windows, hidden)`` of each batch, in the order of ``occ``."""
+        starts = range(0, len(occ), o.batch_size)
+        if o.progress and len(starts) > 1:
+            from tqdm.auto import tqdm  # only for multi-batch runs with a progress bar
 
-    # 3. Covariance and MI between the mark and every position, all layers and windows at once;
-    #    clusters of the (covariance, MI) points and the Simpson check, per layer and class.
-    dep = punctuation_dependence(hidden, windows, classes, occ, before=o.before, depth=depth, bins=o.bins)
-    r.lap("covariance + MI")
+            starts = tqdm(starts, desc="windows", unit="batch")
+        for s in starts:
+            windows = cut_windows(tt.ids, occ.pos[s : s + o.batch_size], before=o.before, after=o.after)
+            yield windows, run_windows(r.model, windows, depth, batch_size=o.batch_size)
+
+    resolved = None
+    if isinstance(o.bins, str):
+        resolved = bins_from_counts([rule_bin_counts(hidden, o.bins) for _, hidden in batches()], o.bins)
+    acc = DependenceAccumulator(classes, occ, before=o.before, depth=depth, bins=o.bins, resolved_bins=resolved)
+    for windows, hidden in batches():
+        acc.update(hidden, windows)
+        del hidden
+    dep = acc.result()
+    r.lap("forward + covariance + MI")
+
+    # 3. Clusters of the (covariance, MI) points and the Simpson check, per layer and class.
     clusters = cluster_panels(
         dep,
         o.cluster_method,
@@ -181,6 +208,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     # 4. Figures and report.
     values = {
         **vars(o),
+        "n": o.n or "all",  # --n 0: every mark with room for a window
         "model": r.info.name.rsplit("/", 1)[-1],
         "depths": ", ".join(map(str, depth)),
         "source": source,
