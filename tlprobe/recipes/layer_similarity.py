@@ -17,11 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tlprobe.access.corpus import stream
 from tlprobe.access.hooks import attention_pattern, fused_qkv, hook_names, resid_hook_names, resid_stack, split_heads
 from tlprobe.access.labels import head_labels, layer_labels, resid_labels
-from tlprobe.analyses.moments import Moments, sample_moments
-from tlprobe.analyses.similarity import BlockStats, qkv_block_similarity, undefined_features
+from tlprobe.access.run import run_batch, tokenize_prompts
+from tlprobe.access.tokens import Positions
+from tlprobe.analyses.moments import Moments
+from tlprobe.analyses.similarity import BlockStats
 from tlprobe.analyses.stats import bootstrap_interval, spearman
+from tlprobe.analyses.streaming import MomentsAccumulator, SimilarityAccumulator
+from tlprobe.checks import as_int
 from tlprobe.figures.attention import attention_heads_view
 from tlprobe.figures.depth import (
     block_summary_curves_figure,
@@ -36,9 +41,9 @@ from tlprobe.recipes.common import (
     option,
     prose,
     resolve,
-    run_targets,
     script_main,
     setup,
+    target_positions,
     target_sentences,
 )
 from tlprobe.report import Report
@@ -62,6 +67,11 @@ CONFIDENCE = 0.95
 @dataclass(frozen=True)
 class Options(TargetOptions):
     bins: int = option(60, doc="histogram bins over [-1, 1]")
+    batch_size: int = option(32, doc="sentences per forward pass (memory stays that of one batch)")
+    checkpoint: str | None = option(
+        None, doc="file for the streamed statistics: saved every --checkpoint-every batches, resumed from", record=False
+    )
+    checkpoint_every: int = option(20, doc="batches between checkpoints", record=False)
 
 
 def run(options: Options | None = None, **overrides) -> RecipeResult:
@@ -72,22 +82,16 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     info, text = r.info, prose(NAME)
     layers = list(range(info.n_layers))
 
-    # 1. Run the sentences once; find the target and a random earlier token in each.
-    names = hook_names(["q", "k", "v", "pattern"], layers, model=r.model) + resid_hook_names(r.model)
-    batch, tpos, npos = run_targets(r.model, prompts, o.target, names, o.seed, o.progress)
-    qkv = torch.stack([fused_qkv(batch.cache, layer) for layer in layers])  # [layer, batch, pos, 3n]
-    resid = resid_stack(batch.cache)  # [depth, batch, pos, d_model]
-
-    def at(acts):  # [depth, batch, pos, F] -> [population, depth, samples, F]
-        return torch.stack([pos.gather(acts.movedim(0, 2)).movedim(1, 0) for pos in (tpos, npos)])
-
-    qkv_pops, resid_pops = at(qkv), at(resid)
-    heads = split_heads(qkv_pops, info.n_heads)  # [population, layer, head, samples, 3 * d_head]
+    # 1. Find the target and draw a random earlier token in each sentence (ints, for all sentences up
+    # front: the draw is the in-memory run's), then stream the sentences batch by batch into the
+    # accumulators: memory is that of one batch, whatever the number of sentences.
+    ck = {"checkpoint": o.checkpoint, "every": o.checkpoint_every, "progress": o.progress}
+    acc, tpos, npos = accumulate(r.model, prompts, o.target, o.seed, batch_size=o.batch_size, **ck)
     r.lap("forward")
 
     # Where a population's vectors are the same in every sentence (layer 0 of a rotary model), the
     # correlation is undefined: NaN there, and a finding in the report; other constant coordinates raise.
-    same = identical_across_sentences(qkv_pops, layer_labels(info.n_layers))
+    same = identical_across_sentences(acc["similarity Q|K|V"], layer_labels(info.n_layers))
     undefined = "nan" if same else "raise"
 
     # 2. Moments across samples, block similarity per layer and per head.
@@ -95,16 +99,18 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     by_head = {**by_layer, "head": head_labels(info.n_heads)}
     by_depth = {"population": POPULATIONS, "depth": resid_labels(info.n_layers)}
     moments = {
-        "residual stream": sample_moments(resid_pops, axes=by_depth),
-        "Q|K|V": sample_moments(qkv_pops, axes=by_layer),
+        "residual stream": acc["moments residual stream"].result(axes=by_depth),
+        "Q|K|V": acc["moments Q|K|V"].result(axes=by_layer),
     }
-    head_moments = sample_moments(heads, axes=by_head)
-    stats = {m: qkv_block_similarity(qkv_pops, m, bins=o.bins, axes=by_layer, undefined=undefined) for m in METHODS}
-    head_stats = {m: qkv_block_similarity(heads, m, bins=o.bins, axes=by_head, undefined=undefined) for m in METHODS}
+    head_moments = acc["moments Q|K|V per head"].result(axes=by_head)
+    sim, head_sim = acc["similarity Q|K|V"], acc["similarity Q|K|V per head"]
+    stats = {m: sim.block_stats(m, bins=o.bins, axes=by_layer, undefined=undefined) for m in METHODS}
+    head_stats = {m: head_sim.block_stats(m, bins=o.bins, axes=by_head, undefined=undefined) for m in METHODS}
     r.lap("analysis")
 
     # 3. Figures and report.
-    model, n_features = info.name.rsplit("/", 1)[-1], int(qkv_pops.shape[-1])
+    assert sim.shape is not None
+    model, n_features = info.name.rsplit("/", 1)[-1], int(sim.shape[-1])
     report = Report(text["title"].format(target=o.target, model=model, n_layers=info.n_layers), subtitle=DESCRIPTION)
     report.heading("What this shows")
     report.text(text["shows"].format(n_sentences=len(prompts), target=o.target, n_features=n_features))
@@ -130,8 +136,9 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     report.table(top, caption="Heads with the most extreme cosine QK similarities (targets)")
     focus = by_layer["layer"].index(top[0]["layer"])
     report.text(text["attention"].format(layer=focus, head=top[0]["layer"] + top[0]["head"]))
-    pattern, tokens, causal = attention_pattern(batch.cache, focus)[0], batch.str_tokens(0), not info.is_encoder
-    report.view(attention_heads_view(pattern, tokens, focus, causal=causal, mask=batch.attention_mask[0]))
+    first = run_batch(r.model, prompts[:1], names=hook_names(["pattern"], [focus], model=r.model))  # sentence 0 alone
+    pattern, tokens, causal = attention_pattern(first.cache, focus)[0], first.str_tokens(0), not info.is_encoder
+    report.view(attention_heads_view(pattern, tokens, focus, causal=causal, mask=first.attention_mask[0]))
     report.table(stats["cosine"]["target"].rows(), caption="Cosine, targets: summary per layer and block")
     r.lap("figures")
 
@@ -153,17 +160,128 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     return r.finish(report, results=results, facts=facts, findings=found)
 
 
-def identical_across_sentences(qkv_pops: torch.Tensor, layers: tuple[str, ...]) -> list[dict]:
-    """The (population, layer) items whose ``[population, layer, samples, F]`` vectors are identical
-    in every sentence (within float rounding, as :func:`undefined_features` decides), with the
-    measured largest difference across sentences."""
-    identical = undefined_features(qkv_pops, "correlation").all(-1)  # [population, layer]
-    spread = (qkv_pops.amax(-2) - qkv_pops.amin(-2)).abs().amax(-1)
+#: The accumulators :func:`accumulate` fills: ``[population, layer(, head), samples, features]``.
+ACCUMULATORS = (
+    "moments residual stream",
+    "moments Q|K|V",
+    "moments Q|K|V per head",
+    "similarity Q|K|V",
+    "similarity Q|K|V per head",
+)
+
+
+def sentence_batches(
+    tokens: torch.Tensor, mask: torch.Tensor, tpos: Positions, npos: Positions, batch_size: int
+) -> list[dict[str, torch.Tensor]]:
+    """The right-padded sentences in batches of ``batch_size``, each trimmed to its longest sentence,
+    with the target's and the non-target's position in each row (``"target_pos"``, ``"non_target_pos"``).
+
+    Example:
+        >>> tokens, mask = torch.ones(3, 5, dtype=torch.long), torch.tensor([[1, 1, 0, 0, 0]] * 2 + [[1] * 4 + [0]])
+        >>> pos = Positions(torch.arange(3), torch.tensor([1, 1, 3]))
+        >>> [tuple(b["tokens"].shape) for b in sentence_batches(tokens, mask, pos, pos, 2)]
+        [(2, 2), (1, 4)]
+    """
+    batch_size = as_int(batch_size, "batch_size", minimum=1, fix="sentences per forward pass, e.g. 32")
+    out = []
+    for s in range(0, int(tokens.shape[0]), batch_size):
+        e = min(int(tokens.shape[0]), s + batch_size)
+        length = int(mask[s:e].sum(-1).max())  # right padding: every real token is in the first `length`
+        out.append(
+            {
+                "tokens": tokens[s:e, :length],
+                "attention_mask": mask[s:e, :length],
+                "target_pos": tpos.pos[s:e].clone(),
+                "non_target_pos": npos.pos[s:e].clone(),
+            }
+        )
+    return out
+
+
+def accumulate(
+    model,
+    prompts: list[str],
+    target: str,
+    seed: int,
+    *,
+    batch_size: int = 32,
+    checkpoint: str | None = None,
+    every: int = 20,
+    progress: bool = False,
+) -> tuple[dict, Positions, Positions]:
+    """Stream the sentences through ``model`` into the accumulators of :data:`ACCUMULATORS`.
+
+    The positions are those of the in-memory run (:func:`~tlprobe.recipes.common.target_positions`
+    on all the sentences' tokens, right-padded together); each batch then runs trimmed to its
+    longest sentence (right padding and the attention mask leave every real token's vectors as
+    they are) and only the two rows per sentence are folded in. Under ``torch.distributed`` each
+    rank runs its share of the batches and the accumulators are all-reduced.
+
+    Returns:
+        ``(accumulators, target_positions, non_target_positions)``: the accumulators over
+        ``[population, layer, samples, 3 n]`` (Q|K|V), ``[population, depth, samples, d_model]``
+        (residual stream) and ``[population, layer, head, samples, 3 d_head]`` (per head).
+    """
+    tokens, mask = tokenize_prompts(model, prompts)
+    tpos, npos = target_positions(model, tokens, mask, prompts, target, seed)
+    batches = sentence_batches(tokens, mask, tpos, npos, batch_size)
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    layers = list(range(n_layers))
+    names = hook_names(["q", "k", "v"], layers, model=model) + resid_hook_names(model)
+
+    def feed(cache, batch, acc) -> None:
+        qkv = torch.stack([fused_qkv(cache, layer) for layer in layers])  # [layer, b, pos, 3n]
+        resid = resid_stack(cache)  # [depth, b, pos, d_model]
+
+        def at(acts):  # [depth, b, pos, F] -> [population, depth, b, F]
+            rows = torch.arange(acts.shape[1], device=acts.device)
+            return torch.stack([acts[:, rows, batch[k].to(acts.device)] for k in ("target_pos", "non_target_pos")])
+
+        qkv_pops, resid_pops = at(qkv), at(resid)
+        acc["moments residual stream"].update(resid_pops)
+        acc["moments Q|K|V"].update(qkv_pops)
+        acc["similarity Q|K|V"].update(qkv_pops)
+        heads = split_heads(qkv_pops, n_heads)  # [population, layer, head, b, 3 * d_head]
+        acc["moments Q|K|V per head"].update(heads)
+        acc["similarity Q|K|V per head"].update(heads)
+
+    acc = {k: (MomentsAccumulator() if k.startswith("moments") else SimilarityAccumulator()) for k in ACCUMULATORS}
+    name = str(getattr(model.cfg, "model_name", ""))
+    stream(
+        model,
+        batches,
+        acc,
+        feed,
+        names=names,
+        checkpoint=checkpoint,
+        every=every,
+        settings=(NAME, name, target),
+        progress=progress,
+        desc="sentences",
+    )
+    return acc, tpos, npos
+
+
+def identical_across_sentences(acc: SimilarityAccumulator, layers: tuple[str, ...]) -> list[dict]:
+    """The (population, layer) items whose vectors are identical in every sentence, from the
+    accumulated ``[population, layer, samples, F]`` Q|K|V statistics, with the measured largest
+    difference across sentences.
+
+    The criterion of :func:`~tlprobe.analyses.similarity.undefined_features` (``"correlation"``)
+    on the whole stream: every coordinate's centred norm (the co-moment's diagonal) is at most
+    ``eps * n * (amax + 1)``, ``amax`` its largest distance from the mean (from the min/max).
+    """
+    assert acc.mean is not None and acc.comoment is not None and acc.lo is not None and acc.hi is not None
+    n, eps = acc.n_samples, torch.finfo(acc.work_dtype).eps
+    norm = torch.diagonal(acc.comoment, dim1=-2, dim2=-1).clamp(min=0.0).sqrt()
+    amax = torch.maximum(acc.hi - acc.mean, acc.mean - acc.lo)
+    identical = (norm <= eps * n * (amax + 1)).all(-1).cpu()  # [population, layer]
+    spread = (acc.hi - acc.lo).abs().amax(-1).to(acc.work_dtype).cpu()
     return [
         {
             "population": POPULATIONS[p],
             "layer": layers[layer],
-            "n_sentences": int(qkv_pops.shape[-2]),
+            "n_sentences": n,
             "max_abs_difference": float(spread[p, layer]),
         }
         for p, layer in identical.nonzero().tolist()
