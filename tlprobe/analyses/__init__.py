@@ -8,6 +8,7 @@ constants, type aliases and helpers stay in their modules.
 * :mod:`~tlprobe.analyses.similarity`: feature similarity, the Q/K/V block statistics, null shuffles;
 * :mod:`~tlprobe.analyses.moments`: mean and variance across samples;
 * :mod:`~tlprobe.analyses.mi`: histogram MI (pairwise, between tokens, across), nulls, GCMI;
+* :mod:`~tlprobe.analyses.mi_counts`: histogram MI over a stream on fixed edges, exact permutation null;
 * :mod:`~tlprobe.analyses.lens`: logit, MLM and embedding lenses;
 * :mod:`~tlprobe.analyses.stats`: Pearson r, clustering, the Simpson's-paradox check;
 * :mod:`~tlprobe.analyses.punctuation`: dependence around punctuation marks, per cluster;
@@ -39,6 +40,7 @@ from tlprobe.analyses.mi import (
     pairwise_mi,
     token_mi,
 )
+from tlprobe.analyses.mi_counts import MICounts, RangeAccumulator, edges_from_range
 from tlprobe.analyses.moments import Moments, sample_moments
 from tlprobe.analyses.punctuation import (
     Occurrences,
@@ -66,6 +68,7 @@ __all__ = [
     "Dependence",
     "EmbeddingLensResult",
     "LensResult",
+    "MICounts",
     "MIHistograms",
     "MIResult",
     "Moments",
@@ -74,6 +77,7 @@ __all__ = [
     "PanelResult",
     "PunctuationClusters",
     "PunctuationDependence",
+    "RangeAccumulator",
     "SimilarityAccumulator",
     "SimpsonCheck",
     "TopK",
@@ -83,6 +87,7 @@ __all__ = [
     "copnorm",
     "cross_mi",
     "dependence",
+    "edges_from_range",
     "embedding_lens",
     "entropy",
     "feature_similarity",

@@ -565,7 +565,8 @@ class MIResult(Result):
         null_mean: ``[..., V, V]`` mean MI over shuffles (``None`` for Miller-Madow).
         null_std: ``[..., V, V]`` standard deviation over shuffles (``None`` for Miller-Madow).
         bins: bins used.
-        method: ``"shuffle"`` or ``"miller-madow"``.
+        method: ``"shuffle"``, ``"miller-madow"`` or ``"permutation"`` (the exact permutation null of
+            :class:`tlprobe.analyses.mi_counts.MICounts`).
         n_samples: samples per variable.
         n_shuffles: shuffles drawn (0 for Miller-Madow).
         seed: the shuffle seed.
@@ -577,7 +578,7 @@ class MIResult(Result):
     null_mean: Float[torch.Tensor, "... v v"] | None
     null_std: Float[torch.Tensor, "... v v"] | None
     bins: int
-    method: Literal["shuffle", "miller-madow"]
+    method: Literal["shuffle", "miller-madow", "permutation"]
     n_samples: int
     n_shuffles: int = 0
     seed: int | None = None
