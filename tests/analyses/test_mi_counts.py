@@ -244,3 +244,18 @@ def test_memory_refusal(monkeypatch):
     monkeypatch.setattr("tlprobe.checks.available_memory", lambda device=None: 2**20)  # 1 MiB free
     with pytest.raises(TlprobeError, match="MICounts of 384 variables x 10 bins x 7 leading indices.*needs ~"):
         MICounts(edges_from_range(-1.0, 1.0, 10, shape=(7, 384)))
+
+
+def test_mi_result_free_drops_the_counts_and_gives_the_same_numbers():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 300, 6, generator=g, dtype=torch.float64)
+    edges = RangeAccumulator().update(x).edges(5)
+    kept = MICounts(edges).update(x).mi_result()
+    c = MICounts(edges).update(x)
+    freed = c.mi_result(free=True)
+    assert c.tiles == []
+    for field in ("raw", "corrected", "null_mean"):
+        assert torch.equal(getattr(freed, field), getattr(kept, field))
+    for call in (lambda: c.update(x), lambda: c.result(), lambda: c.state_dict()):
+        with pytest.raises(TlprobeError, match="dropped its joint counts"):
+            call()

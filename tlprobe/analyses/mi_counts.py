@@ -43,11 +43,13 @@ MAX_SAMPLES = 2**31 - 1
 #: Samples per one-hot product: float32 holds every integer count of a chunk exactly below 2**24.
 _EXACT_F32 = 2**24 - 1
 #: Target bytes of one chunk's one-hot codes in :meth:`MICounts.update`.
-_ONEHOT_BYTES = 1 << 26
+_ONEHOT_BYTES = 1 << 24
+#: Target cells of one step of :meth:`MICounts.result` (float64 copies of the counts).
+_RESULT_CELLS = 1 << 20
 #: Target elements of one tile of the EMI window work (about 60 bytes each).
-_EMI_ELEMENTS = 1 << 21
+_EMI_ELEMENTS = 1 << 19
 #: Largest table of distinct-count terms shared by all leading indices (else one per index).
-_EMI_TABLE_BYTES = 1 << 28
+_EMI_TABLE_BYTES = 1 << 24
 #: The EMI window: mu +- (13 sigma + 32) holds all of the hypergeometric mass but < 1e-33.
 _WINDOW_SIGMAS, _WINDOW_PAD = 13.0, 32.0
 
@@ -268,6 +270,8 @@ class MICounts(Accumulator):
     """
 
     KIND: ClassVar[str] = "mi_counts"
+    #: The marginals kept by ``mi_result(free=True)``, which drops the joint counts.
+    _freed: torch.Tensor | None = None
 
     edges: Float[torch.Tensor, "... variables edges"]
     tiles: list[Int[torch.Tensor, "lead rows cols"]]
@@ -401,10 +405,16 @@ class MICounts(Accumulator):
                 other than the edges', more than :data:`MAX_SAMPLES` samples in all, or a working
                 set too large for the memory.
         """
+        self._check_counts()
         x = as_tensor(batch, "batch")
         check_ndim(x, "batch", 2, "[..., samples, variables]")
         s = int(x.shape[-2])
         self._check_total(s)
+        step = self._chunk()
+        if s > step:  # a chunk of samples at a time from the binning on: working memory flat in s
+            for c0 in range(0, s, step):
+                self.update(x[..., c0 : c0 + step, :])
+            return self
         check_memory(
             self._update_bytes(s),
             f"MICounts.update of {s} samples ({self.n_lead} x {self.n_vars} variables, {self.bins} bins)",
@@ -437,6 +447,7 @@ class MICounts(Accumulator):
             TlprobeError: another kind of accumulator, other edges or tiles, or more than
                 :data:`MAX_SAMPLES` samples in all.
         """
+        self._check_counts()
         self._check_same(other)
         if other.edges.shape != self.edges.shape or not torch.equal(other.edges.to(self.device), self.edges):
             raise TlprobeError(
@@ -472,6 +483,7 @@ class MICounts(Accumulator):
 
     def state_dict(self) -> State:
         """Plain tensors and numbers (``torch.load(weights_only=True)`` loads them)."""
+        self._check_counts()
         return {
             "kind": self.KIND,
             "n_samples": self.n_samples,
@@ -498,6 +510,8 @@ class MICounts(Accumulator):
     # -- results -------------------------------------------------------------------------------
     def marginals(self) -> Int[torch.Tensor, "... variables bins"]:
         """``[..., V, k]`` int64 counts of each variable's bins (the diagonals of the diagonal blocks)."""
+        if self._freed is not None:
+            return self._freed
         k = self.bins
         out = []
         for (r0, r1), tile in zip(self._spans(), self.tiles):
@@ -507,6 +521,13 @@ class MICounts(Accumulator):
             blocks = t5[:, ar, :, ar, :]  # [r, lead, k, k]: variable r0 + i with itself
             out.append(torch.diagonal(blocks, dim1=-2, dim2=-1).transpose(0, 1))
         return torch.cat(out, 1).to(torch.int64).reshape(*self.lead, self.n_vars, k)
+
+    def _check_counts(self) -> None:
+        if self._freed is not None:
+            raise TlprobeError(
+                "this MICounts dropped its joint counts (mi_result(free=True)); keep a copy of the state "
+                "(state_dict) before freeing it if you need the counts again"
+            )
 
     def _check_result(self) -> None:
         check_min_samples(self.n_samples, 2, "mutual information", "update the MICounts with more samples")
@@ -529,6 +550,7 @@ class MICounts(Accumulator):
             TlprobeError: fewer than 2 samples, an unknown correction or dtype, or a working set
                 too large for the memory.
         """
+        self._check_counts()
         _check_correction(correction)
         _check_dtype(dtype)
         self._check_result()
@@ -545,14 +567,18 @@ class MICounts(Accumulator):
         m_marg = (marg > 0).sum(-1).double()
         mm = correction == "miller-madow"
         out = torch.zeros(B, V, V, dtype=_F64, device=self.device)
-        for (r0, r1), tile in zip(self._spans(), self.tiles):
-            f = tile.double().view(B, r1 - r0, k, V - r0, k)
-            s_joint = torch.xlogy(f, f).sum((2, 4))
-            mi = (s_joint - s_marg[:, r0:r1, None] - s_marg[:, None, r0:]).div_(n).add_(math.log(n)).clamp_min_(0)
-            if mm:
-                occ = (tile.view(B, r1 - r0, k, V - r0, k) > 0).sum((2, 4)).double()
-                mi += (m_marg[:, r0:r1, None] + m_marg[:, None, r0:] - occ - 1) / (2 * n)
-            out[:, r0:r1, r0:] = mi
+        for (t0, t1), whole in zip(self._spans(), self.tiles):
+            rows = max(1, _RESULT_CELLS // max(1, B * k * k * (V - t0)))  # row variables per step
+            for r0 in range(t0, t1, rows):  # a few rows of a tile at a time: float64 copies stay small
+                r1 = min(t1, r0 + rows)
+                tile = whole[:, (r0 - t0) * k : (r1 - t0) * k]
+                f = tile.double().view(B, r1 - r0, k, V - t0, k)
+                s_joint = torch.xlogy(f, f).sum((2, 4))
+                mi = (s_joint - s_marg[:, r0:r1, None] - s_marg[:, None, t0:]).div_(n).add_(math.log(n)).clamp_min_(0)
+                if mm:
+                    occ = (tile.view(B, r1 - r0, k, V - t0, k) > 0).sum((2, 4)).double()
+                    mi += (m_marg[:, r0:r1, None] + m_marg[:, None, t0:] - occ - 1) / (2 * n)
+                out[:, r0:r1, t0:] = mi
         out = out.triu() + out.triu(1).mT
         return out.to(dtype).reshape(*self.lead, V, V)
 
@@ -614,17 +640,22 @@ class MICounts(Accumulator):
         out = (out + out.mT) / 2  # symmetric by construction; equal halves up to rounding
         return out.to(dtype).reshape(*self.lead, V, V)
 
-    def mi_result(self, *, axes: Mapping[str, Sequence[str]] | None = None) -> MIResult:
+    def mi_result(self, *, axes: Mapping[str, Sequence[str]] | None = None, free: bool = False) -> MIResult:
         """Raw MI, the exact permutation null and ``raw - null_mean``, as an :class:`~tlprobe.analyses.mi.MIResult`.
 
         ``method="permutation"``, ``null_std=None``, ``n_shuffles=0``, ``seed=None``; float64.
         The corrected diagonal is the entropy minus the EMI of the variable with a permuted copy
-        of itself (see :meth:`null_mean`).
+        of itself (see :meth:`null_mean`). With ``free=True`` the joint counts are dropped once
+        the raw MI is computed (the null needs only the marginals), so the two never share the
+        peak memory; the accumulator then takes no more samples.
 
         Raises:
             TlprobeError: as :meth:`result` and :meth:`null_mean`.
         """
         raw = self.result()
+        if free:
+            self._freed = self.marginals()
+            self.tiles = []
         null = self.null_mean()
         return MIResult(
             raw=raw,
