@@ -16,13 +16,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Float
 
 from tlprobe.access import resid_hook_names, resid_stack, run_batch
+from tlprobe.access.corpus import Windows, stream, text_windows, window_hidden
 from tlprobe.access.labels import resid_labels
 from tlprobe.analyses.mi import (
     BIN_RULES,
@@ -36,6 +37,7 @@ from tlprobe.analyses.mi import (
     resolve_bins,
     token_mi,
 )
+from tlprobe.analyses.mi_counts import MICounts, RangeAccumulator
 from tlprobe.analyses.similarity import shuffle_values
 from tlprobe.checks import as_int, check_choice, check_memory, check_min_samples
 from tlprobe.errors import TlprobeError
@@ -58,6 +60,8 @@ NAME = "pairwise-mi"
 DESCRIPTION = "L09: pairwise mutual information between hidden dimensions, layer by layer, with its bias"
 MIN_TOKENS = 20
 HEATMAP_DIMS = 96
+#: The three histograms of the bias figure (in memory).
+BIAS_ESTIMATES = ("raw", "one shuffle (null)", "raw - mean of shuffles")
 #: The MI matrices summarised per hidden dimension (facts["dimension_means"]) and in the findings.
 QUANTITIES = ("raw", "corrected", "null")
 
@@ -81,11 +85,27 @@ CONFIDENCE = 0.95
 @dataclass(frozen=True)
 class Options(ModelOptions):
     text: str | None = option(
-        None, doc="text file with one paragraph (default: a bundled ~115-token paragraph on the history of tea)"
+        None,
+        doc="text file: a paragraph, or a whole book (streamed in windows) (default: a bundled ~115-token "
+        "paragraph on the history of tea)",
     )
     bins: int | BinRule = option(10, doc="MI bins per dimension: an integer >= 2, or sqrt, scott, fd")
-    shuffles: int = option(10, doc="shuffles for the null distribution")
+    shuffles: int = option(10, doc="shuffles for the null distribution (in memory; a streamed run uses the exact null)")
     hist_bins: int = option(60, doc="bins of the MI-value histograms")
+    stream: Literal["auto", "always", "never"] = option(
+        "auto",
+        doc="stream the text in windows into bin counts, in constant memory (auto: when it is longer than one window)",
+    )
+    window: int | None = option(
+        None, doc="tokens per streamed window, special tokens included (default: 256 or the context)"
+    )
+    batch_size: int = option(
+        1, doc="windows per forward pass when streaming (each 256-token window takes ~60 MB of work on MiniLM)"
+    )
+    checkpoint: str | None = option(
+        None, doc="file for the streamed counts: saved every --checkpoint-every batches, resumed from", record=False
+    )
+    checkpoint_every: int = option(20, doc="batches between checkpoints", record=False)
 
 
 def _hist_bytes(matrices: int, d: int, bins: int) -> int:
@@ -136,39 +156,34 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     paragraph = " ".join(read_lines(o.text or data_path("tea_paragraph.txt")))
     r = setup(NAME, o)
     text = prose(NAME)
-
-    # 1. Hidden states of every layer for the paragraph: [depth, tokens, d_model].
-    batch = run_batch(r.model, [paragraph], names=resid_hook_names(r.model), progress=o.progress)
-    n_tok = int(batch.attention_mask[0].sum())
-    check_min_samples(n_tok, MIN_TOKENS, "pairwise MI across tokens", "give a longer paragraph (--text FILE)")
-    hs = resid_stack(batch.cache)[:, 0, :n_tok].float()
-    depth, d_model = hs.shape[0], hs.shape[-1]
     layers = {"layer": resid_labels(r.info.n_layers, style="block")}  # embed, block 0, ...
-    check_sizes(o, depth, n_tok, d_model, bins=resolve_bins(hs, o.bins), device=hs.device)
-    r.lap("forward")
+    windows = text_windows(r.model, paragraph, window=o.window)
+    streamed = o.stream == "always" or (o.stream == "auto" and len(windows) > 1)
+    facts: dict[str, Any] = {"text_chars": len(paragraph)}
 
-    # 2. MI between every pair of hidden dimensions, per layer, and its bias.
-    null = mi_null(hs, n_shuffles=o.shuffles, seed=o.seed, bins=o.bins, axes=layers)
-    r.lap("pairwise MI and its shuffle null, all layers")
-    one_shuffle = pairwise_mi(shuffle_values(hs, "within-feature", seed=o.seed), bins=o.bins)
-    mm = pairwise_mi(hs, bins=o.bins, correction="miller-madow")
-    gc = gcmi(hs)
-    tok = token_mi(hs, bins=o.bins)
-    r.lap("one shuffle, Miller-Madow, GCMI and token-by-token MI")
+    if streamed:  # 1-2. every token of every window, into bin counts batch by batch (constant memory)
+        null, mm, n_tok, d_model = streamed_mi(r, o, windows, layers)
+        gc = tok = one_shuffle = None
+        facts |= {"streamed": True, "windows": len(windows), "window_tokens": sorted({len(w) for w in windows.ids})}
+    else:
+        null, mm, gc, tok, one_shuffle, n_tok, d_model, tokens = in_memory_mi(r, o, paragraph, layers)
+        facts |= {"streamed": False, "tokens": tokens}
+    depth = null.raw.shape[0]
 
     # 3. Distributions over pairs (strict upper triangle), shared bins per quantity.
     hist = partial(mi_histograms, bins=o.hist_bins, axes=layers)
     h_raw = hist(null.raw)
     h_cor = hist(null.corrected, quantity="MI - shuffle null (nats)")
-    assert null.null_mean is not None  # mi_null always fills it (only a raw MIResult has none)
+    assert null.null_mean is not None  # mi_null and the streamed counts always fill it
     h_null = hist(null.null_mean, quantity="shuffle-null mean MI (nats)")
     h_mm = hist(mm, quantity="Miller-Madow MI (nats)")
-    h_gc = hist(gc, quantity="GCMI (nats)")
-    h_tok = hist(tok, quantity="token-by-token MI (nats)")
-    mid = depth // 2
-    mid_name = layers["layer"][mid]
-    estimates = {"estimate": ("raw", "one shuffle (null)", "raw - mean of shuffles")}
-    h_bias = hist(torch.stack([null.raw[mid], one_shuffle[mid], null.corrected[mid]]), axes=estimates)
+    h_gc = None if gc is None else hist(gc, quantity="GCMI (nats)")
+    h_tok = None if tok is None else hist(tok, quantity="token-by-token MI (nats)")
+    mid, mid_name = depth // 2, layers["layer"][depth // 2]
+    # streamed: the exact null expectation stands in for one shuffle
+    names = ("raw", "permutation null (expected)", "raw - null") if one_shuffle is None else BIAS_ESTIMATES
+    middle = null.null_mean[mid] if one_shuffle is None else one_shuffle[mid]
+    h_bias = hist(torch.stack([null.raw[mid], middle, null.corrected[mid]]), axes={"estimate": names})
     r.lap("histograms")
 
     # 4. The lesson's claims, checked on each hidden dimension's mean MI (bootstrap over dimensions).
@@ -180,40 +195,120 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     report = Report(text["title"].format(model=r.info.name.rsplit("/", 1)[-1]), subtitle=DESCRIPTION)
     report.heading("What this shows")
     pairs = d_model * (d_model - 1) // 2
-    report.text(text["what"].format(n_tokens=n_tok, depth=depth, d_model=d_model, pairs=pairs, bins=null.bins))
-    report.text(text["bias"].format(n_tokens=n_tok, **bias_facts(h_raw, h_null)))
+    what = text["what_streamed"] if streamed else text["what"]
+    sizes = {"windows": len(windows), "window": max(len(w) for w in windows.ids)}
+    report.text(what.format(n_tokens=n_tok, depth=depth, d_model=d_model, pairs=pairs, bins=null.bins, **sizes))
+    bias = text["bias_streamed"] if streamed else text["bias"]
+    report.text(bias.format(n_tokens=n_tok, **bias_facts(h_raw, h_null)))
     report.text(text["lesson"])
     per_layer = partial(mi_histogram_figure, highlight=0)
     report.figure(per_layer(h_raw, title="Raw pairwise MI per layer"), caption=text["raw_caption"])
     report.figure(per_layer(h_cor, title="Pairwise MI minus the shuffle null, per layer"), caption=text["raw_caption"])
     bias_title = f"Bias at layer {mid_name}: raw vs shuffle null vs corrected"
-    report.figure(mi_histogram_figure(h_bias, title=bias_title), caption=text["bias_caption"])
-    means = {"raw": h_raw, "shuffle-null mean": h_null, "raw - null": h_cor, "Miller-Madow": h_mm, "GCMI": h_gc}
+    bias_caption = text["bias_caption_streamed"] if streamed else text["bias_caption"]
+    report.figure(mi_histogram_figure(h_bias, title=bias_title), caption=bias_caption)
+    means = {"raw": h_raw, "shuffle-null mean": h_null, "raw - null": h_cor, "Miller-Madow": h_mm}
+    if h_gc is not None:
+        means["GCMI"] = h_gc
     report.figure(mi_means_figure(means, title="Mean pairwise MI per layer"), caption=text["means_caption"])
-    report.figure(per_layer(h_gc, title="Gaussian-copula MI per layer (low bias, monotonic dependence only)"))
-    report.figure(per_layer(h_tok, title="Token-by-token MI (across hidden dimensions) per layer"))
+    if h_gc is not None and h_tok is not None:
+        report.figure(per_layer(h_gc, title="Gaussian-copula MI per layer (low bias, monotonic dependence only)"))
+        report.figure(per_layer(h_tok, title="Token-by-token MI (across hidden dimensions) per layer"))
+    else:
+        report.text(text["streamed_left_out"])
     heatmap_title = f"Raw pairwise MI at {mid_name}"
     heatmap = mi_heatmap_figure(null[mid_name], title=heatmap_title, max_size=HEATMAP_DIMS, variable="hidden dimension")
     report.figure(heatmap, caption=text["heatmap_caption"])
     columns = {"null": h_null, "raw - null": h_cor, "Miller-Madow": h_mm, "GCMI": h_gc, "token MI": h_tok}
     rows = [
         {"layer": label, "raw mean": float(h_raw.mean[i]), "raw median": float(h_raw.median[i])}
-        | {f"{k} mean": float(h.mean[i]) for k, h in columns.items()}
+        | {f"{k} mean": float(h.mean[i]) for k, h in columns.items() if h is not None}
         for i, label in enumerate(layers["layer"])
     ]
-    report.table(rows, caption="Means over pairs of dimensions (token MI: over pairs of tokens)")
+    caption = "Means over pairs of dimensions" + ("" if streamed else " (token MI: over pairs of tokens)")
+    report.table(rows, caption=caption)
     r.lap("figures")
 
     dims = min(HEATMAP_DIMS, d_model)
-    facts = {"bins": null.bins, "n_tokens": n_tok, "depth": depth, "d_model": d_model, "text_chars": len(paragraph)}
+    facts |= {"bins": null.bins, "n_tokens": n_tok, "depth": depth, "d_model": d_model, "null": null.method}
     facts |= {
-        "tokens": batch.str_tokens(0),
         "heatmap": {"layer": mid_name, "dims": dims, "mi": null.raw[mid, :dims, :dims]},
         "dimension_means": dims_mean,
     }
     results = {"raw": h_raw, "corrected": h_cor, "null_mean": h_null, "miller_madow": h_mm}
-    results |= {"gcmi": h_gc, "token_mi": h_tok, "bias_middle_layer": h_bias}
+    results |= {"bias_middle_layer": h_bias}
+    results |= {k: h for k, h in (("gcmi", h_gc), ("token_mi", h_tok)) if h is not None}
     return r.finish(report, results=results, facts=facts, findings=found)
+
+
+def in_memory_mi(r, o: Options, paragraph: str, layers: Mapping[str, Sequence[str]]):
+    """Pairwise MI of the paragraph's tokens (special tokens included), all in memory, with a
+    shuffle null, one shuffle, Miller-Madow, GCMI and token-by-token MI.
+
+    Returns ``(MIResult, Miller-Madow, GCMI, token MI, one shuffle, tokens, d_model, token strings)``.
+    """
+    # 1. Hidden states of every layer for the paragraph: [depth, tokens, d_model].
+    batch = run_batch(r.model, [paragraph], names=resid_hook_names(r.model), progress=o.progress)
+    n_tok = int(batch.attention_mask[0].sum())
+    check_min_samples(n_tok, MIN_TOKENS, "pairwise MI across tokens", "give a longer paragraph (--text FILE)")
+    hs = resid_stack(batch.cache)[:, 0, :n_tok].float()
+    depth, d_model = hs.shape[0], hs.shape[-1]
+    check_sizes(o, depth, n_tok, d_model, bins=resolve_bins(hs, o.bins), device=hs.device)
+    r.lap("forward")
+
+    # 2. MI between every pair of hidden dimensions, per layer, and its bias.
+    null = mi_null(hs, n_shuffles=o.shuffles, seed=o.seed, bins=o.bins, axes=layers)
+    r.lap("pairwise MI and its shuffle null, all layers")
+    one_shuffle = pairwise_mi(shuffle_values(hs, "within-feature", seed=o.seed), bins=o.bins)
+    mm = pairwise_mi(hs, bins=o.bins, correction="miller-madow")
+    gc = gcmi(hs)
+    tok = token_mi(hs, bins=o.bins)
+    r.lap("one shuffle, Miller-Madow, GCMI and token-by-token MI")
+    return null, mm, gc, tok, one_shuffle, n_tok, d_model, batch.str_tokens(0)
+
+
+def streamed_mi(r, o: Options, windows: Windows, layers: Mapping[str, Sequence[str]]):
+    """Pairwise MI of every token of ``windows``, streamed: ``(MIResult, Miller-Madow MI, tokens, d_model)``.
+
+    Two passes over the windows, each holding one batch's hidden states at a time: the first
+    finds every dimension's min and max (so the bin edges are those of the in-memory estimator
+    over the same tokens), the second counts the joint bins of every pair of dimensions. The
+    null is the exact expectation of the plug-in MI over permutations of each dimension's
+    tokens, computed from the counts (the shuffle null with infinitely many shuffles). Under
+    ``torch.distributed`` each process runs its share of the batches and the counts are summed.
+    """
+    if isinstance(o.bins, str):
+        raise TlprobeError(
+            f"--bins {o.bins} needs every sample at once; a streamed run needs an integer number of bins (e.g. --bins 10)"
+        )
+    check_min_samples(windows.n_tokens, MIN_TOKENS, "pairwise MI across tokens", "give a longer text (--text FILE)")
+    batches = windows.batches(o.batch_size)
+    names = resid_hook_names(r.model)
+    ck = None if o.checkpoint is None else str(o.checkpoint)
+    common: dict[str, Any] = dict(names=names, every=o.checkpoint_every, progress=o.progress, settings=(o.bins,))
+
+    def feed_range(cache, batch, acc) -> None:
+        acc["range"].update(window_hidden(cache, batch, windows).float())
+
+    ranges = stream(r.model, batches, {"range": RangeAccumulator()}, feed_range, checkpoint=_ck(ck, "range"), **common)
+    edges = ranges["range"].edges(o.bins)
+    r.lap("pass 1: range of every dimension")
+
+    def feed_counts(cache, batch, acc) -> None:
+        acc["counts"].update(window_hidden(cache, batch, windows).float())
+
+    counts = stream(r.model, batches, {"counts": MICounts(edges)}, feed_counts, checkpoint=_ck(ck, "counts"), **common)
+    c = counts["counts"]
+    r.lap("pass 2: joint bin counts of every pair of dimensions")
+    mm = c.result(correction="miller-madow")
+    null = c.mi_result(axes=layers, free=True)  # the null needs only the marginals: counts dropped first
+    r.lap("MI, its permutation null and Miller-Madow from the counts")
+    return null, mm, int(c.n_samples), int(edges.shape[-2])
+
+
+def _ck(path: str | None, part: str) -> str | None:
+    """The checkpoint file of one pass: ``PATH.range``, ``PATH.counts``."""
+    return None if path is None else f"{path}.{part}"
 
 
 def bias_facts(raw: MIHistograms, null_mean: MIHistograms) -> dict[str, Any]:
