@@ -28,7 +28,7 @@ import pathlib
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -249,7 +249,7 @@ def stream(
     feed: Callable[[Any, Mapping[str, Any], MutableMapping[str, Any]], None],
     *,
     names: Sequence[str] | Callable[[str], bool],
-    stop_at_layer: int | None = None,
+    stop_at_layer: int | Literal["auto"] | None = "auto",
     checkpoint: str | os.PathLike | None = None,
     every: int = 50,
     settings: Iterable[Any] = (),
@@ -273,7 +273,11 @@ def stream(
             (a resumed run replaces them with the saved states).
         feed: ``feed(cache, batch, accumulators)``.
         names: hooks to cache (a list, or a predicate).
-        stop_at_layer: stop the forward pass before this block (decoders and bridges).
+        stop_at_layer: stop the forward pass before this block (decoders and bridges);
+            ``"auto"`` (the default) stops after the last block when no hook in ``names`` lies
+            after it (``ln_final``, ``unembed``): the unembedding is skipped, which on MiniLM is
+            most of the forward pass's memory (8 windows of 245 tokens: 239 MB of logits).
+            ``None`` runs the whole model.
         checkpoint: a file to save the states to and resume from (see the module docstring).
         every: batches between checkpoints.
         settings: anything else the result depends on (recorded in the checkpoint's fingerprint).
@@ -295,6 +299,9 @@ def stream(
     if len(batches) < size:
         raise TlprobeError(f"{len(batches)} batches for {size} processes; use fewer processes or a smaller batch size")
     every = as_int(every, "checkpoint every", minimum=1, fix="batches between checkpoints")
+    if stop_at_layer == "auto":
+        after = callable(names) or any("unembed" in n or "ln_final" in n for n in names)
+        stop_at_layer = None if after else int(model.cfg.n_layers)
     mine = list(range(rank, len(batches), size))
     path = None if checkpoint is None else checkpoint_path(checkpoint, rank, size)
     digest = fingerprint(batches, names if not callable(names) else "predicate", stop_at_layer, *settings)

@@ -145,6 +145,35 @@ def check_sizes(o: Options, n_layers: int, d_model: int) -> None:
     check_memory(need, what, "lower --bins")
 
 
+def stream_dependence(model, o: Options, tt, classes, occ, depth: list[int]):
+    """The covariance and MI between each mark and every position of its window, batch by batch.
+
+    Hidden states of the requested layers only, one batch of windows at a time; only the
+    per-window numbers are kept, so memory does not grow with the number of windows. A bin
+    rule takes one count from all windows: a first pass finds it.
+    """
+
+    def batches():
+        """``(windows, hidden)`` of each batch, in the order of ``occ``."""
+        starts = range(0, len(occ), o.batch_size)
+        if o.progress and len(starts) > 1:
+            from tqdm.auto import tqdm  # only for multi-batch runs with a progress bar
+
+            starts = tqdm(starts, desc="windows", unit="batch")
+        for s in starts:
+            windows = cut_windows(tt.ids, occ.pos[s : s + o.batch_size], before=o.before, after=o.after)
+            yield windows, run_windows(model, windows, depth, batch_size=o.batch_size)
+
+    resolved = None
+    if isinstance(o.bins, str):
+        resolved = bins_from_counts([rule_bin_counts(hidden, o.bins) for _, hidden in batches()], o.bins)
+    acc = DependenceAccumulator(classes, occ, before=o.before, depth=depth, bins=o.bins, resolved_bins=resolved)
+    for windows, hidden in batches():
+        acc.update(hidden, windows)
+        del hidden
+    return acc.result()
+
+
 def run(options: Options | None = None, **overrides) -> RecipeResult:
     """Run the recipe (``run(n=60)`` or ``run(Options(...))``); see :class:`Options`."""
     o = resolve(Options, options, overrides)
@@ -168,28 +197,8 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     occ = sample_occurrences(classes, o.n, before=o.before, after=o.after, seed=o.seed)
     r.lap("tokenise and sample")
 
-    # 2. Hidden states of the requested layers only, batch by batch of windows; covariance and MI
-    #    between the mark and every position of each batch (all layers at once), keeping only
-    #    those per-window numbers. A bin rule takes one count from all windows: a first pass.
-    def batches():
-        """``(windows, hidden)`` of each batch, in the order of ``occ``."""
-        starts = range(0, len(occ), o.batch_size)
-        if o.progress and len(starts) > 1:
-            from tqdm.auto import tqdm  # only for multi-batch runs with a progress bar
-
-            starts = tqdm(starts, desc="windows", unit="batch")
-        for s in starts:
-            windows = cut_windows(tt.ids, occ.pos[s : s + o.batch_size], before=o.before, after=o.after)
-            yield windows, run_windows(r.model, windows, depth, batch_size=o.batch_size)
-
-    resolved = None
-    if isinstance(o.bins, str):
-        resolved = bins_from_counts([rule_bin_counts(hidden, o.bins) for _, hidden in batches()], o.bins)
-    acc = DependenceAccumulator(classes, occ, before=o.before, depth=depth, bins=o.bins, resolved_bins=resolved)
-    for windows, hidden in batches():
-        acc.update(hidden, windows)
-        del hidden
-    dep = acc.result()
+    # 2. Covariance and MI between the mark and every position, batch by batch of windows.
+    dep = stream_dependence(r.model, o, tt, classes, occ, depth)
     r.lap("forward + covariance + MI")
 
     # 3. Clusters of the (covariance, MI) points and the Simpson check, per layer and class.
