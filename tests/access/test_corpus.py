@@ -176,13 +176,26 @@ from tlprobe.testing import tiny_model
 rank, size = init_distributed()
 model = tiny_model("gpt2", n_layers=2)
 w = text_windows(model, TEXT, window=20)
+from tlprobe.analyses import MICounts, MomentsAccumulator, RangeAccumulator, SimilarityAccumulator
 seen = []
+edges = torch.linspace(-4, 4, 6, dtype=torch.float64).expand(3, 8, 6)  # fixed edges: 5 bins, 8 dimensions
 def feed(cache, batch, acc):
     seen.append(str(batch["tokens"][0].tolist()))
-    acc["sums"].update(window_hidden(cache, batch, w))
-acc = stream(model, w.batches(2), {{"sums": Sums()}}, feed, names=resid_hook_names(model))["sums"]
+    h = window_hidden(cache, batch, w)
+    for k in ("sums", "moments", "similarity", "range"):
+        acc[k].update(h)
+    acc["counts"].update(h[..., :8])
+accs = {{"sums": Sums(), "moments": MomentsAccumulator(), "similarity": SimilarityAccumulator(),
+        "range": RangeAccumulator(), "counts": MICounts(edges)}}
+accs = stream(model, w.batches(2), accs, feed, names=resid_hook_names(model))
+acc = accs["sums"]
+m = accs["moments"].result()
 out = {{"rank": rank, "world": size, "s1": acc.s1.tolist(), "s2": acc.s2.tolist(), "n": acc.n_samples,
-       "seen": seen, "backend": torch.distributed.get_backend() if size > 1 else None}}
+       "seen": seen, "backend": torch.distributed.get_backend() if size > 1 else None,
+       "var": m.var.tolist(), "rel_var": m.rel_var.tolist(),
+       "corr": accs["similarity"].result("correlation").tolist(),
+       "edges": accs["range"].edges(5).tolist(), "mi": accs["counts"].result().tolist(),
+       "counts_n": accs["counts"].n_samples}}
 with open(sys.argv[1] + f".{{rank}}.json", "w") as f:
     json.dump(out, f)
 """
@@ -212,7 +225,11 @@ def test_two_gloo_processes_under_torchrun_equal_one(tmp_path):
     # each rank ran its own share: together every batch once
     assert sorted(two[0]["seen"] + two[1]["seen"]) == sorted(one["seen"])
     assert two[0]["seen"] and two[1]["seen"] and not set(two[0]["seen"]) & set(two[1]["seen"])
-    for t in two:  # after the all-reduce every rank holds the whole corpus's sums
-        assert t["n"] == one["n"]
+    for t in two:  # after the all-reduce every rank holds the whole corpus's statistics
+        assert t["n"] == one["n"] == t["counts_n"]
+        assert t["edges"] == one["edges"]  # min/max: exact
+        assert t["mi"] == one["mi"]  # integer counts summed: the MI to the bit
+        for key in ("var", "rel_var", "corr"):  # Chan merges in another order: float rounding only
+            torch.testing.assert_close(torch.tensor(t[key]), torch.tensor(one[key]), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(torch.tensor(t["s1"]), torch.tensor(one["s1"]), rtol=1e-12, atol=1e-9)
         torch.testing.assert_close(torch.tensor(t["s2"]), torch.tensor(one["s2"]), rtol=1e-12, atol=1e-9)
