@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tlprobe.analyses.moments import sample_moments
-from tlprobe.analyses.similarity import feature_similarity, qkv_block_similarity
+from tlprobe.analyses.similarity import feature_similarity, qkv_block_similarity, undefined_features
 from tlprobe.analyses.streaming import MomentsAccumulator, SimilarityAccumulator
 from tlprobe.errors import TlprobeError
 
@@ -293,3 +293,18 @@ def test_similarity_empty_merge_sides():
     shaped = SimilarityAccumulator(shape=(2, 3, 6))
     assert shaped.empty and shaped.comoment.shape == (2, 3, 6, 6) and shaped.device == torch.device("cpu")
     assert torch.equal(shaped.update(x).result(), ref.result())
+
+
+@pytest.mark.parametrize("method", ["cosine", "correlation"])
+def test_undefined_features_equal_the_in_memory_ones(method):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 40, 6, generator=g)
+    x[0, 1, :, 2] = 4.0  # constant: undefined for correlation
+    x[1, 0, :, 4] = 0.0  # all-zero: undefined for both
+    x[1, 2] = x[1, 2, :1]  # every sample identical
+    acc = SimilarityAccumulator()
+    for part in torch.split(x, [1, 7, 13, 19], dim=-2):
+        acc.update(part)
+    want = undefined_features(x, method)
+    assert torch.equal(acc.undefined_features(method), want)
+    assert bool(want.any())

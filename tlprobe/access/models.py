@@ -148,9 +148,10 @@ def load_model(
             f"device={device!r} and device_map={load_kwargs['device_map']!r}: a model goes to one device or is "
             "split by a device map, not both; pass one of them"
         )
+    one_device = "cuda" if torch.cuda.is_available() else "cpu"  # where an unplaced model goes
     if device is None and load_kwargs.get("device_map") is None:
         load_kwargs.pop("device_map", None)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = one_device
     if kind == "auto":
         kind = "bridge" if has_bridge() else "hooked"
     try:
@@ -158,7 +159,7 @@ def load_model(
             if kind == "bridge":
                 model = _boot_bridge(name, device, dtype, load_kwargs)
             elif name == "minilm":
-                model = _minilm_encoder(device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype)
+                model = _minilm_encoder(device or one_device, dtype)  # too small to split: one device
             else:
                 model = _hooked_from_pretrained(name, device, dtype, compatibility_mode, load_kwargs)
     except OSError as exc:

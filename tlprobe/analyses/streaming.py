@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 
 from tlprobe.analyses.moments import Moments
 from tlprobe.analyses.similarity import (
@@ -542,7 +542,19 @@ class SimilarityAccumulator(_Float64Accumulator):
 
     # -- results -------------------------------------------------------------------------------
     def _columns(self, method: str) -> tuple[torch.Tensor, _Columns]:
-        """The raw ``[items, F, F]`` product (gram for cosine, co-moment for correlation) and column stats.
+        """The raw ``[items, F, F]`` product (gram for cosine, co-moment for correlation) and column stats
+        (:meth:`_column_stats`)."""
+        assert self.mean is not None and self.comoment is not None
+        f, n = self.mean.shape[-1], self.n_samples
+        mean, c = self.mean.reshape(-1, f), self.comoment.view(-1, f, f)
+        if method == "correlation":
+            prod = c.clone()
+        else:  # the raw gram: C + n outer(mean, mean)
+            prod = torch.baddbmm(c, mean.unsqueeze(-1), mean.unsqueeze(-2), alpha=n)
+        return prod, self._column_stats(method)
+
+    def _column_stats(self, method: str) -> _Columns:
+        """Norm and degeneracy of every ``[items, F]`` column, from the co-moment's diagonal and lo/hi.
 
         The criterion of :func:`~tlprobe.analyses.similarity.undefined_features`: a column's
         (centred) norm is at most ``eps * n * (amax + 1)``, ``amax = max |x - centre|`` (from
@@ -551,19 +563,29 @@ class SimilarityAccumulator(_Float64Accumulator):
         assert self.mean is not None and self.comoment is not None and self.lo is not None and self.hi is not None
         f, n = self.mean.shape[-1], self.n_samples
         mean, lo, hi = self.mean.reshape(-1, f), self.lo.reshape(-1, f), self.hi.reshape(-1, f)
-        c = self.comoment.view(-1, f, f)
+        sq = torch.diagonal(self.comoment.view(-1, f, f), dim1=-2, dim2=-1)  # centred squares
         if method == "correlation":
-            prod, centre = c.clone(), mean
-        else:  # the raw gram: C + n outer(mean, mean)
-            prod, centre = torch.baddbmm(c, mean.unsqueeze(-1), mean.unsqueeze(-2), alpha=n), torch.zeros_like(mean)
-        norm = torch.diagonal(prod, dim1=-2, dim2=-1).clamp(min=0.0).sqrt()
+            centre = mean
+        else:  # the raw squares: the gram's diagonal, C_ii + n mean_i^2
+            sq, centre = sq + n * mean.square(), torch.zeros_like(mean)
+        norm = sq.clamp(min=0.0).sqrt()
         eps = torch.finfo(self.work_dtype).eps
         amax = torch.maximum(hi - centre, centre - lo)
         undefined = norm <= eps * n * (amax + 1)
         spread = hi - lo
         identical = (spread <= eps * n * (torch.maximum(hi.abs(), lo.abs()) + 1)).all(-1)
-        cols = _Columns(n, mean if method == "correlation" else None, norm, undefined, spread, identical)
-        return prod, cols
+        return _Columns(n, mean if method == "correlation" else None, norm, undefined, spread, identical)
+
+    def undefined_features(
+        self, method: Literal["cosine", "correlation"] = "cosine"
+    ) -> Bool[torch.Tensor, "... features"]:
+        """Features whose similarity is undefined over the samples seen: all-zero (cosine) or
+        constant (correlation), as :func:`~tlprobe.analyses.similarity.undefined_features` decides
+        on the concatenated samples. ``.all(-1)`` marks leading indices whose samples are all identical.
+        """
+        check_choice(method, ("cosine", "correlation"), "method")
+        assert self._shape is not None
+        return self._column_stats(method).undefined.reshape(self._shape).cpu()
 
     def _normalised(self, method: str, fix: str, undefined: str = "raise", axes=None) -> tuple[torch.Tensor, _Columns]:
         """The ``[items, F, F]`` float64 cosine/correlation matrix (undefined columns divided by 1)."""

@@ -561,16 +561,6 @@ def target_sentences(path: str | os.PathLike | None, what: str) -> list[str]:
     return prompts
 
 
-def run_targets(model, prompts: list[str], target: str, names, seed: int, progress: bool):
-    """Run the sentences; find the target and draw a random earlier token in each.
-
-    Returns ``(batch, target_positions, non_target_positions)``.
-    """
-    batch = run_batch(model, prompts, names=names, progress=progress)
-    tpos, npos = target_positions(model, batch.tokens, batch.attention_mask, prompts, target, seed)
-    return batch, tpos, npos
-
-
 def target_positions(model, tokens, mask, prompts: list[str], target: str, seed: int) -> tuple[Positions, Positions]:
     """The target in each sentence, and one random earlier token (seeded): ``(target, non-target)``."""
     tpos = find_token_positions(model.tokenizer, tokens, target, mask, prompts=prompts)

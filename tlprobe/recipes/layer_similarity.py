@@ -268,14 +268,11 @@ def identical_across_sentences(acc: SimilarityAccumulator, layers: tuple[str, ..
     difference across sentences.
 
     The criterion of :func:`~tlprobe.analyses.similarity.undefined_features` (``"correlation"``)
-    on the whole stream: every coordinate's centred norm (the co-moment's diagonal) is at most
-    ``eps * n * (amax + 1)``, ``amax`` its largest distance from the mean (from the min/max).
+    on the whole stream (:meth:`SimilarityAccumulator.undefined_features`).
     """
-    assert acc.mean is not None and acc.comoment is not None and acc.lo is not None and acc.hi is not None
-    n, eps = acc.n_samples, torch.finfo(acc.work_dtype).eps
-    norm = torch.diagonal(acc.comoment, dim1=-2, dim2=-1).clamp(min=0.0).sqrt()
-    amax = torch.maximum(acc.hi - acc.mean, acc.mean - acc.lo)
-    identical = (norm <= eps * n * (amax + 1)).all(-1).cpu()  # [population, layer]
+    assert acc.lo is not None and acc.hi is not None
+    n = acc.n_samples
+    identical = acc.undefined_features("correlation").all(-1)  # [population, layer]
     spread = (acc.hi - acc.lo).abs().amax(-1).to(acc.work_dtype).cpu()
     return [
         {
