@@ -382,10 +382,21 @@ def window_hidden(
     the first one.
     """
     h = resid_stack(cache, depth)
+    return torch.stack([window_rows(x, batch, windows) for x in h])
+
+
+def window_rows(x: torch.Tensor, batch: Mapping[str, torch.Tensor], windows: Windows) -> torch.Tensor:
+    """``[b, pos, ...]`` activations of a window batch without its special tokens: ``[b * length, ...]``.
+
+    Example:
+        >>> w = Windows((torch.tensor([5, 6]), torch.tensor([7, 8])), prefix=(1,), suffix=(2,), n_tokens=4)
+        >>> b = w.batches(2)[0]
+        >>> window_rows(b["tokens"], b, w).tolist()
+        [5, 6, 7, 8]
+    """
     a = len(windows.prefix)
     length = batch["tokens"].shape[1] - a - len(windows.suffix)
-    h = h[:, :, a : a + length]
-    return h.reshape(h.shape[0], -1, h.shape[-1])
+    return x[:, a : a + length].flatten(0, 1)
 
 
 def is_rank_zero() -> bool:

@@ -611,21 +611,61 @@ def gather_targets(
     ``names`` are hooks with a position axis after the batch axis (q, k, v, residual stream, ...);
     attention patterns go in ``view_names``, cached for the first sentence only.
     """
-    from transformer_lens import ActivationCache  # ~3 s to import: only when a model runs
-
     tokens, mask = tokenize_prompts(model, prompts)
     tpos, npos = target_positions(model, tokens, mask, prompts, target, seed)  # before any forward pass
-    kept: dict[str, dict[str, torch.Tensor]] = {"target": {}, "non_target": {}}
-    starts = range(0, len(prompts), batch_size)
+    kept = gather_rows(
+        model, tokens, mask, {"target": tpos, "non_target": npos}, names, progress=progress, batch_size=batch_size
+    )
+    first = run_batch(model, prompts[:1], names=view_names or [])
+    return TargetActivations(
+        tokens=tokens,
+        attention_mask=mask,
+        target_positions=tpos,
+        non_target_positions=npos,
+        target=kept["target"],
+        non_target=kept["non_target"],
+        first=first,
+    )
+
+
+def gather_rows(
+    model,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    positions: Mapping[str, Positions],
+    names: list[str],
+    *,
+    progress: bool = False,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Run ``tokens`` batch by batch and keep the hooks in ``names`` at each set of positions only.
+
+    Args:
+        model: a TransformerLens model.
+        tokens, mask: ``[batch, pos]`` token ids and attention mask of every prompt.
+        positions: name -> :class:`~tlprobe.access.tokens.Positions` (prompt, position) pairs.
+        names: hooks with a position axis after the batch axis (q, k, v, residual stream, ...).
+        progress: a progress bar over the batches (when there are several).
+        batch_size: prompts per forward pass.
+
+    Returns:
+        name -> ``ActivationCache`` whose hooks are ``[n, 1, ...]`` (the rows of that set, in its
+        order, the position axis kept with length 1), so the hook getters work on it. Memory
+        grows with the rows kept, not with prompts x tokens x hooks.
+    """
+    from transformer_lens import ActivationCache  # ~3 s to import: only when a model runs
+
+    kept: dict[str, dict[str, torch.Tensor]] = {which: {} for which in positions}
+    starts = range(0, int(tokens.shape[0]), batch_size)
     if progress and len(starts) > 1:
         from tqdm.auto import tqdm  # only for multi-batch runs with a progress bar
 
         starts = tqdm(starts, desc="forward", unit="batch")
     with torch.no_grad():
         for s in starts:
-            e = min(len(prompts), s + batch_size)
+            e = min(int(tokens.shape[0]), s + batch_size)
             cache = forward_cache(model, tokens[s:e], mask[s:e], names=list(names))
-            for which, pos in (("target", tpos), ("non_target", npos)):
+            for which, pos in positions.items():
                 rows = ((pos.batch >= s) & (pos.batch < e)).nonzero().flatten()
                 for k in cache.keys():
                     x = cache[k]
@@ -634,13 +674,4 @@ def gather_targets(
                     got = x[pos.batch[rows].to(x.device) - s, pos.pos[rows].to(x.device)]
                     kept[which][k][rows.to(x.device)] = got.unsqueeze(1)
             del cache
-    first = run_batch(model, prompts[:1], names=view_names or [])
-    return TargetActivations(
-        tokens=tokens,
-        attention_mask=mask,
-        target_positions=tpos,
-        non_target_positions=npos,
-        target=ActivationCache(kept["target"], model),
-        non_target=ActivationCache(kept["non_target"], model),
-        first=first,
-    )
+    return {which: ActivationCache(rows, model) for which, rows in kept.items()}
