@@ -72,6 +72,10 @@ def test_closed_forms():
     known = spectrum(torch.tensor([1.0, 3.0, 2.0]), n_samples=10)  # any order: sorted
     assert known.eigenvalues.tolist() == [3.0, 2.0, 1.0]
     assert math.isclose(float(known.participation_ratio), 36 / 14, rel_tol=1e-15)
+    flat = spectrum(torch.ones(4), n_samples=10, thresholds=(0.25, 0.5, 0.75, 1.0))  # shares 1/4, 2/4, 3/4, 1 exactly
+    assert flat.n_components.tolist() == [1, 2, 3, 4]  # a share equal to the threshold reaches it
+    clamped = spectrum(torch.tensor([2.0, -1e-17]), n_samples=10)  # rounding below 0
+    assert clamped.eigenvalues.tolist() == [2.0, 0.0] and float(clamped.participation_ratio) == 1.0
     g = torch.Generator().manual_seed(0)
     iso = pca_spectrum(torch.randn(20000, 8, generator=g, dtype=torch.float64))
     assert abs(float(iso.participation_ratio) - 8) < 0.01 * 8  # PR -> F as n grows (bias ~ F/n)
@@ -92,6 +96,15 @@ def test_zero_total_variance_is_undefined_with_no_components(tmp_path):
     assert load(s.save(tmp_path / "zero.json")) == s  # NaN survives the JSON round trip
     z = spectrum(torch.zeros(3), n_samples=5)
     assert math.isnan(float(z.participation_ratio)) and z.n_components.tolist() == [0, 0, 0]
+    # streamed: constant samples leave rounding noise, zeroed where the accumulator marks every feature constant
+    acc = SimilarityAccumulator()
+    for lo, hi in ((0, 5), (5, 12)):
+        acc.update(x[..., lo:hi, :])
+    ev = acc.eigenvalues()
+    ev = torch.where(acc.undefined_features("correlation").all(-1, keepdim=True), 0.0, ev)
+    streamed = spectrum(ev, n_samples=acc.n_samples, axes={"layer": ("L0", "L1")})
+    assert math.isnan(float(streamed.participation_ratio[1])) and streamed.n_components[1].tolist() == [0, 0, 0]
+    np.testing.assert_allclose(streamed.participation_ratio[0], s.participation_ratio[0], rtol=1e-10)
 
 
 def test_constant_feature_contributes_exactly_zero():

@@ -118,7 +118,11 @@ def spectrum(
     Args:
         eigenvalues: ``[..., components]`` eigenvalues of a covariance, in any order (they are
             sorted, largest first), e.g. :meth:`~tlprobe.analyses.streaming.SimilarityAccumulator.eigenvalues`.
-            Negatives within rounding of 0 are clamped to 0.
+            Negatives within rounding of 0 (``max(8 F eps, sqrt(eps))`` of the largest, ``eps``
+            of their dtype) are clamped to 0. A streamed covariance of constant samples has
+            rounding noise (~1e-32), not exact zeros, for eigenvalues: zero them first where
+            ``SimilarityAccumulator.undefined_features("correlation").all(-1)`` to get the
+            undefined (NaN) participation ratio of zero total variance.
         n_samples: samples behind the covariance (recorded; at least 2).
         thresholds: cumulative explained-variance fractions for ``n_components``, in ``(0, 1]``,
             strictly increasing.
@@ -144,15 +148,16 @@ def spectrum(
     eps = torch.finfo(ev.dtype).eps if ev.is_floating_point() else 0.0
     ev = ev.to(_F64)
     scale = ev.abs().amax(-1, keepdim=True)
-    # eigvalsh's error is about eps * ||C|| per eigenvalue; anything more negative is no covariance spectrum
-    bad = ev < -8 * ev.shape[-1] * eps * scale
+    # eigvalsh's (and a streamed co-moment's) error is a few eps * F * ||C|| at most; sqrt(eps) leaves a wide margin,
+    # while a matrix that is no covariance has negatives of the order of its largest eigenvalue
+    bad = ev < -max(8 * ev.shape[-1] * eps, math.sqrt(eps)) * scale
     if bool(bad.any()):
         first = tuple(int(i) for i in bad.nonzero()[0].tolist())
         raise TlprobeError(
             f"eigenvalues has a negative value {float(ev[first]):.4g} at index {first}, beyond rounding; "
             "pass the eigenvalues of a covariance (a positive semi-definite matrix)"
         )
-    ev = torch.sort(ev, dim=-1, descending=True).values
+    ev = torch.sort(ev, dim=-1, descending=True).values.clamp(min=0.0)
     return _summarise(ev, _check_n_samples(n_samples), _check_thresholds(thresholds), null, axes)
 
 
