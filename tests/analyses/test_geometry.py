@@ -8,17 +8,19 @@ from rsatoolbox.data.dataset import Dataset
 from rsatoolbox.inference.noise_ceiling import boot_noise_ceiling
 from rsatoolbox.rdm.calc import calc_rdm
 from rsatoolbox.rdm.compare import compare
-from rsatoolbox.rdm.rdms import RDMs
+from rsatoolbox.rdm.rdms import RDMs as RsaRDMs
 from scipy.spatial.distance import squareform
 
 from tlprobe import load
 from tlprobe.analyses.geometry import (
     NoiseCeiling,
+    RDMs,
     RSATest,
     Selectivity,
     category_rdm,
     category_selectivity,
     compare_rdms,
+    condition_means,
     noise_ceiling,
     rdm,
     rdm_vector,
@@ -48,8 +50,8 @@ def _rsa_vectors(m: torch.Tensor) -> np.ndarray:
 
 
 def _rsa_compare(a: torch.Tensor, b: torch.Tensor, method: str) -> float:
-    ra = RDMs(squareform(a.numpy(), checks=False)[None])
-    rb = RDMs(squareform(b.numpy(), checks=False)[None])
+    ra = RsaRDMs(squareform(a.numpy(), checks=False)[None])
+    rb = RsaRDMs(squareform(b.numpy(), checks=False)[None])
     return float(compare(ra, rb, method=RSATOOLBOX[method])[0, 0])
 
 
@@ -65,7 +67,7 @@ def test_rdm_equals_rsatoolbox_calc_rdm(method):
     for i in range(2):
         for j in range(3):
             ref = calc_rdm(Dataset(x[i, j].numpy()), method=method)
-            assert isinstance(ref, RDMs)
+            assert isinstance(ref, RsaRDMs)
             np.testing.assert_allclose(d[i, j].numpy(), ref.get_matrices()[0], atol=1e-10, rtol=0)
             np.testing.assert_allclose(rdm_vector(d[i, j]).numpy(), ref.get_vectors()[0], atol=1e-10, rtol=0)
 
@@ -89,6 +91,39 @@ def test_category_rdm_structure():
     assert m.dtype == torch.float64 and m.shape == (5, 5)
     expected = [[float(a != b) for b in labels] for a in labels]
     assert m.tolist() == expected
+
+
+def test_condition_means_equal_numpy_group_means():
+    x = _patterns(2, 3, 11, 4)
+    codes = [0, 2, 1, 0, 2, 2, 1, 0, 3, 1, 2]
+    got = condition_means(x, torch.tensor(codes), 4)
+    assert got.shape == (2, 3, 4, 4) and got.dtype == torch.float64
+    want = np.stack([x.numpy()[..., [i for i, c in enumerate(codes) if c == k], :].mean(-2) for k in range(4)], -2)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-13)
+    with pytest.raises(TlprobeError, match=r"conditions \[4\] have no samples"):
+        condition_means(x, codes, 5)
+    with pytest.raises(TlprobeError, match="lie in 0..2"):
+        condition_means(x, codes, 3)
+    with pytest.raises(TlprobeError, match="one integer per sample"):
+        condition_means(x, codes[:-1], 4)
+
+
+def test_rdms_result_round_trip_selection_rows(tmp_path):
+    d = rdm(_patterns(2, 4, 3))
+    r = RDMs(d, conditions=("w", "x", "y", "z"), categories=("a", "a", "b", "b"), axes={"rdm": ("Q", "K")})
+    assert load(r.save(tmp_path / "r.json")) == r
+    assert torch.equal(r["K"].dissimilarities, d[1]) and r["K"].conditions == ("w", "x", "y", "z")
+    rows = r.rows()
+    assert len(rows) == 12 and rows[8] == {
+        "rdm": "K",
+        "condition_a": "w",
+        "condition_b": "z",
+        "dissimilarity": float(d[1, 0, 3]),
+    }
+    with pytest.raises(TlprobeError, match="one name per condition"):
+        RDMs(d, conditions=("w", "x"))
+    with pytest.raises(TlprobeError, match="give one per condition"):
+        RDMs(d, conditions=("w", "x", "y", "z"), categories=("a",))
 
 
 # -- comparisons ---------------------------------------------------------------------------
@@ -245,7 +280,7 @@ def test_noise_ceiling_equals_rsatoolbox(method):
     for i in range(2):
         with np.testing.suppress_warnings() as sup:
             sup.filter(UserWarning)  # rsatoolbox: "Noise ceiling for tau based on averaged ranks!"
-            lo, hi = boot_noise_ceiling(RDMs(_rsa_vectors(reps[i])), method=RSATOOLBOX[method])
+            lo, hi = boot_noise_ceiling(RsaRDMs(_rsa_vectors(reps[i])), method=RSATOOLBOX[method])
         assert abs(float(nc.lower[i]) - lo) < 1e-10 and abs(float(nc.upper[i]) - hi) < 1e-10
         assert float(nc.lower[i]) < float(nc.upper[i])
 

@@ -8,6 +8,8 @@ prompts) by how far apart the model places them, a *representational dissimilari
   patterns (correlation distance or rsatoolbox's squared euclidean distance per feature);
 * :func:`rdm_vector`: its strict upper triangle, the vector every comparison works on;
 * :func:`category_rdm`: a hypothesis RDM, 0 within a category and 1 across;
+* :func:`condition_means`: each condition's mean pattern over its samples;
+* :class:`RDMs`: RDMs with their condition names and categories (for figures and tables);
 * :func:`compare_rdms`: Spearman, Kendall tau-a, Pearson or cosine between RDMs;
 * :func:`rsa_test`: the comparison with a seeded permutation null over the conditions, as an
   :class:`RSATest`;
@@ -32,7 +34,7 @@ from typing import Literal
 import numpy as np
 import scipy.stats
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 
 from tlprobe.analyses.similarity import TILE_CELLS
 from tlprobe.checks import as_float, as_int, as_tensor, check_choice, check_finite, check_memory, check_ndim
@@ -43,11 +45,13 @@ __all__ = [
     "CompareMethod",
     "NoiseCeiling",
     "RDMMethod",
+    "RDMs",
     "RSATest",
     "Selectivity",
     "category_rdm",
     "category_selectivity",
     "compare_rdms",
+    "condition_means",
     "noise_ceiling",
     "rdm",
     "rdm_vector",
@@ -189,6 +193,102 @@ def category_rdm(labels: Sequence[str]) -> Float[torch.Tensor, "conditions condi
     if codes.numel() < 2:
         raise TlprobeError(f"a category RDM needs at least 2 conditions, got {codes.numel()}")
     return (codes[:, None] != codes[None, :]).double()
+
+
+def condition_means(
+    x: Float[torch.Tensor, "... samples features"],
+    conditions: Int[torch.Tensor, " samples"] | Sequence[int],
+    n_conditions: int,
+) -> Float[torch.Tensor, "... conditions features"]:
+    """The mean pattern of each condition over its samples (e.g. a word's vector over its sentences).
+
+    One matrix product with the one-hot ``[samples, conditions]`` membership, batched over the
+    leading axes, in float64.
+
+    Args:
+        x: ``[..., samples, features]``.
+        conditions: ``[samples]`` integer condition of each sample, in ``0 .. n_conditions - 1``.
+        n_conditions: the number of conditions.
+
+    Returns:
+        ``[..., n_conditions, features]`` float64 on ``x``'s device.
+
+    Raises:
+        TlprobeError: not one condition per sample, a condition out of range or without
+            samples, or non-finite values.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
+        >>> condition_means(x, [0, 0, 1], 2)
+        tensor([[2., 1.],
+                [5., 5.]], dtype=torch.float64)
+    """
+    x = as_tensor(x, "x")
+    check_ndim(x, "x", 2, "[..., samples, features]")
+    k = as_int(n_conditions, "n_conditions", minimum=1)
+    codes = as_tensor(conditions, "conditions")
+    if codes.ndim != 1 or codes.numel() != x.shape[-2] or codes.is_floating_point() or codes.dtype == torch.bool:
+        raise TlprobeError(
+            f"conditions must be one integer per sample ({x.shape[-2]}), got shape {tuple(codes.shape)} "
+            f"and dtype {codes.dtype}"
+        )
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k):
+        raise TlprobeError(f"conditions must lie in 0..{k - 1}, got {int(codes.min())}..{int(codes.max())}")
+    check_finite(x, "x")
+    onehot = torch.nn.functional.one_hot(codes.long().cpu(), k).double().to(x.device)  # [samples, k]
+    counts = onehot.sum(0)
+    if bool((counts == 0).any()):
+        empty = (counts == 0).nonzero()[:8, 0].tolist()
+        raise TlprobeError(f"conditions {empty} have no samples; give every condition at least one sample")
+    return (onehot.mT @ x.double()) / counts[:, None]
+
+
+@dataclass(frozen=True, eq=False)
+class RDMs(Result):
+    """RDMs with the names of their conditions (and categories), for figures and ``results.json``.
+
+    Attributes:
+        dissimilarities: ``[..., conditions, conditions]`` (e.g. from :func:`rdm`).
+        conditions: one name per condition.
+        categories: the category of each condition, or ``()`` when there are none.
+        method: how the dissimilarities were computed (e.g. ``"correlation"``).
+
+    Example:
+        >>> r = RDMs(category_rdm(["a", "a", "b"]), conditions=("x", "y", "z"), categories=("a", "a", "b"))
+        >>> r.rows()[1]
+        {'condition_a': 'x', 'condition_b': 'z', 'dissimilarity': 1.0}
+    """
+
+    dissimilarities: Float[torch.Tensor, "... conditions conditions"]
+    conditions: tuple[str, ...]
+    categories: tuple[str, ...] = ()
+    method: str = "correlation"
+
+    def __post_init__(self):
+        super().__post_init__()
+        d = self.dissimilarities
+        object.__setattr__(self, "conditions", tuple(str(c) for c in self.conditions))
+        object.__setattr__(self, "categories", tuple(str(c) for c in self.categories))
+        if d.ndim < 2 or d.shape[-1] != d.shape[-2] or d.shape[-1] != len(self.conditions):
+            raise TlprobeError(
+                f"RDMs of shape {tuple(d.shape)} need [..., conditions, conditions] with one name per "
+                f"condition ({len(self.conditions)} given)"
+            )
+        if self.categories and len(self.categories) != len(self.conditions):
+            raise TlprobeError(
+                f"{len(self.categories)} categories for {len(self.conditions)} conditions; give one per condition"
+            )
+
+    def rows(self) -> list[dict]:
+        """One row per leading index and pair ``i < j``: labels, ``condition_a``, ``condition_b``, ``dissimilarity``."""
+        c = len(self.conditions)
+        i, j = torch.triu_indices(c, c, 1).tolist()
+        vec = rdm_vector(self.dissimilarities)
+        return [
+            {**labels, "condition_a": self.conditions[a], "condition_b": self.conditions[b], "dissimilarity": float(v)}
+            for labels, idx in _index_rows(self.axes, tuple(vec.shape[:-1]))
+            for a, b, v in zip(i, j, vec[idx].tolist())
+        ]
 
 
 # -- comparing RDMs ------------------------------------------------------------------------
