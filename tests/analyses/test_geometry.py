@@ -148,6 +148,10 @@ def test_compare_with_ties_equals_rsatoolbox(method):
     got = compare_rdms(data, hyp, method=method)
     for i in range(4):
         assert abs(float(got[i]) - _rsa_compare(data[i], hyp, method)) < 1e-10
+    coarse = (data * 2).round() / 2  # a few tied levels on both sides (tau-a's general path)
+    got = compare_rdms(coarse[:2], coarse[2:], method=method)
+    for i in range(2):
+        assert abs(float(got[i]) - _rsa_compare(coarse[i], coarse[i + 2], method)) < 1e-10
 
 
 def test_compare_equals_scipy():
@@ -202,6 +206,24 @@ def test_rsa_test_null_is_the_comparison_with_permuted_conditions(method):
     np.testing.assert_allclose(t.observed.numpy(), compare_rdms(a, b, method=method).numpy(), atol=1e-15)
     count = (want >= t.observed[:, None] - 1e-12).sum(-1)
     np.testing.assert_array_equal(t.p_value.numpy(), ((1 + count.double()) / 31).numpy())
+
+
+@pytest.mark.parametrize("hyp_first", [False, True])
+def test_kendall_null_with_a_category_rdm_equals_rsatoolbox(hyp_first):
+    """A two-valued RDM takes tau-a's linear path: its null equals rsatoolbox's tau-a of the permuted RDMs."""
+    hyp = category_rdm(list("aabbbccdd"))
+    data = rdm(_patterns(2, 9, 5, seed=25))
+    a, b = (hyp, data) if hyp_first else (data, hyp)
+    t = rsa_test(a, b, method="kendall", n_permutations=12, seed=4)
+    g = _gen(4)
+    for k in range(12):
+        perm = torch.randperm(9, generator=g)
+        for i in range(2):
+            ai, bi = (a, b[i]) if hyp_first else (a[i], b)
+            assert abs(float(t.null[i, k]) - _rsa_compare(ai, _permuted(bi, perm), "kendall")) < 1e-12
+    for i in range(2):
+        ai, bi = (a, b[i]) if hyp_first else (a[i], b)
+        assert abs(float(t.observed[i]) - _rsa_compare(ai, bi, "kendall")) < 1e-12
 
 
 @pytest.mark.parametrize("method", ["spearman", "kendall"])

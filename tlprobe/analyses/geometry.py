@@ -308,8 +308,9 @@ def compare_rdms(
         method: ``"spearman"``: Pearson correlation of the average ranks (ties averaged, as
             ``scipy.stats.rankdata``); ``"kendall"``: Kendall's tau-a,
             ``sum_{p<q} sign(a_p - a_q) sign(b_p - b_q) / (m (m - 1) / 2)`` over the ``m``
-            pairs (no tie correction; rsatoolbox's ``"tau-a"``), tiled so memory stays
-            bounded; ``"pearson"``; ``"cosine"`` (not centred).
+            pairs (no tie correction; rsatoolbox's ``"tau-a"``): quadratic in the pairs, tiled
+            so memory stays bounded, and linear when one of the RDMs takes two values (a
+            category model, see :func:`category_rdm`); ``"pearson"``; ``"cosine"`` (not centred).
 
     Returns:
         ``[...]`` float64. NaN where either RDM vector is constant (all-zero for ``"cosine"``):
@@ -337,7 +338,9 @@ def _compare(va: torch.Tensor, vb: torch.Tensor, method: str) -> torch.Tensor:
     if method == "kendall":
         m = va.shape[-1]
         fa, fb = (v.expand(*lead, m).reshape(-1, m) for v in (va, vb))
-        out = _tau_sums(fa, fb) / (m * (m - 1))
+        factors = _tau_factors(fa, fb)
+        sums = _tau_sums(fa, fb) if factors is None else 2 * (factors[0] * factors[1]).sum(-1)
+        out = sums / (m * (m - 1))
         undefined = _constant(fa) | _constant(fb)
         return out.masked_fill_(undefined, math.nan).reshape(lead)
     ua, ub = _unit(va, method), _unit(vb, method)
@@ -377,6 +380,32 @@ def _tau_sums(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
         d = (ra[:, r : r + step, None] - ra[:, None, :]) * (rb[:, r : r + step, None] - rb[:, None, :])
         total += torch.sign(d).sum((-1, -2), dtype=torch.float64)
     return total
+
+
+def _tau_factors(fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(u, w)`` with tau sum ``= 2 * sum(u * w)`` when ``fb`` or ``fa`` takes two values per row, else None.
+
+    With two values (a category RDM), ``sign(b_p - b_q) = beta_p - beta_q`` for the indicator
+    ``beta`` of the larger value, and ``sum_q sign(a_p - a_q) = 2 rank_p - m - 1`` (average
+    ranks, exactly), so the double sum is ``2 sum_p beta_p (2 rank_p - m - 1)``: linear in the
+    pairs instead of quadratic, and exact (integers in float64). ``w`` comes from ``fb``, so a
+    permutation of ``b``'s pairs permutes ``w`` only.
+    """
+
+    def two_valued(v: torch.Tensor) -> bool:
+        return bool(((v == v.amin(-1, keepdim=True)) | (v == v.amax(-1, keepdim=True))).all())
+
+    def signed(v: torch.Tensor) -> torch.Tensor:
+        return 2 * _ranks(v) - v.shape[-1] - 1
+
+    def indicator(v: torch.Tensor) -> torch.Tensor:
+        return (v == v.amax(-1, keepdim=True)).double()
+
+    if two_valued(fb):
+        return signed(fa), indicator(fb)
+    if two_valued(fa):
+        return indicator(fa), signed(fb)
+    return None
 
 
 def _order_ranks(v: torch.Tensor) -> torch.Tensor:
@@ -547,12 +576,20 @@ def rsa_test(
     if method == "kendall":
         fa, fb = (v.expand(*lead, m).reshape(n, m) for v in (va, vb))
         undefined = _constant(fa) | _constant(fb)
-        ra, rb = _order_ranks(fa), _order_ranks(fb)
-        rows = min(m, max(1, TILE_CELLS // (n * m)))
-        step = max(1, TILE_CELLS // (n * rows * m))
-        for start in range(0, n_perm, step):
-            index = _permuted_pairs(pair_of, _draw(gen, c, min(step, n_perm - start)), va.device)
-            null[:, start : start + index.shape[0]] = _tau_null(ra, rb[:, index], rows) / (m * (m - 1))
+        factors = _tau_factors(fa, fb)
+        if factors is not None:  # a two-valued RDM (e.g. a category model): linear in the pairs
+            u, w = factors
+            step = max(1, TILE_CELLS // (n * m))
+            for start in range(0, n_perm, step):
+                index = _permuted_pairs(pair_of, _draw(gen, c, min(step, n_perm - start)), va.device)
+                null[:, start : start + index.shape[0]] = 2 * torch.einsum("nm,ntm->nt", u, w[:, index]) / (m * (m - 1))
+        else:
+            ra, rb = _order_ranks(fa), _order_ranks(fb)
+            rows = min(m, max(1, TILE_CELLS // (n * m)))
+            step = max(1, TILE_CELLS // (n * rows * m))
+            for start in range(0, n_perm, step):
+                index = _permuted_pairs(pair_of, _draw(gen, c, min(step, n_perm - start)), va.device)
+                null[:, start : start + index.shape[0]] = _tau_null(ra, rb[:, index], rows) / (m * (m - 1))
         null.masked_fill_(undefined[:, None], math.nan)
     else:
         ua = _unit(va, method).expand(*lead, m).reshape(n, m)
