@@ -340,6 +340,8 @@ def test_selectivity_f_and_p_equal_scipy_f_oneway():
     np.testing.assert_allclose(s.f.numpy(), ref.statistic, rtol=1e-10)
     np.testing.assert_allclose(s.p.numpy(), ref.pvalue, rtol=1e-9, atol=1e-300)
     assert (s.n_groups, s.n_samples, s.correction) == (3, 18, "fdr_bh")
+    codes = torch.tensor(["abc".index(v) for v in labels])
+    assert category_selectivity(x, codes, n_permutations=5) == s  # integer codes as a tensor: same groups
 
 
 @pytest.mark.parametrize("correction", ["fdr_bh", "bonferroni", "none"])

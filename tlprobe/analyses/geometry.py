@@ -817,7 +817,7 @@ class Selectivity(Result):
 
 def category_selectivity(
     x: Float[torch.Tensor, "... samples features"],
-    labels: Sequence[str],
+    labels: Sequence[str] | torch.Tensor,
     *,
     alpha: float = 0.05,
     correction: Correction = "fdr_bh",
@@ -836,7 +836,7 @@ def category_selectivity(
 
     Args:
         x: ``[..., samples, features]`` activations (e.g. ``[layer, samples, d_model]``).
-        labels: the category of each sample.
+        labels: the category of each sample (names, or integer codes as a sequence or a 1-d tensor).
         alpha: significance level in (0, 1).
         correction: ``"fdr_bh"`` (Benjamini-Hochberg over the features of each leading index),
             ``"bonferroni"`` (``p`` times the number of defined features) or ``"none"``.
@@ -986,8 +986,10 @@ def _fraction(selective: torch.Tensor, defined: torch.Tensor) -> torch.Tensor:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _codes(labels: Sequence[str], name: str) -> tuple[torch.Tensor, list[str]]:
+def _codes(labels: Sequence[str] | torch.Tensor | np.ndarray, name: str) -> tuple[torch.Tensor, list[str]]:
     """Integer codes of ``labels`` (in order of first appearance) and the distinct labels."""
+    if isinstance(labels, (torch.Tensor, np.ndarray)) and labels.ndim == 1:
+        labels = labels.tolist()  # integer codes or names as an array
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
         raise TlprobeError(f"{name} must be a sequence of labels (e.g. a list of strings), got {type(labels).__name__}")
     keys = [str(v) for v in labels]
