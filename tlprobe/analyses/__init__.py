@@ -12,9 +12,25 @@ constants, type aliases and helpers stay in their modules.
 * :mod:`~tlprobe.analyses.lens`: logit, MLM and embedding lenses;
 * :mod:`~tlprobe.analyses.stats`: Pearson r, clustering, the Simpson's-paradox check;
 * :mod:`~tlprobe.analyses.punctuation`: dependence around punctuation marks, per cluster;
+* :mod:`~tlprobe.analyses.geometry`: RDMs, RSA with permutation tests, noise ceilings, category selectivity;
+* :mod:`~tlprobe.analyses.dimensionality`: PCA spectra, explained variance, participation ratio, nulls;
 * :mod:`~tlprobe.analyses.streaming`: accumulators of moments and similarity over a stream of batches.
 """
 
+from tlprobe.analyses.dimensionality import Spectrum, diagonal_null, pca_spectrum, permutation_null, spectrum
+from tlprobe.analyses.geometry import (
+    NoiseCeiling,
+    RDMs,
+    RSATest,
+    Selectivity,
+    category_rdm,
+    category_selectivity,
+    compare_rdms,
+    condition_means,
+    noise_ceiling,
+    rdm,
+    rsa_test,
+)
 from tlprobe.analyses.lens import (
     EmbeddingLensResult,
     LensResult,
@@ -73,20 +89,30 @@ __all__ = [
     "MIResult",
     "Moments",
     "MomentsAccumulator",
+    "NoiseCeiling",
     "Occurrences",
     "PanelResult",
     "PunctuationClusters",
     "PunctuationDependence",
+    "RDMs",
+    "RSATest",
     "RangeAccumulator",
+    "Selectivity",
     "SimilarityAccumulator",
     "SimpsonCheck",
+    "Spectrum",
     "TopK",
+    "category_rdm",
+    "category_selectivity",
     "choose_lens",
     "cluster_panels",
     "cluster_points",
+    "compare_rdms",
+    "condition_means",
     "copnorm",
     "cross_mi",
     "dependence",
+    "diagonal_null",
     "edges_from_range",
     "embedding_lens",
     "entropy",
@@ -98,15 +124,21 @@ __all__ = [
     "mi_null",
     "miller_madow",
     "mlm_lens",
+    "noise_ceiling",
     "pairwise_mi",
+    "pca_spectrum",
     "pearson_r",
+    "permutation_null",
     "punctuation_dependence",
     "qkv_block_codes",
     "qkv_block_similarity",
+    "rdm",
+    "rsa_test",
     "sample_moments",
     "sample_occurrences",
     "shuffle_values",
     "simpson_check",
+    "spectrum",
     "token_mi",
     "window_dependence",
 ]

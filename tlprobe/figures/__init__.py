@@ -12,6 +12,14 @@ from tlprobe.figures.depth import (
     head_heatmap_figure,
     moment_curves_figure,
 )
+from tlprobe.figures.dimensionality import dimensionality_depth_figure, spectrum_figure
+from tlprobe.figures.geometry import (
+    noise_ceiling_figure,
+    rdm_figure,
+    rsa_depth_figure,
+    rsa_test_figure,
+    selectivity_figure,
+)
 from tlprobe.figures.lens import (
     kl_entropy_figure,
     lens_grid_figure,
@@ -40,6 +48,7 @@ __all__ = [
     "dependence_examples_figure",
     "dependence_sweep_figure",
     "depth_histogram_figure",
+    "dimensionality_depth_figure",
     "extreme_fraction_figure",
     "head_block_figure",
     "head_heatmap_figure",
@@ -49,8 +58,14 @@ __all__ = [
     "mi_histogram_figure",
     "mi_means_figure",
     "moment_curves_figure",
+    "noise_ceiling_figure",
     "punctuation_scatter_figure",
+    "rdm_figure",
     "recovery_figure",
+    "rsa_depth_figure",
+    "rsa_test_figure",
+    "selectivity_figure",
+    "spectrum_figure",
     "target_topk_view",
     "target_trajectory_figure",
 ]

@@ -20,7 +20,7 @@ from tlprobe.analyses.moments import Moments
 from tlprobe.analyses.similarity import BlockStats
 from tlprobe.errors import TlprobeError
 from tlprobe.figures.views import index_labels, panels
-from tlprobe.result import register_figure
+from tlprobe.result import Result, register_figure
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#7f7f7f")
 _DASHES = ("solid", "dash", "dot", "dashdot")
@@ -261,7 +261,7 @@ def block_summary_curves_figure(
 
 
 def head_heatmap_figure(
-    result: BlockStats | Moments,
+    result: Result,
     field: str,
     *,
     cols: int = 3,
@@ -272,8 +272,9 @@ def head_heatmap_figure(
 
     Args:
         result: a result whose last two leading axes are ``[layer, head]``: a :class:`BlockStats`
-            (one panel per block, and per index of any axes before them) or a :class:`Moments`
-            (one panel per index of the axes before them, e.g. per population).
+            (one panel per block, and per index of any axes before them), or any other result
+            (a :class:`Moments`, an RSA test, a spectrum: one panel per index of the axes before
+            them, e.g. per population).
         field: the field to draw (``frac_extreme``, ``std``, ... or ``var``, ``rel_var``, ...).
         cols: panels per row.
         title: figure title.
