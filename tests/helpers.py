@@ -22,6 +22,8 @@ FAST_OPTIONS: dict[str, dict] = {
     "layer-similarity": {"bins": 30},
     "pairwise-mi": {"shuffles": 3},
     "mi-vs-covariance": {"samples": 400, "shuffles": 20},
+    "rsa": {"permutations": 200, "selectivity_permutations": 50},
+    "dimensionality": {},
 }
 
 

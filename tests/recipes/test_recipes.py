@@ -135,6 +135,9 @@ def test_ls_lists_every_recipe(capsys):
         (["logit-lens", "--top-k", "0"], "top_k must be"),
         (["layer-similarity", "--target", "zzzq"], "target 'zzzq' not found as a whole word in prompt 0"),
         (["qkv-similarity", "--bins", "0"], "bins must be"),
+        (["rsa", "--categories", "/no/such/words.toml"], "file not found: /no/such/words.toml"),
+        (["rsa", "--layer", "99"], "out of range"),
+        (["dimensionality", "--text", "/no/such/file.txt"], "not found: /no/such/file.txt"),
     ],
 )
 def test_recipe_bad_options_exit_2_with_one_line(args, message, tmp_path, capsys):

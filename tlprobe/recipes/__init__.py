@@ -15,6 +15,10 @@ from tlprobe.errors import TlprobeError
 
 #: Recipe name -> (module in this package, one-line description). A test checks it against the modules.
 RECIPES: dict[str, tuple[str, str]] = {
+    "dimensionality": (
+        "dimensionality",
+        "L06-L07: effective dimensionality (PCA) of the residual stream per layer and of each head's q/k/v/z",
+    ),
     "layer-similarity": (
         "layer_similarity",
         "L03: Q/K/V similarity and across-context variance of a target word through all layers, per head too",
@@ -37,7 +41,11 @@ RECIPES: dict[str, tuple[str, str]] = {
     ),
     "qkv-similarity": (
         "qkv_similarity",
-        "L02: similarity within and across Q, K, V for a target word (cosine vs correlation)",
+        "L01-L02: similarity within and across Q, K, V for a target word at one layer (cosine vs correlation)",
+    ),
+    "rsa": (
+        "rsa",
+        "L04-L05: RSA of Q and K vs a category model at every layer and head, and category selectivity",
     ),
 }
 

@@ -40,7 +40,7 @@ from tlprobe.recipes.common import (
 from tlprobe.report import Report
 
 NAME = "qkv-similarity"
-DESCRIPTION = "L02: similarity within and across Q, K, V for a target word (cosine vs correlation)"
+DESCRIPTION = "L01-L02: similarity within and across Q, K, V for a target word at one layer (cosine vs correlation)"
 POPULATIONS = ("target", "non-target", "shuffled (all values)", "permuted (per feature)")
 METHODS = ("cosine", "correlation")
 
