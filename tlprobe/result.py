@@ -44,7 +44,7 @@ import re
 import tempfile
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -422,6 +422,22 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def index_rows(axes: Mapping[str, Sequence[str]], lead: Sequence[int]) -> Iterator[tuple[dict, tuple[int, ...]]]:
+    """``(labels, index)`` for every leading index of sizes ``lead``, row-major, for ``rows()``.
+
+    Axes without labels (``lead`` longer than ``axes``) are named by position, ``"axis 1"``, with
+    their indices as labels.
+
+    Example:
+        >>> [labels for labels, _ in index_rows({"layer": ("L0", "L1")}, (2, 2))][:2]
+        [{'layer': 'L0', 'axis 1': '0'}, {'layer': 'L0', 'axis 1': '1'}]
+    """
+    names = [*axes, *(f"axis {d}" for d in range(len(axes), len(lead)))]
+    labels = [*axes.values(), *(tuple(str(i) for i in range(n)) for n in lead[len(axes) :])]
+    for idx in np.ndindex(*lead):
+        yield {a: lab[i] for a, lab, i in zip(names, labels, idx)}, idx
 
 
 def fmt_cell(v: Any, float_fmt: str = "{:.4g}") -> str:

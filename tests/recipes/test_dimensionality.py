@@ -15,21 +15,24 @@ from tlprobe.recipes import dimensionality as dim
 from tlprobe.recipes.common import data_path, read_lines
 
 
+def _windows(model):
+    """The recipe's windows of the bundled text, one at a time: ``(tokens [1, pos], text token slice)``."""
+    text = " ".join(read_lines(data_path("dimensionality_text.txt")))
+    windows = text_windows(model, text)
+    a = len(windows.prefix)
+    for ids in windows.ids:
+        yield torch.tensor([[*windows.prefix, *ids.tolist(), *windows.suffix]]), slice(a, a + len(ids))
+
+
 @pytest.fixture(scope="module")
 def hf_states(minilm):
     """Every token's hidden states per depth, from Hugging Face's BERT on the recipe's windows."""
     from transformers import AutoModel  # the independent reference implementation
 
     hf = AutoModel.from_pretrained(str(minilm_dir())).eval()
-    text = " ".join(read_lines(data_path("dimensionality_text.txt")))
-    windows = text_windows(minilm, text)
-    rows = []
     with torch.no_grad():
-        for ids in windows.ids:
-            full = torch.tensor([[*windows.prefix, *ids.tolist(), *windows.suffix]])
-            hs = torch.stack(hf(full, output_hidden_states=True).hidden_states)[:, 0]  # [depth, pos, d]
-            rows.append(hs[:, len(windows.prefix) : len(windows.prefix) + len(ids)].double())
-    return torch.cat(rows, dim=1).numpy()  # [depth, tokens, d]
+        rows = [torch.stack(hf(t, output_hidden_states=True).hidden_states)[:, 0, span] for t, span in _windows(minilm)]
+    return torch.cat(rows, dim=1).double().numpy()  # [depth, tokens, d]
 
 
 def test_spectra_equal_numpy_on_hf_hidden_states(recipe_output, hf_states):
@@ -69,15 +72,11 @@ def test_per_head_spectra_equal_the_cached_heads(recipe_output, minilm):
     from tlprobe.access.run import forward_cache
 
     run = recipe_output("dimensionality")
-    text = " ".join(read_lines(data_path("dimensionality_text.txt")))
-    windows = text_windows(minilm, text)
     z = []
     with torch.no_grad():
-        for ids in windows.ids:
-            full = torch.tensor([[*windows.prefix, *ids.tolist(), *windows.suffix]])
-            cache = forward_cache(minilm, full, torch.ones_like(full), names=["blocks.2.attn.hook_z"])
-            a = len(windows.prefix)
-            z.append(get_activation(cache, "z", 2)[0, a : a + len(ids)].double())
+        for t, span in _windows(minilm):
+            cache = forward_cache(minilm, t, torch.ones_like(t), names=["blocks.2.attn.hook_z"])
+            z.append(get_activation(cache, "z", 2)[0, span].double())
     x = torch.cat(z).numpy()  # [tokens, head, d_head]
     heads = run.results["heads"]["z"]
     assert list(run.results["heads"].axes) == ["vector", "layer", "head"] and list(heads.axes) == ["layer", "head"]

@@ -27,7 +27,7 @@ a table) and its ``n_components`` are 0 (no component explains anything).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ from tlprobe.checks import (
     check_ndim,
 )
 from tlprobe.errors import TlprobeError
-from tlprobe.result import Result
+from tlprobe.result import Result, index_rows
 
 __all__ = ["Spectrum", "diagonal_null", "pca_spectrum", "permutation_null", "spectrum"]
 
@@ -97,7 +97,7 @@ class Spectrum(Result):
         total = self.eigenvalues.detach().cpu().double().sum(-1).numpy()
         counts = self.n_components.detach().cpu().numpy()
         rows = []
-        for labels, idx in _index_rows(self.axes, lead):
+        for labels, idx in index_rows(self.axes, lead):
             row: dict[str, Any] = {**labels, "participation_ratio": float(pr[idx])}
             row.update({name: int(c) for name, c in zip(names, counts[idx])})
             row.update(total_variance=float(total[idx]), n_samples=self.n_samples)
@@ -426,11 +426,3 @@ def _centred(x: torch.Tensor, extra_bytes: int, what: str) -> torch.Tensor:
 def _covariance(xc: torch.Tensor) -> torch.Tensor:
     """The unbiased covariance ``xc^T xc / (n - 1)`` of centred ``[..., n, F]`` samples."""
     return (xc.mT @ xc) / (xc.shape[-2] - 1)
-
-
-def _index_rows(axes: Mapping[str, Sequence[str]], lead: Sequence[int]) -> Iterator[tuple[dict, tuple[int, ...]]]:
-    """``(labels, index)`` for every leading index; axes without labels are named by position."""
-    names = [*axes, *(f"axis {d}" for d in range(len(axes), len(lead)))]
-    labels = [*axes.values(), *(tuple(str(i) for i in range(n)) for n in lead[len(axes) :])]
-    for idx in np.ndindex(*lead):
-        yield {a: lab[i] for a, lab, i in zip(names, labels, idx)}, idx

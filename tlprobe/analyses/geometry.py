@@ -27,7 +27,7 @@ them. A comparison that is undefined (a constant RDM vector) is NaN, never a sil
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,7 +39,7 @@ from jaxtyping import Bool, Float, Int
 from tlprobe.analyses.similarity import TILE_CELLS
 from tlprobe.checks import as_float, as_int, as_tensor, check_choice, check_finite, check_memory, check_ndim
 from tlprobe.errors import TlprobeError
-from tlprobe.result import Result
+from tlprobe.result import Result, index_rows
 
 __all__ = [
     "CompareMethod",
@@ -286,7 +286,7 @@ class RDMs(Result):
         vec = rdm_vector(self.dissimilarities)
         return [
             {**labels, "condition_a": self.conditions[a], "condition_b": self.conditions[b], "dissimilarity": float(v)}
-            for labels, idx in _index_rows(self.axes, tuple(vec.shape[:-1]))
+            for labels, idx in index_rows(self.axes, tuple(vec.shape[:-1]))
             for a, b, v in zip(i, j, vec[idx].tolist())
         ]
 
@@ -510,7 +510,7 @@ class RSATest(Result):
                 "null_mean": float(mean[idx]),
                 "null_q95": float(q95[idx]),
             }
-            for labels, idx in _index_rows(self.axes, tuple(self.observed.shape))
+            for labels, idx in index_rows(self.axes, tuple(self.observed.shape))
         ]
 
 
@@ -687,7 +687,7 @@ class NoiseCeiling(Result):
                 "upper": float(self.upper[idx]),
                 "n_repetitions": self.n_repetitions,
             }
-            for labels, idx in _index_rows(self.axes, tuple(self.lower.shape))
+            for labels, idx in index_rows(self.axes, tuple(self.lower.shape))
         ]
 
 
@@ -811,7 +811,7 @@ class Selectivity(Result):
                 "null_q95": float(q95[idx]),
                 "p_value": float(self.p_value[idx]),
             }
-            for labels, idx in _index_rows(self.axes, tuple(self.fraction.shape))
+            for labels, idx in index_rows(self.axes, tuple(self.fraction.shape))
         ]
 
 
@@ -1001,11 +1001,3 @@ def _codes(labels: Sequence[str] | torch.Tensor | np.ndarray, name: str) -> tupl
 def _quantile95(t: torch.Tensor) -> torch.Tensor:
     """95th percentile over the last axis (NaN where the values are NaN)."""
     return torch.quantile(t, 0.95, dim=-1) if t.shape[-1] else torch.full(t.shape[:-1], math.nan)
-
-
-def _index_rows(axes: Mapping[str, Sequence[str]], lead: Sequence[int]) -> Iterator[tuple[dict, tuple[int, ...]]]:
-    """``(labels, index)`` for every leading index; axes without labels are named by position."""
-    names = [*axes, *(f"axis {d}" for d in range(len(axes), len(lead)))]
-    values = [*axes.values(), *(tuple(str(i) for i in range(s)) for s in lead[len(axes) :])]
-    for idx in np.ndindex(*lead):
-        yield {a: lab[i] for a, lab, i in zip(names, values, idx)}, idx

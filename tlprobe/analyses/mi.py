@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import math
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-import numpy as np
 import torch
 from jaxtyping import Float, Int
 
@@ -57,7 +56,7 @@ from tlprobe.checks import (
     upcast,
 )
 from tlprobe.errors import TlprobeError
-from tlprobe.result import Result
+from tlprobe.result import Result, index_rows
 
 #: A bin-count rule (numpy's definitions of the bin width; one count per call, see :func:`resolve_bins`).
 BinRule = Literal["sqrt", "scott", "fd"]
@@ -540,14 +539,6 @@ def mi(
     return cross_mi(x[..., None], y[..., None], bins=bins, correction=correction, dtype=dtype)[..., 0, 0]
 
 
-def _index_rows(axes: Mapping[str, Sequence[str]], lead: Sequence[int]) -> Iterator[tuple[dict, tuple[int, ...]]]:
-    """``(labels, index)`` for every leading index; axes without labels are named by position."""
-    names = [*axes, *(f"axis {d}" for d in range(len(axes), len(lead)))]
-    labels = [*axes.values(), *(tuple(str(i) for i in range(n)) for n in lead[len(axes) :])]
-    for idx in np.ndindex(*lead):
-        yield {a: lab[i] for a, lab, i in zip(names, labels, idx)}, idx
-
-
 def _upper(m: torch.Tensor) -> torch.Tensor:
     """The strict upper triangle of ``[..., V, V]`` matrices: ``[..., pairs]``, each pair once."""
     i, j = torch.triu_indices(m.shape[-1], m.shape[-1], 1, device=m.device)
@@ -599,7 +590,7 @@ class MIResult(Result):
         upper = {k: _upper(v) for k, v in fields.items() if v is not None}
         return [
             {**labels, **{k: float(v[idx].mean()) for k, v in upper.items()}}
-            for labels, idx in _index_rows(self.axes, self.raw.shape[:-2])
+            for labels, idx in index_rows(self.axes, self.raw.shape[:-2])
         ]
 
 
@@ -834,7 +825,7 @@ class MIHistograms(Result):
     def series(self) -> tuple[str, ...]:
         """One name per histogram (leading indices flattened in row-major order): the labels of
         its leading axes joined by a space (the index where an axis has no labels)."""
-        return tuple(" ".join(labels.values()) for labels, _ in _index_rows(self.axes, self.mean.shape))
+        return tuple(" ".join(labels.values()) for labels, _ in index_rows(self.axes, self.mean.shape))
 
     def rows(self) -> list[dict]:
         """One row per histogram: its labels, ``n_pairs``, ``mean``, ``median``, ``std``."""
@@ -846,7 +837,7 @@ class MIHistograms(Result):
                 "median": float(self.median[idx]),
                 "std": float(self.std[idx]),
             }
-            for labels, idx in _index_rows(self.axes, self.mean.shape)
+            for labels, idx in index_rows(self.axes, self.mean.shape)
         ]
 
 
