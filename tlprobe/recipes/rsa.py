@@ -83,7 +83,9 @@ class Options(ModelOptions):
         None, doc="TOML file: [category] word = [sentences, ...] (default: 8 categories x 6 words x 4 sentences)"
     )
     method: Literal["spearman", "kendall", "pearson", "cosine"] = option(
-        "spearman", doc="how two RDMs are compared (kendall: Kendall's tau-a)"
+        "spearman",
+        doc="how two RDMs are compared (kendall: Kendall's tau-a, quadratic in the word pairs: its Q-vs-K nulls "
+        "take minutes, ~2 min for --permutations 100 on 2 CPU cores)",
     )
     permutations: int = option(1000, doc="word-label permutations of every RSA test")
     selectivity_permutations: int = option(200, doc="category-label permutations of the selectivity null")
