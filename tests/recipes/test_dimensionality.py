@@ -84,6 +84,23 @@ def test_per_head_spectra_equal_the_cached_heads(recipe_output, minilm):
         lam = np.linalg.eigvalsh(np.cov(x[:, h].T)).clip(min=0)
         want = lam.sum() ** 2 / (lam**2).sum()
         assert float(heads.head(f"L2H{h}").participation_ratio) == pytest.approx(want, rel=1e-3)
+        null = run.results["heads null"]["z"].head(f"L2H{h}")  # the variances alone, sorted
+        np.testing.assert_allclose(null.eigenvalues.numpy(), np.sort(x[:, h].var(0, ddof=1))[::-1], rtol=1e-3)
+    assert run.findings[3].verdict in ("holds", "differs") and run.findings[3].numbers["vectors"] == list("qkvz")
+
+
+def test_the_per_head_criterion():
+    lam = torch.tensor([[[[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]]], dtype=torch.float64)  # [vector, layer, head, d_head]
+    axes = {"vector": ("q",), "layer": ("L0",), "head": ("H0", "H1")}
+    heads = {"heads": spectrum(lam, n_samples=100, axes=axes)}
+    resid = {k: _spectra([2, 5, 3]) for k in ("resid", "resid even batches", "resid odd batches")}
+    spectra = {**resid, "null": _spectra([8, 8, 8])}
+    iso = torch.ones(1, 1, 2, 3, dtype=torch.float64)
+    heads["heads null"] = spectrum(iso, n_samples=100, null="diagonal", axes=axes)
+    assert dim.findings(spectra, d_model=8, heads=heads)[3].verdict == "differs"  # H1 is isotropic: ratio 1
+    heads["heads"] = spectrum(lam[..., :1, :].expand(1, 1, 2, 3), n_samples=100, axes=axes)
+    assert dim.findings(spectra, d_model=8, heads=heads)[3].verdict == "holds"
+    assert len(dim.findings(spectra, d_model=8)) == 3  # --no-heads: no per-head claim
 
 
 def _spectra(prs, n_samples=5000, d=8):

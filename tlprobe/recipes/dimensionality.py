@@ -107,6 +107,8 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     if o.heads:  # one spectrum [vector, layer, head]: q, k, v and z side by side
         ev = torch.stack([acc[k].eigenvalues() for k in HEAD_KINDS])
         heads["heads"] = spectrum(ev, n_samples=acc["q"].n_samples, axes={"vector": HEAD_KINDS, **by_head})
+        var = torch.stack([acc[k].result("covariance").diagonal(dim1=-2, dim2=-1) for k in HEAD_KINDS])
+        heads["heads null"] = diagonal_null(var, n_samples=acc["q"].n_samples, axes={"vector": HEAD_KINDS, **by_head})
     r.lap("analysis")
 
     # 3. Figures and report.
@@ -127,7 +129,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
         report.figure(head_heatmap_figure(heads["heads"], "participation_ratio", cols=2, title=title))
     r.lap("figures")
 
-    found = findings(spectra, d_model=d_model)
+    found = findings(spectra, d_model=d_model, heads=heads)
     facts = {"n_tokens": n, "n_windows": len(windows), "text_chars": len(paragraph), "null": null_kind}
     return r.finish(report, results={**spectra, **heads}, facts=facts, findings=found)
 
@@ -160,13 +162,17 @@ def make_feed(windows: Windows, n_layers: int, *, heads: bool, keep: list[torch.
 # -- findings: the lessons' claims, checked on this run's spectra ------------------------------
 
 
-def findings(spectra: Mapping[str, Spectrum], *, d_model: int) -> list[Finding]:
+def findings(
+    spectra: Mapping[str, Spectrum], *, d_model: int, heads: Mapping[str, Spectrum] | None = None
+) -> list[Finding]:
     """The claims of lessons L06-L07, checked on this run's spectra (no model needed).
 
     Args:
         spectra: ``"resid"`` (the whole text), ``"resid even batches"``, ``"resid odd batches"``
             and ``"null"`` :class:`Spectrum` results over depth.
         d_model: the residual stream's width.
+        heads: ``"heads"`` and ``"heads null"`` ``[vector, layer, head]`` spectra, or None / empty
+            (a ``--no-heads`` run: the per-head claim is left out).
 
     Returns:
         One :class:`~tlprobe.findings.Finding` per claim.
@@ -223,6 +229,24 @@ def findings(spectra: Mapping[str, Spectrum], *, d_model: int) -> list[Finding]:
     holds = None if few else bool((ratio < 1).all())
     why = short if few else ("co-variation concentrates the variance" if holds else "some depth is as spread as chance")
     out.append(check(claim, crit, nums, holds=holds, why=why, lesson="L06"))
+
+    # 4. Per head: q, k, v and z below their own independent-feature limit.
+    if heads:
+        h, hn = heads["heads"], heads["heads null"]
+        ratio_h = (h.participation_ratio / hn.participation_ratio).double()
+        claim = "every head's q, k, v and z are lower-dimensional than their features made independent"
+        crit = "per head and vector: participation ratio < the diagonal null's (the variances alone)"
+        below = (ratio_h < 1).double().flatten(1).mean(-1)  # [vector]
+        nums = {"vectors": list(h.axes["vector"]), "share_below": below.tolist()}
+        nums.update(median_ratio=ratio_h.flatten(1).median(-1).values.tolist(), d_head=int(h.eigenvalues.shape[-1]))
+        holds = bool((ratio_h < 1).all()) if bool(ratio_h.isfinite().all()) else None
+        n_not = int((ratio_h >= 1).sum())
+        why = {
+            None: "undefined for some head (a constant vector)",
+            True: "each head's coordinates co-vary: its variance sits in fewer directions than its width",
+            False: f"{n_not} of {ratio_h.numel()} head vectors are as spread as their independent features",
+        }[holds]
+        out.append(check(claim, crit, nums, holds=holds, why=why, lesson="L06"))
     return out
 
 
