@@ -185,6 +185,9 @@ def test_eigenvalues_equal_numpy():
         for idx in np.ndindex(2, 3):
             want = np.linalg.eigvalsh(np.cov(xs[idx].T))[::-1]
             np.testing.assert_allclose(ev[idx].numpy(), want, rtol=1e-9, atol=1e-12, err_msg=how)
+        var = acc.variances()
+        assert var.dtype == torch.float64 and var.shape == (2, 3, 7)
+        np.testing.assert_allclose(var.numpy(), xs.var(axis=-2, ddof=1), rtol=1e-9, err_msg=how)
 
 
 @pytest.mark.parametrize(
@@ -274,6 +277,8 @@ def test_similarity_errors():
         two.result("correlation")
     with pytest.raises(TlprobeError, match="too few samples"):
         SimilarityAccumulator().eigenvalues()
+    with pytest.raises(TlprobeError, match="too few samples"):
+        SimilarityAccumulator().variances()
     with pytest.raises(TlprobeError, match="non-finite"):
         SimilarityAccumulator().update(torch.tensor([[1.0, 2.0], [math.inf, 0.0]]))
     with pytest.raises(TlprobeError, match=r"co-moment\) needs ~.*fewer features or leading indices"):

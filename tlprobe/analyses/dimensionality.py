@@ -290,7 +290,7 @@ def diagonal_null(
     finite ``n`` the permutation null's sample correlations add ``sum_{i != j} C_ij^2`` to
     ``sum l^2``, so its participation ratio lies below this one, by a relative ``~ (PR - 1) / n``.
     For a streamed run that kept only the covariance (its diagonal, e.g.
-    ``torch.diagonal(acc.result("covariance"), dim1=-2, dim2=-1)``).
+    :meth:`~tlprobe.analyses.streaming.SimilarityAccumulator.variances`).
 
     Args:
         variances: ``[..., features]`` per-feature variances (``>= 0``).

@@ -437,7 +437,7 @@ class SimilarityAccumulator(_Float64Accumulator):
     mean offsets do not cancel.
 
     * :meth:`result`: the cosine, correlation or (unbiased) covariance matrix;
-    * :meth:`eigenvalues`: the covariance spectrum, largest first. ``result("covariance")``
+    * :meth:`eigenvalues`: the covariance spectrum, largest first; :meth:`variances`: its diagonal. ``result("covariance")``
       and :meth:`eigenvalues` are the dimensionality (PCA) path: there is no separate
       covariance accumulator;
     * :meth:`block_stats`: :func:`~tlprobe.analyses.similarity.qkv_block_similarity` of fused
@@ -623,6 +623,18 @@ class SimilarityAccumulator(_Float64Accumulator):
             return (self.comoment / (self.n_samples - 1)).to(self.work_dtype)
         sim, _ = self._normalised(method, "Drop those features or use another method")
         return sim.clamp_(-1.0, 1.0).view(*self._shape, self._shape[-1]).to(self.work_dtype)
+
+    def variances(self) -> Float[torch.Tensor, "... features"]:
+        """Unbiased per-feature variances (float64), from the co-moment's diagonal: no ``F x F`` copy.
+
+        Equal to ``numpy.var(x, axis=-2, ddof=1)`` and to the diagonal of ``result("covariance")``.
+
+        Raises:
+            TlprobeError: fewer than 2 samples.
+        """
+        self._check_samples("covariance")
+        assert self.comoment is not None
+        return torch.diagonal(self.comoment, dim1=-2, dim2=-1) / (self.n_samples - 1)
 
     def eigenvalues(self) -> Float[torch.Tensor, "... features"]:
         """Eigenvalues of the unbiased covariance, largest first (float64): the PCA spectrum.

@@ -100,14 +100,13 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     if null_kind == "permutation":
         spectra["null"] = permutation_null(torch.cat(kept, dim=-2), seed=o.seed, axes=by_depth)
     else:
-        variances = whole.result("covariance").diagonal(dim1=-2, dim2=-1)
-        spectra["null"] = diagonal_null(variances, n_samples=n, axes=by_depth)
+        spectra["null"] = diagonal_null(whole.variances(), n_samples=n, axes=by_depth)
     by_head = {"layer": layer_labels(info.n_layers), "head": head_labels(info.n_heads)}
     heads = {}
     if o.heads:  # one spectrum [vector, layer, head]: q, k, v and z side by side
         ev = torch.stack([acc[k].eigenvalues() for k in HEAD_KINDS])
         heads["heads"] = spectrum(ev, n_samples=acc["q"].n_samples, axes={"vector": HEAD_KINDS, **by_head})
-        var = torch.stack([acc[k].result("covariance").diagonal(dim1=-2, dim2=-1) for k in HEAD_KINDS])
+        var = torch.stack([acc[k].variances() for k in HEAD_KINDS])
         heads["heads null"] = diagonal_null(var, n_samples=acc["q"].n_samples, axes={"vector": HEAD_KINDS, **by_head})
     r.lap("analysis")
 
