@@ -382,7 +382,8 @@ def window_hidden(
     the first one.
     """
     h = resid_stack(cache, depth)
-    return torch.stack([window_rows(x, batch, windows) for x in h])
+    text = _text_span(batch, windows)
+    return h[:, :, text].reshape(h.shape[0], -1, h.shape[-1])  # one contiguous copy for every depth
 
 
 def window_rows(x: torch.Tensor, batch: Mapping[str, torch.Tensor], windows: Windows) -> torch.Tensor:
@@ -394,9 +395,13 @@ def window_rows(x: torch.Tensor, batch: Mapping[str, torch.Tensor], windows: Win
         >>> window_rows(b["tokens"], b, w).tolist()
         [5, 6, 7, 8]
     """
+    return x[:, _text_span(batch, windows)].flatten(0, 1)
+
+
+def _text_span(batch: Mapping[str, torch.Tensor], windows: Windows) -> slice:
+    """The positions of a window batch that hold text (between the special tokens)."""
     a = len(windows.prefix)
-    length = batch["tokens"].shape[1] - a - len(windows.suffix)
-    return x[:, a : a + length].flatten(0, 1)
+    return slice(a, batch["tokens"].shape[1] - len(windows.suffix))
 
 
 def is_rank_zero() -> bool:
