@@ -59,7 +59,6 @@ from tlprobe.report import Report
 
 NAME = "rsa"
 DESCRIPTION = "L04-L05: RSA of Q and K vs a category model at every layer and head, and category selectivity"
-KINDS = ("resid", "Q", "K", "V")
 
 # The criteria of the findings: fixed here, stated in each criterion's text, never tuned to a run.
 #: Significance level of every permutation test.
@@ -108,6 +107,10 @@ class Stimuli:
     sentences: tuple[str, ...]
     word_of: tuple[int, ...]
 
+    def sentences_of(self, word: int) -> list[int]:
+        """The indices of word ``word``'s sentences, in file order."""
+        return [i for i, w in enumerate(self.word_of) if w == word]
+
     def halves(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Sentence indices of each word's even-numbered and odd-numbered sentences (two disjoint halves).
 
@@ -116,14 +119,13 @@ class Stimuli:
         """
         if self.repetitions() < 2:
             raise TlprobeError("every word needs at least 2 sentences (one for each half of the replication)")
-        rank = [self.word_of[:i].count(w) for i, w in enumerate(self.word_of)]  # the how-many-th sentence of its word
-        even = torch.tensor([i for i, r in enumerate(rank) if r % 2 == 0])
-        odd = torch.tensor([i for i, r in enumerate(rank) if r % 2 == 1])
-        return even, odd
+        each = [self.sentences_of(w) for w in range(len(self.words))]
+        even, odd = (sorted(i for rows in each for i in rows[h::2]) for h in (0, 1))
+        return torch.tensor(even), torch.tensor(odd)
 
     def repetitions(self) -> int:
         """Sentences every word has (the fewest over words): the repetitions of the noise ceiling."""
-        return min(self.word_of.count(i) for i in range(len(self.words)))
+        return min(len(self.sentences_of(w)) for w in range(len(self.words)))
 
 
 def read_categories(path: str | os.PathLike | None) -> Stimuli:
@@ -180,9 +182,8 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     names = resid_hook_names(r.model) + hook_names(["q", "k", "v"], range(info.n_layers), model=r.model)
     where = word_positions(r.model, tokens, mask, stim)
     cache = gather_rows(r.model, tokens, mask, {"words": where}, names, progress=o.progress, batch_size=o.batch_size)
-    occ = occurrence_vectors(
-        cache["words"], info.n_layers
-    )  # resid [depth, sentences, d]; Q/K/V [layer, sentences, head, d_head]
+    # resid [depth, sentences, d]; Q/K/V [layer, sentences, head, d_head]
+    occ = occurrence_vectors(cache["words"], info.n_layers)
     r.lap("forward")
 
     # 2. Word vectors (mean over each word's sentences), RDMs, RSA, noise ceiling, selectivity.
@@ -203,12 +204,12 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     halves = {"half": ("even sentences", "odd sentences"), **by["resid"]}
     half_means = torch.stack([condition_means(flat["resid"][:, h], words[h], len(stim.words)) for h in stim.halves()])
     rsa["category resid halves"] = rsa_test(rdm(half_means), model_rdm, axes=halves, **test)
-    reps = repetition_rdms(flat["resid"], stim)
-    ceiling = noise_ceiling(reps, method=o.method, axes=by["resid"]) if reps is not None else None
-    cats = [stim.categories[i] for i in range(len(stim.words))]
+    ceiling = noise_ceiling(repetition_rdms(flat["resid"], stim), method=o.method, axes=by["resid"])
     sel_opts: dict[str, Any] = dict(n_permutations=o.selectivity_permutations, seed=o.seed, alpha=ALPHA)
-    selectivity = {f"selectivity {k}": category_selectivity(m, cats, axes=by[k], **sel_opts) for k, m in means.items()}
-    selectivity["selectivity resid halves"] = category_selectivity(half_means, cats, axes=halves, **sel_opts)
+    selectivity = {
+        f"selectivity {k}": category_selectivity(m, stim.categories, axes=by[k], **sel_opts) for k, m in means.items()
+    }
+    selectivity["selectivity resid halves"] = category_selectivity(half_means, stim.categories, axes=halves, **sel_opts)
     src = heads if head is not None else rdms
     focus_name = head_label(head, layer) if head is not None else f"L{layer}"
     pick = (lambda t: t[layer, head]) if head is not None else (lambda t: t[layer])
@@ -243,9 +244,7 @@ def run(options: Options | None = None, **overrides) -> RecipeResult:
     r.lap("figures")
 
     found = findings(rsa, per_head, selectivity, layer=layer, seed=o.seed)
-    results = {**rsa, **per_head, **selectivity, "focus RDMs": focus}
-    if ceiling is not None:
-        results["noise ceiling"] = ceiling
+    results = {**rsa, **per_head, **selectivity, "focus RDMs": focus, "noise ceiling": ceiling}
     facts = {
         "layer": layer,
         "head": head,
@@ -265,7 +264,7 @@ def word_positions(model, tokens: torch.Tensor, mask: torch.Tensor, stim: Stimul
     """Each sentence's own word (its last token when it has several), one position per sentence."""
     batch, pos = [], []
     for w, word in enumerate(stim.words):
-        rows = [i for i, j in enumerate(stim.word_of) if j == w]
+        rows = stim.sentences_of(w)
         found = find_token_positions(
             model.tokenizer, tokens[rows], word, mask[rows], prompts=[stim.sentences[i] for i in rows]
         )
@@ -284,12 +283,10 @@ def occurrence_vectors(cache, n_layers: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def repetition_rdms(x: torch.Tensor, stim: Stimuli) -> torch.Tensor | None:
-    """RDMs of the r-th sentence of every word, ``[..., repetitions, words, words]`` (None with 1 repetition)."""
+def repetition_rdms(x: torch.Tensor, stim: Stimuli) -> torch.Tensor:
+    """RDMs of the r-th sentence of every word, ``[..., repetitions, words, words]`` (r below every word's count)."""
     m = stim.repetitions()
-    if m < 2:
-        return None
-    idx = torch.tensor([[i for i, j in enumerate(stim.word_of) if j == w][:m] for w in range(len(stim.words))])
+    idx = torch.tensor([stim.sentences_of(w)[:m] for w in range(len(stim.words))])
     return rdm(x[..., idx.T, :])  # [..., rep, words, features] -> [..., rep, words, words]
 
 
