@@ -21,10 +21,6 @@ _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#7
 _DASHES = ("solid", "dash", "dot", "dashdot")
 
 
-def _x(s: Spectrum) -> list[str]:
-    return list(next(iter(s.axes.values()))) if s.axes else [str(i) for i in range(s.participation_ratio.shape[0])]
-
-
 def _check_depth(s: Spectrum, name: str) -> None:
     """One leading axis (depth), or depth and a null's trailing permutation axis (averaged for display)."""
     permutations = s.participation_ratio.ndim == 2 and list(s.axes)[-1:] == ["permutation"]
@@ -60,7 +56,7 @@ def dimensionality_depth_figure(
         pr, nc = s.participation_ratio.double(), s.n_components.double()
         if pr.ndim == 2:  # a null's permutations
             pr, nc = pr.mean(-1), nc.mean(-2)
-        x = _x(s)
+        x = index_labels(s, (s.participation_ratio.shape[0],))
         fig.add_trace(go.Scatter(x=x, y=pr.tolist(), name=name, mode="lines+markers", line=dict(color=color)), 1, 1)
         for j, t in enumerate(s.thresholds if components is None or name in components else ()):
             fig.add_trace(
@@ -76,7 +72,8 @@ def dimensionality_depth_figure(
                 2,
             )
     if d_model is not None:
-        x = _x(next(iter(cols.values())))
+        first = next(iter(cols.values()))
+        x = index_labels(first, (first.participation_ratio.shape[0],))
         ref = go.Scatter(x=x, y=[d_model] * len(x), name=f"d_model = {d_model}", mode="lines")
         fig.add_trace(ref.update(line=dict(color="grey", dash="dot")), 1, 2)
     fig.update_xaxes(title_text="depth", type="category")

@@ -84,7 +84,7 @@ def _curve(fig: go.Figure, result: RSATest | Selectivity, name: str, color: str,
     null = result.null if isinstance(result, RSATest) else result.null_fraction
     if value.ndim != 1:
         raise TlprobeError(f"{name}: expected one leading axis (depth or layer), got {tuple(value.shape)}; select one")
-    x = list(next(iter(result.axes.values()))) if result.axes else list(range(value.shape[0]))
+    x = index_labels(result, (value.shape[0],))
     q = torch.quantile(null.double(), NULL_QUANTILE, dim=-1)
     fig.add_trace(
         go.Scatter(x=x, y=value.tolist(), name=name, mode="lines+markers", line=dict(color=color)), row=row, col=1
@@ -118,7 +118,7 @@ def rsa_depth_figure(
     """
     fig = make_subplots(rows=1, cols=1)
     if ceiling is not None:
-        x = list(next(iter(ceiling.axes.values()))) if ceiling.axes else list(range(ceiling.lower.shape[0]))
+        x = index_labels(ceiling, (ceiling.lower.shape[0],))
         fig.add_trace(go.Scatter(x=x, y=ceiling.upper.tolist(), mode="lines", line=dict(width=0), showlegend=False))
         fig.add_trace(
             go.Scatter(
@@ -156,7 +156,7 @@ def noise_ceiling_figure(ceiling: NoiseCeiling, *, title: str | None = None) -> 
     """The noise ceiling's lower and upper bounds over its axis."""
     if ceiling.lower.ndim != 1:
         raise TlprobeError(f"expected one leading axis, got {tuple(ceiling.lower.shape)}; select one")
-    x = list(next(iter(ceiling.axes.values()))) if ceiling.axes else list(range(ceiling.lower.shape[0]))
+    x = index_labels(ceiling, (ceiling.lower.shape[0],))
     fig = go.Figure()
     for name, v, dash in (("upper bound", ceiling.upper, "dash"), ("lower bound", ceiling.lower, "solid")):
         fig.add_trace(go.Scatter(x=x, y=v.tolist(), name=name, mode="lines+markers", line=dict(dash=dash)))
