@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -12,12 +15,17 @@ from tlprobe.access.punctuation import char_classes, token_classes
 from tlprobe.access.text import cut_windows, run_windows, tokenize_text
 from tlprobe.analyses.mi import resolve_bins
 from tlprobe.analyses.punctuation import (
+    MAKEUP_KINDS,
+    SIMPSON_OUTCOME_NAMES,
     DependenceAccumulator,
     PanelResult,
     PunctuationClusters,
     bins_from_counts,
+    cluster_depth,
     cluster_makeup,
     cluster_panels,
+    depth_label,
+    makeup_kind,
     punctuation_dependence,
     rule_bin_counts,
     sample_occurrences,
@@ -310,3 +318,91 @@ def test_accumulator_refuses_what_does_not_fold():
         rule.update(hidden[:, 3:], windows[3:])
     with pytest.raises(TlprobeError, match="undefined"):
         bins_from_counts([rule_bin_counts(torch.ones(1, 2, 3, 8), "sqrt")], "sqrt")
+
+
+# -- L14: the clusters of every class at every depth, summarised (ClusterDepth) ------------------
+@pytest.fixture(scope="module")
+def depth_panels():
+    """Three depths of the synthetic windows; one slot copies the mark (a cluster of its own)."""
+    text_cls, occ, windows, hidden = punctuation_inputs()
+    hidden = torch.cat([hidden, torch.randn(1, *hidden.shape[1:], generator=torch.Generator().manual_seed(5))])
+    hidden[:2, :, 5] = hidden[:2, :, 4] * 3  # depths 0 and 2 split, depth 5 does not
+    windows = windows.clone()
+    windows[::3, 5] = windows[::3, 4]  # a third of the copies are the mark's own token
+    dep = punctuation_dependence(hidden, windows, text_cls, occ, before=4, depth=[0, 2, 5], bins=5)
+    return dep, cluster_panels(dep, k_max=3, seed=0)
+
+
+def _direct_summary(dep, p, layer: int, class_id: int) -> dict:
+    """One panel's ClusterDepth numbers, by numpy loops over its points."""
+    pts = {k: v.numpy() for k, v in dep.points(layer, class_id).items()}
+    lab = p.clustering.labels.numpy()
+    sizes = np.bincount(lab, minlength=p.clustering.k)
+    main = int(np.argmax(sizes))
+    out = {"k": p.clustering.k, "points": lab.size, "main": main}
+    for part, sel in (("main", lab == main), ("minor", lab != main)):
+        if not sel.any():
+            out |= {f"{part}_{f}": np.nan for f in ("frac_punctuation", "frac_same_token", "median_distance")}
+            continue
+        dist = np.sort(np.abs(pts["rel"][sel]))
+        out[f"{part}_frac_punctuation"] = float(np.mean(pts["slot_class"][sel] > 0))
+        out[f"{part}_frac_same_token"] = float(np.mean(pts["same_token"][sel]))
+        out[f"{part}_median_distance"] = float(dist[(dist.size - 1) // 2])  # torch's median: the lower one
+    out["minor_share"] = max([s / lab.size for j, s in enumerate(sizes) if j != main], default=0.0)
+    return out
+
+
+def test_cluster_depth_equals_a_direct_computation_from_the_points(depth_panels):
+    dep, clusters = depth_panels
+    s = cluster_depth(clusters)
+    assert s.axes == {"class": ("internal", "terminal"), "depth": ("embed", "L1", "L4")}
+    assert s.depth.tolist() == [0, 2, 5] and tuple(s.k.shape) == (2, 3)
+    assert s.k.tolist() == [[2, 2, 1], [2, 2, 1]]  # the copied slot splits depths 0 and 2 only
+    panel = {(p.class_name, p.depth): p for p in clusters.panels}
+    for ci, (name, class_id) in enumerate((("internal", 1), ("terminal", 2))):
+        for li, d in enumerate([0, 2, 5]):
+            p, want = panel[name, d], _direct_summary(dep, panel[name, d], li, class_id)
+            assert int(s.k[ci, li]) == want["k"] and int(s.points[ci, li]) == want["points"]
+            for f in (
+                "minor_share",
+                *(
+                    f"{a}_{b}"
+                    for a in ("main", "minor")
+                    for b in ("frac_punctuation", "frac_same_token", "median_distance")
+                ),
+            ):
+                np.testing.assert_allclose(float(getattr(s, f)[ci, li]), want[f], rtol=1e-12, equal_nan=True, err_msg=f)
+            scores = p.clustering.scores
+            assert float(s.silhouette[ci, li]) == max(scores)
+            assert float(s.pooled_r[ci, li]) == p.simpson.pooled_r and bool(s.simpson_flag[ci, li]) == p.simpson.flag
+            assert SIMPSON_OUTCOME_NAMES[int(s.simpson_outcome[ci, li])] == p.simpson.outcome
+            for part in ("main", "minor"):
+                kind = int(getattr(s, f"{part}_kind")[ci, li])
+                if want["k"] == 1 and part == "minor":
+                    assert kind == -1
+                else:  # the kind cluster_makeup names from the same fractions
+                    words = cluster_makeup(want[f"{part}_frac_same_token"], want[f"{part}_frac_punctuation"], 0.0)
+                    assert words.startswith(MAKEUP_KINDS[kind])
+    # The minor cluster at the split depths is the copied slot: rel +1, a third the mark's own token.
+    assert s.minor_median_distance[:, :2].eq(1).all() and s.minor_frac_same_token[:, :2].gt(0.2).all()
+    rows = s.rows()
+    assert len(rows) == 6 and rows[0]["class"] == "internal" and rows[0]["depth"] == "embed"
+    assert rows[2]["minor kind"] == "" and rows[2]["minor: punctuation"] is None and rows[2]["clusters"] == 1
+    assert tlprobe.load(s.save(pathlib.Path(tempfile.mkdtemp()) / "s.json")) == s
+
+
+def test_makeup_kind_agrees_with_cluster_makeup_on_a_grid():
+    fracs = torch.linspace(0, 1, 21, dtype=torch.float64)
+    same, punct = torch.meshgrid(fracs, fracs, indexing="ij")
+    codes = makeup_kind(same, punct)
+    for a, b, c in zip(same.flatten().tolist(), punct.flatten().tolist(), codes.flatten().tolist()):
+        assert cluster_makeup(a, b, 0.0).startswith(MAKEUP_KINDS[c])
+
+
+def test_cluster_depth_refuses_an_incomplete_grid(depth_panels):
+    _, clusters = depth_panels
+    with pytest.raises(TlprobeError, match=r"5 panels for 2 classes x 3 depths: pass the clusters of every class"):
+        cluster_depth(PunctuationClusters(panels=clusters.panels[:-1]))
+    with pytest.raises(TlprobeError, match="no panels to summarise"):
+        cluster_depth(PunctuationClusters(panels=()))
+    assert depth_label(0) == "embed" and depth_label(7) == "L6"

@@ -9,8 +9,13 @@ import pytest
 from _plotly_utils.basevalidators import ColorValidator
 
 from tests.helpers import punctuation_inputs
-from tlprobe.analyses.punctuation import PunctuationClusters, cluster_panels, punctuation_dependence
-from tlprobe.figures.punctuation import cluster_position_figure, punctuation_scatter_figure
+from tlprobe.analyses.punctuation import PunctuationClusters, cluster_depth, cluster_panels, punctuation_dependence
+from tlprobe.figures.punctuation import (
+    cluster_depth_figure,
+    cluster_makeup_depth_figure,
+    cluster_position_figure,
+    punctuation_scatter_figure,
+)
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +139,45 @@ def test_a_missing_panel_leaves_no_empty_axes(clusters):
         data = fig.to_plotly_json()["data"]
         xs = {t.get("xaxis", "x") for t in data if len(t["x"]) and t["x"][0] is not None}
         assert len(xs) == 3  # every panel has points
+
+
+# -- L14: clusters at every depth --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def summary(clusters):
+    return cluster_depth(clusters)
+
+
+def test_cluster_depth_figure_is_the_main_figure_with_k_and_silhouette_per_class(summary):
+    fig = cluster_depth_figure(summary)
+    assert summary.figure().to_dict() == fig.to_dict()
+    data = fig.to_plotly_json()["data"]
+    assert [t["name"] for t in data] == ["internal", "internal", "terminal", "terminal"]
+    assert [list(t["x"]) for t in data] == [list(summary.depth_labels)] * 4 == [["L0", "L2"]] * 4
+    assert list(data[0]["y"]) == summary.k[0].tolist() and list(data[3]["y"]) == summary.silhouette[1].tolist()
+    texts = [a.text for a in fig.layout.annotations]
+    assert texts[:2] == ["clusters (k)", "best silhouette (k >= 2)"] and "split needs 0.5" in texts
+    assert fig.layout.title.text == "Clusters of (covariance, MI) points at every depth"
+
+
+def test_makeup_figure_shows_main_and_minor_fractions_and_distances_per_class(summary):
+    fig = cluster_makeup_depth_figure(summary)
+    data = fig.to_plotly_json()["data"]
+    assert len(data) == 2 * 3 * 2  # classes x (punctuation, own token, distance) x (minor, main)
+    assert [t["name"] for t in data[:6]] == [
+        "minor: punctuation",
+        "main: punctuation",
+        "minor: own token",
+        "main: own token",
+        "minor: median |distance|",
+        "main: median |distance|",
+    ]
+    want = [None if v != v else v for v in summary.minor_frac_same_token[1].tolist()]
+    assert list(data[8]["y"]) == want  # terminal, minor own token
+    assert [a.text for a in fig.layout.annotations] == [
+        "internal: fractions",
+        "terminal: fractions",
+        "internal: median |distance|",
+        "terminal: median |distance|",
+    ]
+    for t in data:  # every colour a valid plotly colour
+        ColorValidator("color", "scatter").validate_coerce(t["line"]["color"])

@@ -30,13 +30,14 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 
+from tlprobe.access.labels import resid_labels
 from tlprobe.access.punctuation import CLASS_NAMES
 from tlprobe.access.text import window_starts
 from tlprobe.analyses.mi import BIN_RULES, BinRule, Correction, cross_mi, mi_working_bytes, resolve_bins
 from tlprobe.analyses.stats import Clustering, ClusterMethod, SimpsonCheck, cluster_points, simpson_check
 from tlprobe.checks import as_int, as_tensor, check_choice, check_finite, check_min_samples, check_ndim, upcast
 from tlprobe.errors import TlprobeError
-from tlprobe.result import Result
+from tlprobe.result import Result, index_rows
 
 #: Windows (over all leading dimensions) per MI call of :func:`window_dependence`.
 WINDOW_CHUNK = 256
@@ -734,4 +735,211 @@ def _cluster_summary(p: dict[str, torch.Tensor], cl: Clustering, positions: torc
         "median_abs_rel": torch.stack([abs_rel[lab == j].median() for j in range(k)]),
         "positions": positions,
         "rel_counts": rel_counts,
+    }
+
+
+# --------------------------------------------------------------------------- clusters across depth
+#: The kinds :func:`cluster_makeup` names, in the order of :func:`makeup_kind`'s codes.
+MAKEUP_KINDS = ("the window's other marks of the same kind", "mostly punctuation", "mostly other tokens")
+
+
+def makeup_kind(
+    frac_same_token: Float[torch.Tensor, "..."], frac_punctuation: Float[torch.Tensor, "..."]
+) -> Int[torch.Tensor, "..."]:
+    """The :data:`MAKEUP_KINDS` code of each cluster, by :func:`cluster_makeup`'s rule, vectorised.
+
+    0: at least :data:`SAME_TOKEN_MAJORITY` the mark's own token; 1: else at least
+    :data:`PUNCTUATION_MAJORITY` punctuation; 2: else; -1 where a fraction is NaN (no cluster).
+
+    Example:
+        >>> makeup_kind(torch.tensor([0.97, 0.2, 0.01, float("nan")]), torch.tensor([0.98, 0.6, 0.05, 0.5])).tolist()
+        [0, 1, 2, -1]
+    """
+    same, punct = torch.as_tensor(frac_same_token), torch.as_tensor(frac_punctuation)
+    code = torch.where(same >= SAME_TOKEN_MAJORITY, 0, torch.where(punct >= PUNCTUATION_MAJORITY, 1, 2))
+    return torch.where(same.isnan() | punct.isnan(), -1, code)
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterDepth(Result):
+    """The clusters of every punctuation class at every depth, summarised (:func:`cluster_depth`).
+
+    The *main* cluster of a panel is its largest (the first of equal sizes); the *minor* clusters
+    are the others, pooled: their fractions are over all their points, their median distance the
+    median ``|relative position|`` of all their points. Minor fields are NaN (kinds -1) with one cluster.
+
+    Attributes:
+        depth: ``[depth]`` residual-stream index of each depth (0 = embeddings).
+        k: ``[class, depth]`` number of clusters.
+        silhouette: ``[class, depth]`` best silhouette of the k tried (NaN for a Gaussian mixture
+            or when no k >= 2 was tried).
+        points: ``[class, depth]`` (covariance, MI) points of the panel.
+        minor_share: ``[class, depth]`` the largest minor cluster's share of the points (0 with one cluster).
+        main_frac_punctuation, minor_frac_punctuation: ``[class, depth]`` fraction of punctuation
+            tokens (any kind) in the main / minor clusters.
+        main_frac_same_token, minor_frac_same_token: ``[class, depth]`` fraction of the mark's own token.
+        main_median_distance, minor_median_distance: ``[class, depth]`` median ``|relative position|``.
+        main_kind, minor_kind: ``[class, depth]`` :data:`MAKEUP_KINDS` code (:func:`makeup_kind`).
+        pooled_r: ``[class, depth]`` Pearson r over all points of the panel.
+        simpson_flag: ``[class, depth]`` the panel's Simpson's-paradox flag.
+        simpson_outcome: ``[class, depth]`` the panel's Simpson outcome, an index into
+            :data:`SIMPSON_OUTCOME_NAMES`.
+        min_silhouette: the silhouette the clustering required for k >= 2.
+    """
+
+    depth: Int[torch.Tensor, " depth"]
+    k: Int[torch.Tensor, "... depth"]
+    silhouette: Float[torch.Tensor, "... depth"]
+    points: Int[torch.Tensor, "... depth"]
+    minor_share: Float[torch.Tensor, "... depth"]
+    main_frac_punctuation: Float[torch.Tensor, "... depth"]
+    minor_frac_punctuation: Float[torch.Tensor, "... depth"]
+    main_frac_same_token: Float[torch.Tensor, "... depth"]
+    minor_frac_same_token: Float[torch.Tensor, "... depth"]
+    main_median_distance: Float[torch.Tensor, "... depth"]
+    minor_median_distance: Float[torch.Tensor, "... depth"]
+    main_kind: Int[torch.Tensor, "... depth"]
+    minor_kind: Int[torch.Tensor, "... depth"]
+    pooled_r: Float[torch.Tensor, "... depth"]
+    simpson_flag: Bool[torch.Tensor, "... depth"]
+    simpson_outcome: Int[torch.Tensor, "... depth"]
+    min_silhouette: float = 0.5
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class labels (``("internal", "terminal")``)."""
+        return tuple(self.axes.get("class", ()))
+
+    @property
+    def depth_labels(self) -> tuple[str, ...]:
+        """The depth labels (``("embed", "L0", ...)``)."""
+        return tuple(self.axes.get("depth", ()))
+
+    def rows(self) -> list[dict]:
+        """One row per (class, depth): clusters, silhouette, what separates them, the Simpson outcome."""
+
+        def num(t: torch.Tensor, idx: tuple[int, ...]) -> float | None:
+            v = float(t[idx])
+            return None if v != v else v
+
+        out = []
+        for labels, idx in index_rows(self.axes, tuple(self.k.shape)):
+            main, minor = int(self.main_kind[idx]), int(self.minor_kind[idx])
+            out.append(
+                {
+                    **labels,
+                    "residual index": int(self.depth[idx[-1]]),
+                    "clusters": int(self.k[idx]),
+                    "best silhouette": num(self.silhouette, idx),
+                    "points": int(self.points[idx]),
+                    "largest minor share": float(self.minor_share[idx]),
+                    "main: punctuation": num(self.main_frac_punctuation, idx),
+                    "minor: punctuation": num(self.minor_frac_punctuation, idx),
+                    "main: own token": num(self.main_frac_same_token, idx),
+                    "minor: own token": num(self.minor_frac_same_token, idx),
+                    "main: median distance": num(self.main_median_distance, idx),
+                    "minor: median distance": num(self.minor_median_distance, idx),
+                    "main kind": MAKEUP_KINDS[main] if main >= 0 else "",
+                    "minor kind": MAKEUP_KINDS[minor] if minor >= 0 else "",
+                    "pooled r": num(self.pooled_r, idx),
+                    "Simpson check": SIMPSON_OUTCOME_NAMES[int(self.simpson_outcome[idx])],
+                }
+            )
+        return out
+
+
+#: The Simpson check's outcomes, in the order of :attr:`ClusterDepth.simpson_outcome`'s codes.
+SIMPSON_OUTCOME_NAMES = ("reversal", "no reversal", "undecided", "no subgroups")
+
+
+def depth_label(depth: int) -> str:
+    """The house's label of residual-stream index ``depth`` (:func:`tlprobe.access.labels.resid_labels`).
+
+    Example:
+        >>> depth_label(0), depth_label(3)
+        ('embed', 'L2')
+    """
+    return resid_labels(int(depth))[int(depth)]
+
+
+def cluster_depth(clusters: PunctuationClusters) -> ClusterDepth:
+    """:class:`ClusterDepth`: each (class, depth) panel of ``clusters`` summarised, ``[class, depth]``.
+
+    A loop over the panels (a few per depth); each summary is torch over the panel's tensors.
+
+    Args:
+        clusters: :class:`PunctuationClusters` with every class at every depth (:func:`cluster_panels`).
+
+    Returns:
+        :class:`ClusterDepth` with axes ``class`` (in the panels' order) and ``depth``
+        (:func:`depth_label`).
+
+    Raises:
+        TlprobeError: no panels, or a (class, depth) panel missing or repeated.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> text = torch.zeros(400, dtype=torch.long)
+        >>> text[20:380:9], text[24:380:9] = 1, 2
+        >>> occ = sample_occurrences(text, 12, before=4, after=3, min_count=5)
+        >>> hidden, windows = torch.randn(2, len(occ), 8, 32, generator=g), torch.randint(0, 50, (len(occ), 8), generator=g)
+        >>> dep = punctuation_dependence(hidden, windows, text, occ, before=4, depth=[0, 2])
+        >>> summary = cluster_depth(cluster_panels(dep, k_max=2))
+        >>> summary.axes["depth"], tuple(summary.k.shape), summary.points.tolist()
+        (('embed', 'L1'), (2, 2), [[84, 84], [84, 84]])
+    """
+    if not clusters.panels:
+        raise TlprobeError("no panels to summarise: run cluster_panels on at least one depth")
+    depths = list(dict.fromkeys(p.depth for p in clusters.panels))
+    classes = list(dict.fromkeys(p.class_name for p in clusters.panels))
+    grid = {(p.class_name, p.depth): p for p in clusters.panels}
+    if len(grid) != len(clusters.panels) or len(grid) != len(depths) * len(classes):
+        raise TlprobeError(
+            f"{len(clusters.panels)} panels for {len(classes)} classes x {len(depths)} depths: "
+            "pass the clusters of every class at every depth, once each (cluster_panels)"
+        )
+    fields = [[_depth_summary(grid[c, d]) for d in depths] for c in classes]
+    stacked = {name: torch.stack([torch.stack([f[name] for f in row]) for row in fields]) for name in fields[0][0]}
+    return ClusterDepth(
+        depth=torch.tensor(depths, dtype=torch.long),
+        min_silhouette=float(clusters.panels[0].clustering.min_silhouette),
+        axes={"class": tuple(classes), "depth": tuple(depth_label(d) for d in depths)},
+        **stacked,
+    )
+
+
+def _depth_summary(p: PanelResult) -> dict[str, torch.Tensor]:
+    """The :class:`ClusterDepth` fields of one panel, each a 0-d tensor."""
+    sizes = p.simpson.sizes.long()
+    n, k = int(sizes.sum()), p.clustering.k
+    main = int(torch.argmax(sizes))  # the first of equal sizes, as the recipes' texts name it
+    minor = torch.arange(k) != main
+    nan = torch.tensor(math.nan, dtype=torch.float64)
+    w = sizes[minor].double()
+
+    def pooled(v: torch.Tensor) -> torch.Tensor:
+        return (v[minor].double() * w).sum() / w.sum() if k > 1 else nan
+
+    abs_rel = p.rel.abs().double()
+    minor_points = p.clustering.labels != main
+    scores = p.clustering.scores
+    best = max(scores) if p.clustering.method == "kmeans" and scores else math.nan
+    main_same, main_punct = p.frac_same_token[main].double(), p.frac_punctuation[main].double()
+    minor_same, minor_punct = pooled(p.frac_same_token), pooled(p.frac_punctuation)
+    return {
+        "k": torch.tensor(k),
+        "silhouette": torch.tensor(best, dtype=torch.float64),
+        "points": torch.tensor(int(p.covariance.numel())),
+        "minor_share": sizes[minor].max().double() / n if k > 1 else torch.tensor(0.0, dtype=torch.float64),
+        "main_frac_punctuation": main_punct,
+        "minor_frac_punctuation": minor_punct,
+        "main_frac_same_token": main_same,
+        "minor_frac_same_token": minor_same,
+        "main_median_distance": p.median_abs_rel[main].double(),
+        "minor_median_distance": abs_rel[minor_points].median() if k > 1 else nan,
+        "main_kind": makeup_kind(main_same, main_punct),
+        "minor_kind": makeup_kind(minor_same, minor_punct),
+        "pooled_r": torch.tensor(p.simpson.pooled_r, dtype=torch.float64),
+        "simpson_flag": torch.tensor(bool(p.simpson.flag)),
+        "simpson_outcome": torch.tensor(SIMPSON_OUTCOME_NAMES.index(p.simpson.outcome)),
     }

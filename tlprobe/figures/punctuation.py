@@ -7,7 +7,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tlprobe.analyses.punctuation import PanelResult, PunctuationClusters
+from tlprobe.analyses.punctuation import ClusterDepth, PanelResult, PunctuationClusters
 from tlprobe.result import register_figure
 
 _SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "star", "pentagon", "hexagon")
@@ -212,5 +212,117 @@ def cluster_position_figure(clusters: PunctuationClusters) -> go.Figure:
         height=330 * rows + 40,
         width=520 * cols + 100,
         title="Cluster membership by relative position",
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------- clusters across depth (L14)
+def _class_color(i: int) -> str:
+    return _COLORS[i % len(_COLORS)]
+
+
+@register_figure(ClusterDepth)
+def cluster_depth_figure(
+    summary: ClusterDepth, *, title: str = "Clusters of (covariance, MI) points at every depth"
+) -> go.Figure:
+    """Number of clusters (left) and best silhouette (right) per depth, one line per class.
+
+    The silhouette panel marks the silhouette a split needs (``summary.min_silhouette``, dashed).
+
+    Args:
+        summary: :class:`~tlprobe.analyses.punctuation.ClusterDepth` (``cluster_depth``).
+        title: figure title.
+    """
+    x = list(summary.depth_labels)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["clusters (k)", "best silhouette (k >= 2)"])
+    for i, name in enumerate(summary.classes):
+        style = dict(color=_class_color(i))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=summary.k[i].tolist(),
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                line=style,
+                hovertemplate=f"{name}<br>%{{x}}: k = %{{y}}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+        sil = [None if v != v else v for v in summary.silhouette[i].tolist()]
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=sil,
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                showlegend=False,
+                line=style,
+                hovertemplate=f"{name}<br>%{{x}}: silhouette %{{y:.3f}}<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
+    # A line across the silhouette panel only (x2/y2): add_hline's row/col are typed as strings.
+    level = summary.min_silhouette
+    fig.add_shape(
+        type="line", xref="x2 domain", x0=0, x1=1, yref="y2", y0=level, y1=level, line=dict(dash="dash", color="grey")
+    )
+    fig.add_annotation(
+        xref="x2 domain", x=1, yref="y2", y=level, text=f"split needs {level:g}", showarrow=False, yanchor="bottom"
+    )
+    fig.update_xaxes(title_text="depth (residual stream)", type="category")
+    fig.update_yaxes(title_text="clusters", dtick=1, rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="silhouette", row=1, col=2)
+    fig.update_layout(title=title, template="plotly_white", height=420, width=1040, font=dict(size=13))
+    return fig
+
+
+def cluster_makeup_depth_figure(
+    summary: ClusterDepth, *, title: str = "What separates the clusters, per depth: main vs minor clusters"
+) -> go.Figure:
+    """Per class (columns): the fraction of punctuation and of the mark's own token (top) and the
+    median distance from the mark (bottom) in the main cluster (dashed) and the pooled minor
+    clusters (solid), per depth; gaps where a panel has one cluster.
+
+    Args:
+        summary: :class:`~tlprobe.analyses.punctuation.ClusterDepth` (``cluster_depth``).
+        title: figure title.
+    """
+    x = list(summary.depth_labels)
+    classes = summary.classes
+    titles = [f"{c}: fractions" for c in classes] + [f"{c}: median |distance|" for c in classes]
+    fig = make_subplots(rows=2, cols=len(classes), subplot_titles=titles, vertical_spacing=0.16)
+    series = (
+        ("punctuation", "frac_punctuation", 1, _COLORS[0]),
+        ("own token", "frac_same_token", 1, _COLORS[1]),
+        ("median |distance|", "median_distance", 2, _COLORS[2]),
+    )
+    for ci, name in enumerate(classes):
+        for label, field, row, color in series:
+            for part, dash in (("minor", "solid"), ("main", "dash")):
+                values = getattr(summary, f"{part}_{field}")[ci].tolist()
+                trace = f"{part}: {label}"
+                fig.add_trace(
+                    go.Scatter(
+                        x=x,
+                        y=[None if v != v else v for v in values],
+                        mode="lines+markers",
+                        name=trace,
+                        legendgroup=trace,
+                        showlegend=ci == 0,
+                        line=dict(color=color, dash=dash),
+                        hovertemplate=f"{name}, {trace}<br>%{{x}}: %{{y:.3g}}<extra></extra>",
+                    ),
+                    row=row,
+                    col=ci + 1,
+                )
+        fig.update_yaxes(title_text="fraction of points", range=[0, 1.05], row=1, col=ci + 1)
+        fig.update_yaxes(title_text="tokens from the mark", rangemode="tozero", row=2, col=ci + 1)
+    fig.update_xaxes(title_text="depth (residual stream)", type="category")
+    fig.update_layout(
+        title=title, template="plotly_white", height=760, width=520 * len(classes) + 200, font=dict(size=13)
     )
     return fig
