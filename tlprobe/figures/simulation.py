@@ -60,6 +60,7 @@ def estimator_sweep_figure(
             band = go.Scatter(
                 x=ns + ns[::-1],
                 y=high[e, bi].tolist() + low[e, bi].tolist()[::-1],
+                mode="lines",
                 fill="toself",
                 fillcolor=_FILLS[e],
                 line=dict(width=0),
