@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import plotly.graph_objects as go
@@ -181,3 +182,15 @@ def test_makeup_figure_shows_main_and_minor_fractions_and_distances_per_class(su
     ]
     for t in data:  # every colour a valid plotly colour
         ColorValidator("color", "scatter").validate_coerce(t["line"]["color"])
+
+
+def test_seven_depths_of_panels_draw_with_a_spacing_plotly_accepts(clusters):
+    first = [p for p in clusters.panels if p.depth == clusters.panels[0].depth]
+    deep = PunctuationClusters(panels=tuple(dataclasses.replace(p, depth=d) for d in range(7) for p in first))
+    for draw in (punctuation_scatter_figure, cluster_position_figure):
+        fig = draw(deep)
+        rows = {t["yaxis"] for t in fig.to_plotly_json()["data"]}
+        assert len(rows) == 14, draw.__name__  # a y axis per panel
+    # Two depths keep their spacing (the figures of punctuation-clusters' runs are unchanged).
+    domains = [punctuation_scatter_figure(clusters).layout[f"yaxis{i}"].domain for i in (1, 3)]
+    assert round(domains[0][0] - domains[1][1], 10) == 0.16  # top row above the bottom one

@@ -51,6 +51,11 @@ def _subplots(clusters: PunctuationClusters, titles: list[str], **kwargs) -> tup
         by_cell[(row - 1) * cols + col - 1] = title
     # make_subplots takes one title per cell that has axes, in row-major order.
     kept = [by_cell[i] for i in range(rows * cols) if specs[i // cols][i % cols] is not None]
+    spacing = kwargs.get("vertical_spacing")
+    if spacing is not None and rows > 1 and spacing > 1 / (rows - 1):
+        # plotly refuses a spacing over 1 / (rows - 1) (e.g. 0.16 with 7 depths): half of that
+        # then; every grid plotly accepted keeps its spacing, so its figures are unchanged.
+        kwargs["vertical_spacing"] = 0.5 / (rows - 1)
     return make_subplots(rows=rows, cols=cols, specs=specs, subplot_titles=kept, **kwargs), cells
 
 
