@@ -287,7 +287,8 @@ def findings(sweep: EstimatorSweep) -> list[Finding]:
     else:
         bad = regime & ~ok
         why = (
-            f"the shuffle-corrected mean is within {worst:.1%} of the plug-in's theoretical bias of 0 (or within noise)"
+            f"in every cell the shuffle-corrected mean is within its interval over seeds of the truth or within "
+            f"{SHUFFLE_SHARE:.0%} of the theoretical plug-in bias (largest |mean - truth|: {worst:.1%} of that bias)"
         )
         why = f"a bias remains in {_cells(bad, sweep)} ({worst:.1%} of the theory)" if bad.any() else why
         out.append(check(claim, crit, nums, holds=not bad.any(), why=why, lesson="L08"))
