@@ -24,6 +24,10 @@ FAST_OPTIONS: dict[str, dict] = {
     "mi-vs-covariance": {"samples": 400, "shuffles": 20},
     "rsa": {"permutations": 200, "selectivity_permutations": 50},
     "dimensionality": {},
+    "mi-basics": {"rho": (0.0, 0.9), "bins": (4, 8), "samples": (100, 1000, 3000), "seeds": 4, "shuffles": 5},
+    "token-distance": {"shuffles": 3, "permutations": 200},
+    # punctuation-clusters' options, so the panels at its depths can be compared with its run:
+    "punctuation-depth": {"n": 60, "k_max": 3},
 }
 
 

@@ -138,6 +138,12 @@ def test_ls_lists_every_recipe(capsys):
         (["rsa", "--categories", "/no/such/words.toml"], "file not found: /no/such/words.toml"),
         (["rsa", "--layer", "99"], "out of range"),
         (["dimensionality", "--text", "/no/such/file.txt"], "not found: /no/such/file.txt"),
+        (["mi-basics", "--rho", "1"], "--rho values must lie strictly between -1 and 1"),
+        (["mi-basics", "--seeds", "1"], "--seeds must be >= 2"),
+        (["token-distance", "--bins", "1"], "--bins must be >= 2"),
+        (["token-distance", "--layer", "99"], "--layer 99 is out of range"),
+        (["token-distance", "--target", "zzzq"], "target 'zzzq' not found as a whole word"),
+        (["punctuation-depth", "--layers", "99"], "--layers [99] out of range"),
     ],
 )
 def test_recipe_bad_options_exit_2_with_one_line(args, message, tmp_path, capsys):

@@ -11,7 +11,9 @@ constants, type aliases and helpers stay in their modules.
 * :mod:`~tlprobe.analyses.mi_counts`: histogram MI over a stream on fixed edges, exact permutation null;
 * :mod:`~tlprobe.analyses.lens`: logit, MLM and embedding lenses;
 * :mod:`~tlprobe.analyses.stats`: Pearson r, clustering, the Simpson's-paradox check;
-* :mod:`~tlprobe.analyses.punctuation`: dependence around punctuation marks, per cluster;
+* :mod:`~tlprobe.analyses.punctuation`: dependence around punctuation marks, per cluster and per depth;
+* :mod:`~tlprobe.analyses.simulation`: MI estimators against the known MI of Gaussian pairs;
+* :mod:`~tlprobe.analyses.token_pairs`: MI between tokens against their distance and each head's attention;
 * :mod:`~tlprobe.analyses.geometry`: RDMs, RSA with permutation tests, noise ceilings, category selectivity;
 * :mod:`~tlprobe.analyses.dimensionality`: PCA spectra, explained variance, participation ratio, nulls;
 * :mod:`~tlprobe.analyses.streaming`: accumulators of moments and similarity over a stream of batches.
@@ -59,10 +61,12 @@ from tlprobe.analyses.mi import (
 from tlprobe.analyses.mi_counts import MICounts, RangeAccumulator, edges_from_range
 from tlprobe.analyses.moments import Moments, sample_moments
 from tlprobe.analyses.punctuation import (
+    ClusterDepth,
     Occurrences,
     PanelResult,
     PunctuationClusters,
     PunctuationDependence,
+    cluster_depth,
     cluster_panels,
     punctuation_dependence,
     sample_occurrences,
@@ -75,14 +79,27 @@ from tlprobe.analyses.similarity import (
     qkv_block_similarity,
     shuffle_values,
 )
+from tlprobe.analyses.simulation import (
+    EstimatorSweep,
+    entropy_identity,
+    estimator_sweep,
+    gaussian_mi,
+    gaussian_pairs,
+    plugin_bias,
+)
 from tlprobe.analyses.stats import Clustering, SimpsonCheck, cluster_points, pearson_r, simpson_check
 from tlprobe.analyses.streaming import MomentsAccumulator, SimilarityAccumulator
+from tlprobe.analyses.token_pairs import AttentionTracking, DistanceProfile, attention_tracking, distance_profile
 
 __all__ = [
+    "AttentionTracking",
     "BlockStats",
+    "ClusterDepth",
     "Clustering",
     "Dependence",
+    "DistanceProfile",
     "EmbeddingLensResult",
+    "EstimatorSweep",
     "LensResult",
     "MICounts",
     "MIHistograms",
@@ -102,9 +119,11 @@ __all__ = [
     "SimpsonCheck",
     "Spectrum",
     "TopK",
+    "attention_tracking",
     "category_rdm",
     "category_selectivity",
     "choose_lens",
+    "cluster_depth",
     "cluster_panels",
     "cluster_points",
     "compare_rdms",
@@ -113,10 +132,15 @@ __all__ = [
     "cross_mi",
     "dependence",
     "diagonal_null",
+    "distance_profile",
     "edges_from_range",
     "embedding_lens",
     "entropy",
+    "entropy_identity",
+    "estimator_sweep",
     "feature_similarity",
+    "gaussian_mi",
+    "gaussian_pairs",
     "gcmi",
     "lens_logits",
     "logit_lens",
@@ -129,6 +153,7 @@ __all__ = [
     "pca_spectrum",
     "pearson_r",
     "permutation_null",
+    "plugin_bias",
     "punctuation_dependence",
     "qkv_block_codes",
     "qkv_block_similarity",

@@ -34,8 +34,20 @@ from tlprobe.figures.mi import (
     mi_histogram_figure,
     mi_means_figure,
 )
-from tlprobe.figures.punctuation import cluster_position_figure, punctuation_scatter_figure
+from tlprobe.figures.punctuation import (
+    cluster_depth_figure,
+    cluster_makeup_depth_figure,
+    cluster_position_figure,
+    punctuation_scatter_figure,
+)
 from tlprobe.figures.similarity import block_histogram_figure, extreme_fraction_figure
+from tlprobe.figures.simulation import estimator_sweep_figure, plugin_bias_figure
+from tlprobe.figures.token_pairs import (
+    distance_profile_figure,
+    token_mi_heatmap_figure,
+    tracking_maps_figure,
+    tracking_scatter_figure,
+)
 from tlprobe.figures.views import CircuitsVisView, circuitsvis_view
 
 __all__ = [
@@ -44,11 +56,15 @@ __all__ = [
     "block_histogram_figure",
     "block_summary_curves_figure",
     "circuitsvis_view",
+    "cluster_depth_figure",
+    "cluster_makeup_depth_figure",
     "cluster_position_figure",
     "dependence_examples_figure",
     "dependence_sweep_figure",
     "depth_histogram_figure",
     "dimensionality_depth_figure",
+    "distance_profile_figure",
+    "estimator_sweep_figure",
     "extreme_fraction_figure",
     "head_block_figure",
     "head_heatmap_figure",
@@ -59,6 +75,7 @@ __all__ = [
     "mi_means_figure",
     "moment_curves_figure",
     "noise_ceiling_figure",
+    "plugin_bias_figure",
     "punctuation_scatter_figure",
     "rdm_figure",
     "recovery_figure",
@@ -68,4 +85,7 @@ __all__ = [
     "spectrum_figure",
     "target_topk_view",
     "target_trajectory_figure",
+    "token_mi_heatmap_figure",
+    "tracking_maps_figure",
+    "tracking_scatter_figure",
 ]

@@ -27,6 +27,10 @@ RECIPES: dict[str, tuple[str, str]] = {
         "logit_lens",
         "L15-L17: logit lens (decoders), MLM lens or embedding lens (encoders), layer by layer",
     ),
+    "mi-basics": (
+        "mi_basics",
+        "L08: histogram MI estimators (plug-in, Miller-Madow, shuffle, GCMI) against the known MI of Gaussian pairs",
+    ),
     "mi-vs-covariance": (
         "mi_vs_covariance",
         "L10: mutual information vs covariance on simulated pairs (x^2, cos, correlation sweep; no model)",
@@ -39,6 +43,10 @@ RECIPES: dict[str, tuple[str, str]] = {
         "punctuation_clusters",
         "L13: covariance vs MI around internal and terminal punctuation, clusters and a Simpson's-paradox check",
     ),
+    "punctuation-depth": (
+        "punctuation_depth",
+        "L14: punctuation clusters (covariance vs MI) at every layer: counts, separation, Simpson check, merge",
+    ),
     "qkv-similarity": (
         "qkv_similarity",
         "L01-L02: similarity within and across Q, K, V for a target word at one layer (cosine vs correlation)",
@@ -46,6 +54,10 @@ RECIPES: dict[str, tuple[str, str]] = {
     "rsa": (
         "rsa",
         "L04-L05: RSA of Q and K vs a category model at every layer and head, and category selectivity",
+    ),
+    "token-distance": (
+        "token_distance",
+        "L11-L12: MI between tokens vs their distance (with a shuffle null) and vs each head's attention",
     ),
 }
 
